@@ -1,0 +1,345 @@
+"""Benchmark report: markdown tables next to the DDA paper's numbers, plus PNG figures.
+
+Figures are drawn with matplotlib's Agg canvas directly (`Figure` + `FigureCanvasAgg`) instead of pyplot:
+no GUI backend is ever touched, no global figure state leaks between calls, and it works on headless
+machines. Every file is written to a temporary name in the target directory and then `os.replace`d, so
+a crashed or interrupted run never leaves a half-written report that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["PAPER", "plot_beta_curve", "plot_method_bars", "plot_size_curve", "write_report"]
+
+# Published numbers from the DDA paper (EMNLP 2024), quoted for side-by-side comparison only.
+# Values are percent AUC. Where the paper gives no single number we store its wording, not an invented one.
+PAPER: dict[str, Any] = {
+    "source": "DDA: Debias and Denoise Attribution (EMNLP 2024)",
+    "table1_auc": {
+        "dda": 91.64,  # abstract: average AUC over the evaluated models
+    },
+    "table1_notes": {
+        "tracin": "about 50-60% (range only)",
+        "trak": "about 50-60% (range only)",
+    },
+    "ablation_auc": {
+        "dda": 93.5,
+        "dda_no_denoise": 84.8,
+        "dda_no_debias": 67.9,
+    },
+    "beta_curve": "AUC rises with beta up to about 0.4, then plateaus (qualitative; no table in the paper)",
+    "beta_plateau": 0.4,
+}
+
+ABLATIONS = ("dda", "dda_no_denoise", "dda_no_debias", "dda_no_contrast")
+ABLATION_LABELS = {
+    "dda": "full DDA",
+    "dda_no_denoise": "w/o denoise",
+    "dda_no_debias": "w/o debias",
+    "dda_no_contrast": "w/o contrast",
+}
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _fmt_pct(x: Any) -> str:
+    """Fraction -> percent with one decimal (0.9164 -> '91.6%'); missing/NaN -> 'n/a'."""
+    v = _num(x)
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def _fmt_pm(mean: Any, std: Any) -> str:
+    """'91.6% ± 2.3' (std in percentage points), or just the mean when no std is known."""
+    s = _num(std)
+    base = _fmt_pct(mean)
+    return base if s is None or base == "n/a" else f"{base} ± {s * 100:.1f}"
+
+
+def _cell(x: Any) -> str:
+    # Markdown table cells must not contain pipes or newlines.
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _atomic_write(path: Path, writer: Callable[[str], None]) -> None:
+    """Run `writer(tmp_path)` on a temp file beside `path`, then atomically rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report should be readable like any other output
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+    FigureCanvasAgg(fig)  # attach an Agg canvas; savefig then never consults the pyplot backend
+    out = Path(path)
+    _atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    return str(out)
+
+
+def plot_beta_curve(
+    betas: Sequence[float],
+    auc_means: Sequence[float],
+    auc_stds: Sequence[float] | None,
+    path: str | os.PathLike[str],
+    title: str = "DDA AUC vs beta",
+) -> str:
+    """Line plot of AUC (percent) against beta with a ±std band; marks the paper's plateau point.
+
+    Returns the written path.
+    """
+    if len(betas) != len(auc_means) or (auc_stds is not None and len(auc_stds) != len(betas)):
+        raise ValueError("betas, auc_means and auc_stds must have the same length")
+    fig = Figure(figsize=(5.0, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    y = [100 * float(v) for v in auc_means]
+    ax.plot(betas, y, marker="o", label="this run")
+    if auc_stds is not None:
+        sd = [100 * float(v) for v in auc_stds]
+        lo = [a - b for a, b in zip(y, sd, strict=True)]
+        hi = [a + b for a, b in zip(y, sd, strict=True)]
+        ax.fill_between(betas, lo, hi, alpha=0.25)
+    ax.axvline(PAPER["beta_plateau"], color="grey", linestyle="--", linewidth=1, label="paper: plateau ≈0.4")
+    ax.axhline(50, color="black", linestyle=":", linewidth=0.8, label="chance")
+    ax.set_xlabel("beta")
+    ax.set_ylabel("AUC (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_size_curve(
+    sizes: Sequence[int],
+    auc_by_method: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    title: str = "AUC vs training-set size",
+) -> str:
+    """AUC (percent) against training-set size, one line per method. Returns the written path."""
+    fig = Figure(figsize=(5.0, 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, aucs in auc_by_method.items():
+        if len(aucs) != len(sizes):
+            raise ValueError(f"method {name!r}: {len(aucs)} AUC values for {len(sizes)} sizes")
+        ax.plot(sizes, [100 * float(v) for v in aucs], marker="o", label=name)
+    ax.axhline(50, color="black", linestyle=":", linewidth=0.8, label="chance")
+    ax.set_xlabel("training examples")
+    ax.set_ylabel("AUC (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_method_bars(
+    method_means: Mapping[str, float],
+    method_stds: Mapping[str, float] | None,
+    path: str | os.PathLike[str],
+    title: str = "Mean AUC per method",
+) -> str:
+    """Bar chart of mean AUC (percent) per method with std error bars. Returns the written path."""
+    names = list(method_means)
+    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
+    ax = fig.add_subplot(1, 1, 1)
+    means = [100 * float(method_means[n]) for n in names]
+    errs = [100 * float((method_stds or {}).get(n) or 0.0) for n in names]
+    ax.bar(range(len(names)), means, yerr=errs, capsize=3)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.axhline(50, color="black", linestyle=":", linewidth=0.8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("AUC (%)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _paper_table1(name: str) -> str:
+    key = name.lower()
+    if key in PAPER["table1_auc"]:
+        return f"{PAPER['table1_auc'][key]:.2f}%"
+    return PAPER["table1_notes"].get(key, "—")
+
+
+def _method_row(name: str, m: Mapping[str, Any]) -> list[str]:
+    return [
+        f"`{_cell(name)}`",
+        _fmt_pm(m.get("auc"), m.get("auc_std")),
+        _fmt_pct(m.get("ap")),
+        _fmt_pct(m.get("recall@10")),
+        _fmt_pct(m.get("recall@50")),
+        _fmt_pct(m.get("recall@5%")),
+    ]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def _by_auc(methods: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+    def key(n: str) -> tuple[int, float, str]:
+        v = _num(methods[n].get("auc"))
+        return (1, 0.0, n) if v is None else (0, -v, n)
+
+    return sorted(names, key=key)
+
+
+def _fact(x: Any, kind: str = "") -> str:
+    if x is None:
+        return "n/a"
+    if kind == "pct":
+        return _fmt_pct(x)
+    if kind == "sec":
+        v = _num(x)
+        return "n/a" if v is None else f"{v:.0f} s ({v / 60:.1f} min)"
+    return _cell(x)
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    *,
+    metrics: Mapping[str, Any],
+    config: Mapping[str, Any],
+    notes: Sequence[str],
+    figures: Mapping[str, str],
+) -> None:
+    """Write the benchmark's markdown report atomically.
+
+    `path` is the report file (``.../report.md``) or a directory to put ``report.md`` in. Figures are
+    linked relative to the report so the output folder can be moved or published as a whole. Optional
+    inputs (model, std fields, beta_curve, ablations) are shown as 'n/a' / omitted rather than failing,
+    because a partial run's report is still worth reading.
+    """
+    out = Path(path)
+    if out.suffix.lower() != ".md":
+        out = out / "report.md"
+    base = out.parent
+
+    def rel(p: str) -> str:
+        try:
+            return Path(os.path.relpath(Path(p).resolve(), base.resolve())).as_posix()
+        except ValueError:  # different drive on Windows
+            return Path(p).as_posix()
+
+    methods: Mapping[str, Mapping[str, Any]] = metrics.get("methods") or {}
+    lines: list[str] = ["# DDA hallucination-tracing benchmark", ""]
+
+    mode = metrics.get("query_mode")
+    lines += [
+        "## Run",
+        "",
+        f"- model: {_fact(metrics.get('model'))}",
+        f"- training examples (n_train): {_fact(metrics.get('n_train'))}",
+        f"- poisoned training examples (n_poisoned): {_fact(metrics.get('n_poisoned'))}",
+        f"- queries (n_queries): {_fact(metrics.get('n_queries'))}",
+        f"- query mode: {_fact(mode)}",
+        f"- hallucination rate on held-out queries: {_fact(metrics.get('hallucination_rate'), 'pct')}",
+        f"- wall time: {_fact(metrics.get('wall_seconds'), 'sec')}",
+    ]
+    if mode == "forced":
+        lines += [
+            "",
+            "> **Forced mode:** queries are reference summaries with the canary swapped in, not the "
+            "model's own hallucinations. Numbers are not directly comparable to the paper's.",
+        ]
+    lines.append("")
+
+    # Table 1: every method except the DDA ablation variants (they get Table 2).
+    main = [n for n in methods if not (n.startswith("dda_") and n != "dda")]
+    lines += ["## Table 1: attribution methods (AUC of poisoned vs clean training rows)", ""]
+    if main:
+        rows = [_method_row(n, methods[n]) + [_cell(_paper_table1(n))] for n in _by_auc(methods, main)]
+        lines += _table(
+            ["Method", "AUC (mean ± std)", "AP", "Recall@10", "Recall@50", "Recall@5%", "Paper"], rows
+        )
+    else:
+        lines.append("No method results.")
+    lines += [
+        "",
+        f"Paper: DDA {PAPER['table1_auc']['dda']:.2f}% mean AUC over models; TracIn and TRAK about 50-60%.",
+        "",
+    ]
+
+    # Table 2: ablations, fixed order first, then any other dda_* variants.
+    extra = sorted(n for n in methods if n.startswith("dda_") and n not in ABLATIONS)
+    lines += ["## Table 2: DDA ablations", ""]
+    rows = []
+    for n in list(ABLATIONS) + extra:
+        paper = PAPER["ablation_auc"].get(n)
+        paper_s = "—" if paper is None else f"{paper:.1f}%"
+        label = ABLATION_LABELS.get(n, n)
+        if n in methods:
+            m = methods[n]
+            rows.append(
+                [
+                    f"`{_cell(n)}`",
+                    _cell(label),
+                    _fmt_pm(m.get("auc"), m.get("auc_std")),
+                    _fmt_pct(m.get("ap")),
+                    paper_s,
+                ]
+            )
+        else:
+            rows.append([f"`{_cell(n)}`", _cell(label), "not run", "n/a", paper_s])
+    lines += _table(["Variant", "Meaning", "AUC (mean ± std)", "AP", "Paper AUC"], rows)
+    lines.append("")
+
+    beta = metrics.get("beta_curve")
+    lines += ["## β curve", ""]
+    if beta and beta.get("betas"):
+        aucs = list(beta.get("auc") or [])
+        stds = list(beta.get("auc_std") or [])
+        rows = [
+            [f"{float(b):g}", _fmt_pm(aucs[i] if i < len(aucs) else None, stds[i] if i < len(stds) else None)]
+            for i, b in enumerate(beta["betas"])
+        ]
+        lines += _table(["β", "AUC (mean ± std)"], rows)
+    else:
+        lines.append("Not run.")
+    lines += ["", f"Paper: {PAPER['beta_curve']}.", ""]
+    if "beta_curve" in figures:
+        lines += [f"![β curve]({rel(figures['beta_curve'])})", ""]
+
+    lines += ["## Notes", ""]
+    lines += [f"- {str(n).strip().replace(chr(10), ' ')}" for n in notes] if notes else ["- (none)"]
+    lines.append("")
+
+    others = {k: v for k, v in figures.items() if k != "beta_curve"}
+    if others:
+        lines += ["## Figures", ""]
+        for name, p in others.items():
+            lines += [f"### {_cell(name)}", "", f"![{_cell(name)}]({rel(p)})", ""]
+
+    lines += [
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(dict(config), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+
+    text = "\n".join(lines)
+    _atomic_write(out, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,0 +1,122 @@
+"""Seeded random projections of per-example Linear-layer gradients.
+
+The per-example gradient of a Linear layer's weight is G = sum_t g_t x_t^T (g: gradient of the loss w.r.t.
+the layer output at token t, x: the layer input). Projections act on (g, x) so G is never needed:
+
+* kronecker (LoGra/Bergson style): P_out G P_in^T = sum_t (P_out g_t)(P_in x_t)^T, per module, k*k dims.
+* dense: a Johnson-Lindenstrauss projection of the concatenated full gradient, the matrix generated
+  blockwise from seeds (never held whole); costs O(k * n_params) per batch, so it suits small gradient
+  spaces (a few layers, small models) and exactness checks.
+* identity: the full gradient, flattened; exact, for tests and tiny models.
+
+Every matrix is a pure function of (seed, module name, side), so theta0 and every checkpoint project into
+the same space. Entries are N(0, 1/k): E[<Pu, Pv>] = <u, v>.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def _seed_for(seed: int, *parts: object) -> int:
+    key = ":".join(str(p) for p in (seed, *parts)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def gaussian(rows: int, cols: int, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    mat = torch.randn(rows, cols, generator=gen, dtype=torch.float32) / rows**0.5
+    return mat.to(device=device, dtype=dtype)
+
+
+class Projector:
+    """Base: per-module projection of (g, x) pairs into feature vectors."""
+
+    kind = "base"
+    combine = "concat"  # concat module features, or sum them (dense JL of the concatenation)
+
+    def module_dim(self, d_out: int, d_in: int) -> int:
+        raise NotImplementedError
+
+    def project(self, name: str, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """g: (B, T, d_out), x: (B, T, d_in) -> (B, module_dim)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"kind": self.kind}
+
+
+class IdentityProjector(Projector):
+    kind = "identity"
+
+    def module_dim(self, d_out: int, d_in: int) -> int:
+        return d_out * d_in
+
+    def project(self, name: str, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bto,bti->boi", g, x).reshape(g.shape[0], -1)
+
+
+class KroneckerProjector(Projector):
+    kind = "kronecker"
+
+    def __init__(self, k: int, seed: int):
+        self.k, self.seed = k, seed
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def _side(self, name: str, side: str, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (name, side, d, device, dtype)
+        if key not in self._cache:
+            k = min(self.k, d)
+            self._cache[key] = gaussian(k, d, _seed_for(self.seed, name, side, d), device, dtype)
+        return self._cache[key]
+
+    def module_dim(self, d_out: int, d_in: int) -> int:
+        return min(self.k, d_out) * min(self.k, d_in)
+
+    def project_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x @ self._side(name, "in", x.shape[-1], x.device, x.dtype).T
+
+    def project(self, name: str, g: torch.Tensor, x: torch.Tensor, x_projected: bool = False) -> torch.Tensor:
+        xp = x if x_projected else self.project_input(name, x)
+        gp = g @ self._side(name, "out", g.shape[-1], g.device, g.dtype).T
+        return torch.einsum("bto,bti->boi", gp, xp).reshape(g.shape[0], -1)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "k": self.k, "seed": self.seed}
+
+
+class DenseProjector(Projector):
+    kind = "dense"
+    combine = "sum"
+
+    def __init__(self, k: int, seed: int, block_elems: int = 1 << 24):
+        self.k, self.seed = k, seed
+        self.block_rows = max(256, block_elems // k)
+
+    def module_dim(self, d_out: int, d_in: int) -> int:
+        return self.k
+
+    def project(self, name: str, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        full = torch.einsum("bto,bti->boi", g, x).reshape(g.shape[0], -1)
+        out = torch.zeros(g.shape[0], self.k, device=g.device, dtype=torch.float32)
+        for b, start in enumerate(range(0, full.shape[1], self.block_rows)):
+            stop = min(start + self.block_rows, full.shape[1])
+            # Entries N(0, 1/k): the block is generated (k, rows) so the scale matches `gaussian`.
+            block = gaussian(self.k, stop - start, _seed_for(self.seed, name, "dense", b), g.device, torch.float32)
+            out += full[:, start:stop].float() @ block.T
+        return out
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "k": self.k, "seed": self.seed, "block_rows": self.block_rows}
+
+
+def make_projector(kind: str, k: int, seed: int) -> Projector:
+    if kind == "kronecker":
+        return KroneckerProjector(k, seed)
+    if kind == "dense":
+        return DenseProjector(k, seed)
+    if kind == "identity":
+        return IdentityProjector()
+    raise ValueError(f"unknown projection '{kind}' (kronecker, dense, identity)")

@@ -1,0 +1,112 @@
+"""Per-example gradient capture: batched hook features vs. a plain autograd loop over single examples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dda.features.capture import GradientFeaturizer, freeze, pad_batch, per_example_loss, select_modules
+from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector
+
+from conftest import make_model
+
+
+def _batch(seed: int = 0, n: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    seqs, masks = [], []
+    for i in range(n):
+        length = 6 + 3 * i
+        seqs.append(torch.randint(6, 150, (length,), generator=g).tolist())
+        masks.append([j >= length // 2 for j in range(length)])
+    return seqs, masks
+
+
+def _exact_grads(model, names, seqs, masks):
+    """One backward per example with real weight gradients: the reference."""
+    mods = dict(model.named_modules())
+    out = []
+    for s, m in zip(seqs, masks, strict=True):
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        weights = [mods[n].weight for n in names]
+        for w in weights:
+            w.requires_grad_(True)
+        ids, attn, resp = pad_batch([s], [m], 0, torch.device("cpu"))
+        per_example_loss(model, ids, attn, resp).sum().backward()
+        out.append(torch.cat([w.grad.reshape(-1) for w in weights]).clone())
+        for w in weights:
+            w.grad = None
+            w.requires_grad_(False)
+    return torch.stack(out)
+
+
+def test_identity_features_equal_exact_per_example_gradients(family):
+    model = make_model(family)
+    names = select_modules(model, ["q_proj", "v_proj", "down_proj"])
+    seqs, masks = _batch()
+    exact = _exact_grads(model, names, seqs, masks)
+    freeze(model)
+    feats = GradientFeaturizer(model, names, IdentityProjector())(*pad_batch(seqs, masks, 0, torch.device("cpu")))
+    assert feats.shape == exact.shape
+    torch.testing.assert_close(feats, exact, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_features_equal_single_example_features():
+    model = make_model("llama")
+    freeze(model)
+    names = select_modules(model, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    fz = GradientFeaturizer(model, names, KroneckerProjector(4, seed=1))
+    seqs, masks = _batch(n=5)
+    batched = fz(*pad_batch(seqs, masks, 0, torch.device("cpu")))
+    for i in range(len(seqs)):
+        alone = fz(*pad_batch([seqs[i]], [masks[i]], 0, torch.device("cpu")))
+        # padding must not leak: the longest row is unpadded, the shortest carries 12 pads
+        torch.testing.assert_close(batched[i], alone[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("projector", [KroneckerProjector(24, seed=3), DenseProjector(2048, seed=3)],
+                         ids=["kronecker", "dense"])
+def test_projected_dot_products_approximate_exact(projector):
+    """JL bound: for unit-norm-scaled pairs the inner-product error is O(1/sqrt(k)) of |u||v|.
+
+    Bound used: |<Pu,Pv> - <u,v>| <= 4 |u||v| / sqrt(k_eff) for every pair, and the Pearson correlation of the
+    Gram matrices >= 0.95.
+    """
+    model = make_model("llama")
+    names = select_modules(model, ["q_proj", "v_proj"])
+    seqs, masks = _batch(n=6)
+    exact = _exact_grads(model, names, seqs, masks).double()
+    freeze(model)
+    proj = GradientFeaturizer(model, names, projector)(*pad_batch(seqs, masks, 0, torch.device("cpu"))).double()
+    exact_dots = exact @ exact.T
+    proj_dots = proj @ proj.T
+    norms = exact.norm(dim=1)
+    k_eff = 24 * 24 if isinstance(projector, KroneckerProjector) else 2048
+    err = (proj_dots - exact_dots).abs() / torch.outer(norms, norms)
+    print("max relative inner-product error", float(err.max()), "bound", 4 / np.sqrt(k_eff))
+    assert float(err.max()) <= 4 / np.sqrt(k_eff)
+    # the whole Gram matrix (norms included) must be reproduced closely
+    corr = np.corrcoef(exact_dots.numpy().ravel(), proj_dots.numpy().ravel())[0, 1]
+    assert corr >= 0.95
+
+
+def test_projection_is_deterministic_across_instances():
+    model = make_model("qwen2")
+    freeze(model)
+    names = select_modules(model, ["q_proj"])
+    seqs, masks = _batch()
+    batch = pad_batch(seqs, masks, 0, torch.device("cpu"))
+    a = GradientFeaturizer(model, names, KroneckerProjector(4, seed=7))(*batch)
+    b = GradientFeaturizer(model, names, KroneckerProjector(4, seed=7))(*batch)
+    c = GradientFeaturizer(model, names, KroneckerProjector(4, seed=8))(*batch)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_layer_selection():
+    model = make_model("llama")
+    assert all(".layers.1." in n for n in select_modules(model, ["q_proj"], "last:1"))
+    with pytest.raises(ValueError, match="no Linear layers"):
+        select_modules(model, ["nonexistent"])
