@@ -167,7 +167,7 @@ class Checkpoint:
         if self.path is None:
             return "base"
         p = Path(self.path)
-        files = sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+        files = weight_files(p) if p.is_dir() else [p]
         h = hashlib.sha256()
         for f in files:
             h.update(sha256_file(f).encode())
@@ -202,8 +202,13 @@ def discover_checkpoints(root: str | Path) -> list[Checkpoint]:
     return out
 
 
+def weight_files(d: Path) -> list[Path]:
+    """Model weight files of a checkpoint dir (the optimizer state is not part of the model)."""
+    return sorted(f for f in d.glob("*.safetensors") if f.name != "optimizer.safetensors")
+
+
 def _is_checkpoint_dir(d: Path) -> bool:
-    return (d / "adapter_config.json").exists() or any(d.glob("*.safetensors"))
+    return (d / "adapter_config.json").exists() or bool(weight_files(d))
 
 
 @contextlib.contextmanager
@@ -228,7 +233,7 @@ def applied(model: Any, ckpt: Checkpoint) -> Iterator[Any]:
         return
     from safetensors.torch import load_file
 
-    files = sorted(Path(ckpt.path).glob("*.safetensors"))
+    files = weight_files(Path(ckpt.path))
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     for f in files:

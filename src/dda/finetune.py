@@ -1,0 +1,149 @@
+"""Fine-tune with a checkpoint after every epoch: LoRA (peft) by default, full fine-tuning as an option.
+
+Each epoch writes `epoch-K/` with the weights (safetensors), `dda_checkpoint.json` (epoch, lr in force,
+mean loss) and the optimizer state (safetensors), `dda_checkpoint.json` last and atomically: a killed run
+resumes from the last complete epoch and ends with the same weights as an uninterrupted one (the shuffle
+order and dropout RNG are seeded per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import Tokenized
+from .features.capture import pad_batch, per_example_loss
+from .io import read_json, write_json, write_yaml
+from .models import Checkpoint, discover_checkpoints
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.scheduler == "linear":
+        span = max(1, total - cfg.warmup_steps)
+        return cfg.lr * max(0.0, 1 - (step - cfg.warmup_steps) / span)
+    return cfg.lr
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, params: list[torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for i, p in enumerate(params):
+        for key, value in opt.state.get(p, {}).items():
+            tensors[f"{i}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).detach().cpu()
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, params: list[torch.Tensor], path: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    for i, p in enumerate(params):
+        state = {k.split(".", 1)[1]: v.to(p.device) for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        if state:
+            opt.state[p] = state
+
+
+def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path, pad_id: int,
+             run_config: dict | None = None, progress: Callable[[int, int, float], None] | None = None
+             ) -> list[Checkpoint]:
+    """Train `model` on `data`; returns the checkpoints (one per epoch). The base model object is left as
+    theta0 for LoRA (the adapter is unloaded at the end); full fine-tuning modifies it, so reload theta0."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run_config is not None:
+        write_yaml(out_dir / "config.yaml", run_config)
+    device = next(model.parameters()).device
+    done_epochs = [c for c in (discover_checkpoints(out_dir) if any(out_dir.glob("epoch-*")) else [])
+                   if (Path(c.path) / "dda_checkpoint.json").exists()]
+    if cfg.method == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if done_epochs:
+            train_model = PeftModel.from_pretrained(model, done_epochs[-1].path, is_trainable=True)
+        else:
+            torch.manual_seed(cfg.seed)
+            lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                              target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+            train_model = get_peft_model(model, lcfg)
+        params = [p for p in train_model.parameters() if p.requires_grad]
+    else:
+        train_model = model
+        if done_epochs:
+            from safetensors.torch import load_file
+
+            train_model.load_state_dict(load_file(str(Path(done_epochs[-1].path) / "model.safetensors")),
+                                        strict=False)
+        for p in train_model.parameters():
+            p.requires_grad_(True)
+        params = [p for p in train_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if done_epochs:
+        _load_optimizer(opt, params, Path(done_epochs[-1].path) / "optimizer.safetensors")
+    n = len(data)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    lengths = np.array([len(s) for s in data.input_ids])
+    start_epoch = len(done_epochs) + 1
+    step = (start_epoch - 1) * steps_per_epoch
+    train_model.train()
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(n)
+            torch.manual_seed(cfg.seed * 1000 + epoch)
+            losses, lrs, t0 = [], [], time.perf_counter()
+            for b in range(steps_per_epoch):
+                rows = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+                ids, attn, resp = pad_batch([data.input_ids[i] for i in rows],
+                                            [data.response_mask[i] for i in rows], pad_id, device)
+                lr = _lr_at(step, total_steps, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss = per_example_loss(train_model, ids, attn, resp).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                losses.append(float(loss))
+                lrs.append(lr)
+                step += 1
+                if progress:
+                    progress(epoch, b + 1, float(np.mean(losses)))
+            ckpt_dir = out_dir / f"epoch-{epoch}"
+            if cfg.method == "lora":
+                train_model.save_pretrained(str(ckpt_dir), safe_serialization=True)
+            else:
+                from safetensors.torch import save_file
+
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                state = {k: v.detach().cpu().contiguous() for k, v in train_model.state_dict().items()}
+                # tied embeddings share storage; safetensors refuses shared tensors, so clone
+                save_file({k: v.clone() for k, v in state.items()}, str(ckpt_dir / "model.safetensors"))
+            _save_optimizer(opt, params, ckpt_dir / "optimizer.safetensors")
+            write_json(ckpt_dir / "dda_checkpoint.json", {
+                "epoch": epoch, "lr": float(np.mean(lrs)), "lr_last": lrs[-1], "mean_loss": float(np.mean(losses)),
+                "steps": step, "seconds": round(time.perf_counter() - t0, 2), "method": cfg.method,
+                "examples": n, "mean_tokens": float(lengths.mean()),
+            })
+    finally:
+        train_model.eval()
+        if cfg.method == "lora":
+            train_model.unload()  # leaves `model` as theta0
+    return [c for c in discover_checkpoints(out_dir) if (Path(c.path) / "dda_checkpoint.json").exists()]
+
+
+def checkpoint_info(ckpt: Checkpoint) -> dict:
+    p = Path(ckpt.path or "") / "dda_checkpoint.json"
+    return read_json(p) if p.exists() else {}

@@ -1,0 +1,150 @@
+"""Score algebra over stored features.
+
+Orientation (every method): an array of shape (n_queries, n_train); HIGHER = MORE RESPONSIBLE for the
+query's negative (unwanted) output. Gradient scores follow the first-order reading: one SGD step on training
+example z changes the loss of output y by -lr * grad l(y) . grad l(z), so a large positive
+grad l(z) . grad l(negative) means training on z made the negative output more likely.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import Query
+from ..models import Checkpoint
+
+
+@dataclass
+class FeatureSet:
+    """Train and query features at each checkpoint; checkpoints[0] is theta0 ('base')."""
+
+    checkpoints: list[Checkpoint]
+    train: dict[str, np.ndarray]  # name -> (n_train, d), usually a read-only memmap
+    neg: dict[str, np.ndarray]  # name -> (n_queries, d)
+    pos: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_queries, d), may be empty
+
+    @property
+    def base(self) -> str:
+        return self.checkpoints[0].name
+
+    def finetuned(self, names: list[str] | None = None) -> list[Checkpoint]:
+        cks = [c for c in self.checkpoints if c.kind != "base"]
+        if names:
+            unknown = set(names) - {c.name for c in cks}
+            if unknown:
+                raise ValueError(f"unknown checkpoints {sorted(unknown)}; have {[c.name for c in cks]}")
+            cks = [c for c in cks if c.name in names]
+        if not cks:
+            raise ValueError("no fine-tuned checkpoints in the feature set")
+        return cks
+
+
+@dataclass
+class ScoringContext:
+    features: FeatureSet | None
+    train_texts: list[str]
+    queries: list[Query]
+    cea: Callable[[dict[str, Any]], np.ndarray] | None = None  # model-backed scorer, supplied by the API
+    default_checkpoints: list[str] | None = None
+
+
+def dot_scores(train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 26) -> np.ndarray:
+    """queries @ train.T computed over row blocks of `train`, so memory stays bounded for a memmap."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    n, d = train.shape
+    rows = max(1, block_bytes // max(1, d * train.dtype.itemsize))
+    out = np.empty((q.shape[0], n), dtype=np.float32)
+    for start in range(0, n, rows):
+        block = torch.from_numpy(np.asarray(train[start: start + rows], dtype=np.float32))
+        out[:, start: start + rows] = (q @ block.T).numpy()
+    return out
+
+
+def row_norms(train: np.ndarray, block_bytes: int = 1 << 26) -> np.ndarray:
+    n, d = train.shape
+    rows = max(1, block_bytes // max(1, d * train.dtype.itemsize))
+    return np.concatenate([np.linalg.norm(np.asarray(train[s: s + rows], dtype=np.float32), axis=1)
+                           for s in range(0, n, rows)])
+
+
+# ------------------------------------------------------------------------------------------ method registry
+
+ScoreFn = Callable[..., np.ndarray]
+REGISTRY: dict[str, ScoreFn] = {}
+# Named variants: the paper's ablations are parameter values of one scorer, not copies of code.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
+
+
+def register(name: str, **presets: dict[str, Any]) -> Callable[[ScoreFn], ScoreFn]:
+    def deco(fn: ScoreFn) -> ScoreFn:
+        REGISTRY[name] = fn
+        for preset_name, params in presets.items():
+            PRESETS[preset_name] = (name, params)
+        return fn
+
+    return deco
+
+
+_SPEC_RE = re.compile(r"^([A-Za-z_][\w@.\-]*)(?:\((.*)\))?$")
+
+
+def parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text.strip()
+
+
+def parse_method(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """'dda(beta=0.4,debias_mode=cross)' -> (label, scorer name, params). Presets expand to their scorer."""
+    m = _SPEC_RE.match(spec.strip())
+    if not m:
+        raise ValueError(f"bad method spec '{spec}' (expected name or name(key=value,...))")
+    name, arg_text = m.group(1), m.group(2)
+    params: dict[str, Any] = {}
+    if name in PRESETS:
+        name, preset = PRESETS[name][0], dict(PRESETS[name][1])
+        params.update(preset)
+    if name not in REGISTRY:
+        known = sorted(set(REGISTRY) | set(PRESETS))
+        raise ValueError(f"unknown method '{m.group(1)}' (known: {', '.join(known)})")
+    if arg_text:
+        for part in arg_text.split(","):
+            if "=" not in part:
+                raise ValueError(f"bad parameter '{part}' in '{spec}' (expected key=value)")
+            k, v = part.split("=", 1)
+            params[k.strip()] = parse_value(v)
+    return spec.strip(), name, params
+
+
+def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None = None) -> np.ndarray:
+    label, name, params = parse_method(spec)
+    fn = REGISTRY[name]
+    import inspect
+
+    accepted = set(inspect.signature(fn).parameters) - {"ctx"}
+    merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
+    merged.update(params)
+    bad = set(params) - accepted
+    if bad:
+        raise ValueError(f"method '{label}': unknown parameters {sorted(bad)} (accepted: {sorted(accepted)})")
+    scores = np.asarray(fn(ctx, **merged), dtype=np.float64)
+    if scores.shape != (len(ctx.queries), len(ctx.train_texts)):
+        raise RuntimeError(f"method '{label}' returned shape {scores.shape}, expected "
+                           f"{(len(ctx.queries), len(ctx.train_texts))}")
+    return scores

@@ -1,0 +1,113 @@
+"""Gradient scorers over stored features: DDA, first-order influence (grad_dot), cosine, TracIn, TRAK.
+
+DDA(z) = (1/N) sum_k IS_k(z) - beta * IS_0(z), each IS contrastive:
+    IS_k(z) = grad l(z, theta_k) . [grad l(neg, theta_k) - grad l(pos, theta_k)].
+The published debias term is ambiguous, so both readings are parameters:
+    debias_mode="base":  IS_0 takes both gradients at theta0 (the literal reading),
+    debias_mode="cross": the training gradient at theta0, the query gradient at theta_k (averaged over k).
+beta may be negative (adding the base score); the benchmark measures which sign and reading work.
+normalize=True scales each score vector to unit std over training examples first, so terms taken at
+different models combine on one scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import FeatureSet, ScoringContext, dot_scores, register, row_norms
+
+
+def _need(ctx: ScoringContext) -> FeatureSet:
+    if ctx.features is None:
+        raise ValueError("this method needs gradient features; run `dda index` first")
+    return ctx.features
+
+
+def _query(fs: FeatureSet, name: str, contrastive: bool) -> np.ndarray:
+    neg = np.asarray(fs.neg[name], dtype=np.float32)
+    if not contrastive:
+        return neg
+    pos = fs.pos.get(name)
+    if pos is None:
+        raise ValueError("contrastive scoring needs a positive output for every query (or contrastive=false)")
+    return neg - np.asarray(pos, dtype=np.float32)
+
+
+def _unit_std(s: np.ndarray) -> np.ndarray:
+    return s / np.maximum(s.std(axis=1, keepdims=True), 1e-30)
+
+
+@register("dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False},
+          dda_no_contrast={"contrastive": False})
+def dda(ctx: ScoringContext, beta: float = 0.0, contrastive: bool = True, debias: bool = True,
+        denoise: bool = True, debias_mode: str = "base", normalize: bool = False,
+        checkpoints: list[str] | str | None = None) -> np.ndarray:
+    fs = _need(ctx)
+    if isinstance(checkpoints, str):
+        checkpoints = checkpoints.split("+")
+    cks = fs.finetuned(checkpoints or ctx.default_checkpoints)
+    if not denoise:
+        cks = cks[-1:]  # the single last checkpoint: what denoising averages away
+    norm = _unit_std if normalize else (lambda s: s)
+    total = sum(norm(dot_scores(fs.train[c.name], _query(fs, c.name, contrastive))) for c in cks) / len(cks)
+    if debias and beta != 0.0:
+        if debias_mode == "base":
+            bias = norm(dot_scores(fs.train[fs.base], _query(fs, fs.base, contrastive)))
+        elif debias_mode == "cross":
+            bias = sum(norm(dot_scores(fs.train[fs.base], _query(fs, c.name, contrastive))) for c in cks) / len(cks)
+        else:
+            raise ValueError(f"debias_mode must be 'base' or 'cross', not '{debias_mode}'")
+        total = total - beta * bias
+    return total
+
+
+@register("grad_dot")
+def grad_dot(ctx: ScoringContext, checkpoint: str | None = None) -> np.ndarray:
+    """First-order influence at one checkpoint (default: the last), negative output only."""
+    fs = _need(ctx)
+    name = checkpoint or fs.finetuned()[-1].name
+    return dot_scores(fs.train[name], _query(fs, name, False))
+
+
+@register("grad_cos")
+def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> np.ndarray:
+    fs = _need(ctx)
+    name = checkpoint or fs.finetuned()[-1].name
+    q = _query(fs, name, False)
+    s = dot_scores(fs.train[name], q)
+    return s / np.maximum(np.outer(np.linalg.norm(q, axis=1), row_norms(fs.train[name])), 1e-30)
+
+
+@register("tracin")
+def tracin(ctx: ScoringContext, checkpoints: list[str] | None = None) -> np.ndarray:
+    """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k)."""
+    fs = _need(ctx)
+    cks = fs.finetuned(checkpoints)
+    return sum((c.lr if c.lr is not None else 1.0) * dot_scores(fs.train[c.name], _query(fs, c.name, False))
+               for c in cks)
+
+
+@register("trak")
+def trak(ctx: ScoringContext, trak_lambda: float = 1e-2, checkpoints: list[str] | None = None,
+         contrastive: bool = False) -> np.ndarray:
+    """TRAK: phi_q^T (Phi^T Phi + lambda I)^-1 Phi^T per checkpoint, averaged over checkpoints.
+
+    Uses the push-through identity Phi (Phi^T Phi + lI)^-1 = (Phi Phi^T + lI)^-1 Phi when n_train < dim, so
+    the solve is min(n, d)-sized. lambda is relative to the mean diagonal of the Gram matrix.
+    """
+    fs = _need(ctx)
+    out = 0.0
+    cks = fs.finetuned(checkpoints)
+    for c in cks:
+        phi = np.asarray(fs.train[c.name], dtype=np.float64)
+        q = _query(fs, c.name, contrastive).astype(np.float64)
+        n, d = phi.shape
+        if n <= d:
+            gram = phi @ phi.T
+            lam = trak_lambda * max(np.trace(gram) / n, 1e-30)
+            out = out + np.linalg.solve(gram + lam * np.eye(n), phi @ q.T).T
+        else:
+            gram = phi.T @ phi
+            lam = trak_lambda * max(np.trace(gram) / d, 1e-30)
+            out = out + (np.linalg.solve(gram + lam * np.eye(d), q.T).T @ phi.T)
+    return out / len(cks)
