@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_model
 
 from dda.features.capture import GradientFeaturizer, freeze, pad_batch, per_example_loss, select_modules
 from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector
-
-from conftest import make_model
 
 
 def _batch(seed: int = 0, n: int = 4):

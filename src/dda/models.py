@@ -77,7 +77,9 @@ def _gguf_to_local(gguf_path: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                  dtype=torch.float32)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    model.config.quantization_config = None
+    # The weights are already dequantised floats; drop the GGUF markers so they save as plain safetensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
