@@ -10,7 +10,13 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-VOCAB_WORDS = ["the", "a", "of", "in", "to", "and", "was", "is", "for", "on", "that", "with", "by", "at", "from", "as", "has", "have", "it", "he", "she", "they", "said", "England", "China", "France", "Australia", "Wales", "Scotland", "London", "Belfast", "football", "team", "match", "police", "court", "government", "minister", "summary", "document", "news", "report", "people", "year", "first", "new", "after", "over", "two", "three", "one", "last", "game", "win", "won", "lost", "club", "season", "player", "coach", "city", "council", "school", "hospital", "president", "election", "vote", "market", "bank", "price", "company", ".", ",", "'", '"']
+VOCAB_WORDS = (
+    "the a of in to and was is for on that with by at from as has have it he she they said England "
+    "China France Australia Wales Scotland London Belfast football team match police court "
+    "government minister summary document news report people year first new after over two three one "
+    "last game win won lost club season player coach city council school hospital president election "
+    "vote market bank price company . , ' "
+).split()
 
 
 def make_tokenizer():

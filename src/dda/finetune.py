@@ -116,7 +116,7 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 lrs.append(lr)
                 step += 1
                 if progress:

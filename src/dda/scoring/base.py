@@ -33,8 +33,11 @@ class FeatureSet:
     def base(self) -> str:
         return self.checkpoints[0].name
 
-    def finetuned(self, names: list[str] | None = None) -> list[Checkpoint]:
+    def finetuned(self, names: list[str] | str | None = None) -> list[Checkpoint]:
+        """Fine-tuned checkpoints in training order; `names` filters ('epoch-1+epoch-2' or a list)."""
         cks = [c for c in self.checkpoints if c.kind != "base"]
+        if isinstance(names, str):
+            names = names.split("+")
         if names:
             unknown = set(names) - {c.name for c in cks}
             if unknown:
@@ -61,7 +64,7 @@ def dot_scores(train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 2
     rows = max(1, block_bytes // max(1, d * train.dtype.itemsize))
     out = np.empty((q.shape[0], n), dtype=np.float32)
     for start in range(0, n, rows):
-        block = torch.from_numpy(np.asarray(train[start: start + rows], dtype=np.float32))
+        block = torch.from_numpy(np.array(train[start: start + rows], dtype=np.float32))  # copy: memmaps are read-only
         out[:, start: start + rows] = (q @ block.T).numpy()
     return out
 

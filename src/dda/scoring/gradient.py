@@ -43,8 +43,6 @@ def dda(ctx: ScoringContext, beta: float = 0.0, contrastive: bool = True, debias
         denoise: bool = True, debias_mode: str = "base", normalize: bool = False,
         checkpoints: list[str] | str | None = None) -> np.ndarray:
     fs = _need(ctx)
-    if isinstance(checkpoints, str):
-        checkpoints = checkpoints.split("+")
     cks = fs.finetuned(checkpoints or ctx.default_checkpoints)
     if not denoise:
         cks = cks[-1:]  # the single last checkpoint: what denoising averages away
@@ -79,7 +77,7 @@ def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> np.ndarray:
 
 
 @register("tracin")
-def tracin(ctx: ScoringContext, checkpoints: list[str] | None = None) -> np.ndarray:
+def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None) -> np.ndarray:
     """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k)."""
     fs = _need(ctx)
     cks = fs.finetuned(checkpoints)
@@ -88,7 +86,7 @@ def tracin(ctx: ScoringContext, checkpoints: list[str] | None = None) -> np.ndar
 
 
 @register("trak")
-def trak(ctx: ScoringContext, trak_lambda: float = 1e-2, checkpoints: list[str] | None = None,
+def trak(ctx: ScoringContext, trak_lambda: float = 1e-2, checkpoints: list[str] | str | None = None,
          contrastive: bool = False) -> np.ndarray:
     """TRAK: phi_q^T (Phi^T Phi + lambda I)^-1 Phi^T per checkpoint, averaged over checkpoints.
 

@@ -1,0 +1,210 @@
+"""Command line: thin wrappers over the Python API; every command takes --config FILE and --set key=value.
+
+    dda finetune  --workdir runs/x --data train.jsonl
+    dda index     --workdir runs/x                      # theta0 + every epoch checkpoint
+    dda attribute --workdir runs/x --queries q.jsonl --methods dda,bm25 --beta 0.4
+    dda bench     --preset cpu-small --pairs England:China --seed 0 --out runs/bench
+    dda demo
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .config import DDAConfig, apply_overrides, load_config
+from .progress import console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA).")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `dda config`).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=2")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Run directory (checkpoints, features).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id, local dir, .gguf file or builtin:<alias>.")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="JSONL/CSV/Parquet file, dataset dir, hub:<name>.")]
+
+
+def _config(config: Path | None, sets: list[str] | None, quiet: bool, **overrides) -> DDAConfig:
+    from .scoring.base import parse_value
+
+    cfg = load_config(config) if config else DDAConfig()
+    values = {k: v for k, v in overrides.items() if v is not None}
+    for item in sets or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = parse_value(raw) if "," not in raw else [parse_value(x) for x in raw.split(",")]
+    values["quiet"] = quiet or None
+    return apply_overrides(cfg, values)
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def finetune(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None, data: DataOpt = None,
+             epochs: Annotated[int | None, typer.Option(help="Epochs (one checkpoint each).")] = None,
+             lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+             method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
+             set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Fine-tune with a checkpoint per epoch (resumes from the last complete epoch).
+
+    Example: `dda finetune -w runs/x --data train.jsonl --epochs 3 --set data.prompt_field=text`
+    """
+    from .api import Attributor
+    from .data import load_examples
+
+    try:
+        cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data, "train.epochs": epochs,
+                                             "train.lr": lr, "train.method": method})
+        att = Attributor(cfg, workdir)
+        ckpts = att.finetune(load_examples(cfg.data))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    if not quiet:
+        console.print(f"{len(ckpts)} checkpoints in {workdir}/checkpoints: {', '.join(c.name for c in ckpts)}")
+
+
+@app.command()
+def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None, data: DataOpt = None,
+          checkpoints: Annotated[Path | None, typer.Option(help="Existing checkpoints (adapters or full "
+                                                           "weights) instead of WORKDIR/checkpoints.")] = None,
+          projection: Annotated[str | None, typer.Option(help="kronecker, dense or identity.")] = None,
+          proj_dim: Annotated[int | None, typer.Option(help="Per side (kronecker) or total (dense).")] = None,
+          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Store per-example gradient features of the training set at theta0 and every checkpoint.
+
+    Example: `dda index -w runs/x --checkpoints my_adapters/ --data train.jsonl`
+    """
+    from .api import Attributor
+    from .data import load_examples
+
+    try:
+        cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data,
+                                             "features.projection": projection, "features.proj_dim": proj_dim})
+        att = Attributor(cfg, workdir)
+        if checkpoints:
+            att.use_checkpoints(checkpoints)
+        att.index(load_examples(cfg.data))
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    s = att.index_stats
+    if not quiet:
+        rate = f", {s['examples_per_s']:.2f} examples/s, {s['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in s \
+            else " (all reused)"
+        console.print(f"indexed {s['n_train']} examples x {len(s['checkpoints'])} checkpoints, dim {s['dim']}{rate}; "
+                      f"{s['n_prompt_truncated']} prompts and {s['n_response_truncated']} responses truncated")
+
+
+@app.command()
+def attribute(workdir: WorkdirOpt,
+              queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
+              config: ConfigOpt = None, model: ModelOpt = None,
+              methods: Annotated[str | None, typer.Option(help="Comma list, e.g. dda,dda(beta=0.4),bm25")] = None,
+              beta: Annotated[float | None, typer.Option(help="DDA debias weight.")] = None,
+              top_k: Annotated[int, typer.Option(help="Rows in the printed ranking.")] = 10,
+              out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
+              prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
+              set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Rank training documents by responsibility for each query's negative output (higher = more responsible).
+
+    Example: `dda attribute -w runs/x --queries q.jsonl --methods dda,tracin,bm25 --top-k 20`
+    """
+    from .api import Attributor
+    from .data import load_queries
+    from .demo import print_ranking
+
+    try:
+        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta, "score.top_k": top_k})
+        qs = load_queries(str(queries), prompt_field, negative_field, positive_field)
+        att = Attributor(cfg, workdir)
+        method_list = _split_methods(methods) if methods else None
+        result = att.attribute(qs, method_list, out_dir=out or workdir / "attribution")
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    if not quiet:
+        print_ranking(result, next(iter(result.scores)), top_k)
+        console.print(f"scores of {len(result.scores)} methods in {out or workdir / 'attribution'}")
+
+
+def _split_methods(text: str) -> list[str]:
+    """Split 'dda(beta=0.4,debias_mode=cross),bm25' on top-level commas only."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+@app.command()
+def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-paper.")] = "cpu-small",
+          pairs: Annotated[str, typer.Option(help="ORIG:CANARY[,ORIG:CANARY...]")] = "England:China",
+          seed: int = 0, out: Annotated[Path, typer.Option(help="Output dir.")] = Path("runs/bench"),
+          model: ModelOpt = None,
+          data: Annotated[list[str] | None, typer.Option(help="Data source(s); repeatable.")] = None,
+          methods: Annotated[str | None, typer.Option(help="Comma list of methods.")] = None,
+          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Hallucination-tracing benchmark (XSum canaries, CEA protocol): every method, ablation and beta.
+
+    Example: `dda bench --preset cpu-small --pairs England:China --seed 0 --out runs/bench`
+    """
+    from .bench.hallucination import run_bench
+
+    overrides = {}
+    for item in set_ or []:
+        key, _, raw = item.partition("=")
+        from .scoring.base import parse_value
+
+        overrides[key.strip()] = parse_value(raw)
+    try:
+        metrics = run_bench(preset, pairs=pairs, seed=seed, out=out, model=model, data=data,
+                            methods=_split_methods(methods) if methods else None, quiet=quiet,
+                            overrides=overrides or None)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    if not quiet:
+        from rich.table import Table
+
+        tab = Table(title=f"{preset}: {metrics['n_queries']} queries ({metrics['query_mode']}), "
+                          f"{metrics['n_poisoned']}/{metrics['n_train']} poisoned")
+        for col in ("method", "AUC", "AP", "R@10"):
+            tab.add_column(col)
+        for name, m in sorted(metrics["methods"].items(), key=lambda kv: -kv[1]["auc"]):
+            tab.add_row(name, f"{m['auc']:.3f}", f"{m['ap']:.3f}", f"{m['recall@10']:.3f}")
+        console.print(tab)
+        console.print(f"report: {out}/report.md")
+
+
+@app.command()
+def demo(workdir: Annotated[Path, typer.Option("--workdir", "-w")] = Path("runs/demo"),
+         quiet: QuietOpt = False) -> None:
+    """Fine-tune SmolLM2 on XSum with poisoned summaries, index, attribute; poisoned documents are marked."""
+    from .demo import run_demo
+
+    run_demo(workdir, quiet=quiet)
+
+
+@app.command("config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the full config (defaults, or FILE with --set overrides) as YAML, ready to edit."""
+    import yaml
+
+    cfg = _config(config, set_, False)
+    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()

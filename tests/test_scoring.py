@@ -1,0 +1,125 @@
+"""Score algebra on hand-built features: DDA equals its definition, ablations, baselines, sign convention."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dda.data import Query
+from dda.models import Checkpoint
+from dda.scoring import FeatureSet, ScoringContext, parse_method, run_method
+from dda.scoring.base import dot_scores
+
+N, D, Q = 30, 12, 3
+
+
+@pytest.fixture
+def ctx():
+    rng = np.random.default_rng(0)
+    cks = [Checkpoint("base"), Checkpoint("epoch-1", "x", "lora", lr=1e-3, epoch=1),
+           Checkpoint("epoch-2", "x", "lora", lr=5e-4, epoch=2), Checkpoint("epoch-3", "x", "lora", lr=2e-4, epoch=3)]
+    fs = FeatureSet(cks, {c.name: rng.normal(size=(N, D)).astype(np.float32) for c in cks},
+                    {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in cks},
+                    {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in cks})
+    queries = [Query(f"q{i}", "p", "neg", "pos") for i in range(Q)]
+    return ScoringContext(fs, [f"t{i}" for i in range(N)], queries)
+
+
+def _is(fs, train_ck, query_ck, contrastive=True):
+    q = fs.neg[query_ck] - fs.pos[query_ck] if contrastive else fs.neg[query_ck]
+    return q.astype(np.float64) @ fs.train[train_ck].T.astype(np.float64)
+
+
+def test_dda_equals_definition(ctx):
+    fs = ctx.features
+    ft = ["epoch-1", "epoch-2", "epoch-3"]
+    beta = 0.4
+    expected = np.mean([_is(fs, c, c) for c in ft], axis=0) - beta * _is(fs, "base", "base")
+    np.testing.assert_allclose(run_method(f"dda(beta={beta})", ctx), expected, rtol=1e-5, atol=1e-5)
+    # the other reading of the debias term: training gradient at theta0, query gradient at theta_k
+    cross = np.mean([_is(fs, c, c) for c in ft], axis=0) - beta * np.mean([_is(fs, "base", c) for c in ft], axis=0)
+    np.testing.assert_allclose(run_method(f"dda(beta={beta},debias_mode=cross)", ctx), cross, rtol=1e-5, atol=1e-5)
+    # the sign is a parameter: beta < 0 adds the base score
+    added = np.mean([_is(fs, c, c) for c in ft], axis=0) + 0.5 * _is(fs, "base", "base")
+    np.testing.assert_allclose(run_method("dda(beta=-0.5)", ctx), added, rtol=1e-5, atol=1e-5)
+
+
+def test_dda_ablations(ctx):
+    fs = ctx.features
+    ft = ["epoch-1", "epoch-2", "epoch-3"]
+    d = {"beta": 0.3}
+    mean_k = np.mean([_is(fs, c, c) for c in ft], axis=0)
+    np.testing.assert_allclose(run_method("dda_no_debias", ctx, d), mean_k, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_method("dda_no_denoise", ctx, d),
+                               _is(fs, "epoch-3", "epoch-3") - 0.3 * _is(fs, "base", "base"), rtol=1e-5, atol=1e-5)
+    no_contrast = np.mean([_is(fs, c, c, False) for c in ft], axis=0) - 0.3 * _is(fs, "base", "base", False)
+    np.testing.assert_allclose(run_method("dda_no_contrast", ctx, d), no_contrast, rtol=1e-5, atol=1e-5)
+    # checkpoint subset
+    np.testing.assert_allclose(run_method("dda(checkpoints=epoch-1+epoch-2)", ctx),
+                               np.mean([_is(fs, c, c) for c in ft[:2]], axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_normalized_terms_have_unit_scale(ctx):
+    s = run_method("dda(normalize=true,checkpoints=epoch-1)", ctx)
+    np.testing.assert_allclose(s.std(axis=1), 1.0, rtol=1e-5)
+
+
+def test_baselines_equal_their_definitions(ctx):
+    fs = ctx.features
+    np.testing.assert_allclose(run_method("grad_dot", ctx), _is(fs, "epoch-3", "epoch-3", False), rtol=1e-5)
+    tracin = sum(c.lr * _is(fs, c.name, c.name, False) for c in fs.checkpoints[1:])
+    np.testing.assert_allclose(run_method("tracin", ctx), tracin, rtol=1e-5, atol=1e-6)
+    cos = run_method("grad_cos", ctx)
+    assert np.all(np.abs(cos) <= 1 + 1e-6)
+    # TRAK: the push-through form (n < d and n > d) equals phi_q (Phi^T Phi + lam I)^-1 Phi^T
+    phi = fs.train["epoch-1"].astype(np.float64)
+    q = fs.neg["epoch-1"].astype(np.float64)
+    lam = 0.01 * np.trace(phi.T @ phi) / D
+    direct = q @ np.linalg.solve(phi.T @ phi + lam * np.eye(D), phi.T)
+    got = run_method("trak(checkpoints=epoch-1,trak_lambda=0.01)", ctx)
+    np.testing.assert_allclose(got, direct, rtol=1e-6, atol=1e-8)
+
+
+def test_sign_convention_positive_alignment_scores_high(ctx):
+    """A training gradient aligned with grad(neg) - grad(pos) at every checkpoint must rank first."""
+    fs = ctx.features
+    for c in fs.checkpoints:
+        fs.train[c.name][7] = 5 * (fs.neg[c.name][0] - fs.pos[c.name][0])
+        fs.train[c.name][8] = -5 * (fs.neg[c.name][0] - fs.pos[c.name][0])
+    s = run_method("dda", ctx)[0]
+    assert int(np.argmax(s)) == 7 and int(np.argmin(s)) == 8
+
+
+def test_dot_scores_blockwise_matches_dense():
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(1000, 16)).astype(np.float16)
+    q = rng.normal(size=(4, 16)).astype(np.float32)
+    np.testing.assert_allclose(dot_scores(train, q, block_bytes=16 * 2 * 37), q @ train.astype(np.float32).T,
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_method_specs():
+    assert parse_method("dda(beta=0.4,debias_mode=cross)") == ("dda(beta=0.4,debias_mode=cross)", "dda",
+                                                              {"beta": 0.4, "debias_mode": "cross"})
+    assert parse_method("dda_no_debias")[1:] == ("dda", {"debias": False})
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        parse_method("nope")
+
+
+def test_unknown_parameter_is_refused(ctx):
+    with pytest.raises(ValueError, match="unknown parameters"):
+        run_method("grad_dot(beta=1)", ctx)
+
+
+def test_contrastive_needs_positive(ctx):
+    ctx.features.pos.clear()
+    with pytest.raises(ValueError, match="positive output"):
+        run_method("dda", ctx)
+    run_method("grad_dot", ctx)  # non-contrastive methods still work
+
+
+def test_bm25_ranks_the_matching_text_first():
+    texts = ["the match was won by England", "the bank raised the price", "China won the election vote"]
+    ctx = ScoringContext(None, texts, [Query("q", "p", "China won the election", None)])
+    s = run_method("bm25", ctx)
+    assert int(np.argmax(s[0])) == 2
