@@ -39,6 +39,8 @@ def test_dda_equals_definition(ctx):
     # the other reading of the debias term: training gradient at theta0, query gradient at theta_k
     cross = np.mean([_is(fs, c, c) for c in ft], axis=0) - beta * np.mean([_is(fs, "base", c) for c in ft], axis=0)
     np.testing.assert_allclose(run_method(f"dda(beta={beta},debias_mode=cross)", ctx), cross, rtol=1e-5, atol=1e-5)
+    q0 = np.mean([_is(fs, c, c) for c in ft], axis=0) - beta * np.mean([_is(fs, c, "base") for c in ft], axis=0)
+    np.testing.assert_allclose(run_method(f"dda(beta={beta},debias_mode=query0)", ctx), q0, rtol=1e-5, atol=1e-5)
     # the sign is a parameter: beta < 0 adds the base score
     added = np.mean([_is(fs, c, c) for c in ft], axis=0) + 0.5 * _is(fs, "base", "base")
     np.testing.assert_allclose(run_method("dda(beta=-0.5)", ctx), added, rtol=1e-5, atol=1e-5)

@@ -90,7 +90,8 @@ class ScoreConfig:
         default_factory=lambda: ["dda", "grad_dot", "grad_cos", "tracin", "trak", "bm25"]
     )
     beta: float = 0.0
-    debias_mode: str = "base"  # base: both gradients at theta0 | cross: query at theta_k, train at theta0
+    # base: both gradients at theta0 | cross: train theta0, query theta_k | query0: train theta_k, query theta0
+    debias_mode: str = "base"
     normalize: bool = False  # scale each per-checkpoint score vector to unit std before combining
     checkpoints: list[str] | None = None  # which fine-tuned checkpoints to average (None: all)
     trak_lambda: float = 1e-2  # ridge, relative to the mean diagonal of Phi^T Phi
@@ -172,7 +173,7 @@ def validate(cfg: DDAConfig, source: str) -> None:
          "must be kronecker, dense or identity"),
         (cfg.features.proj_dim >= 1, "features.proj_dim", "must be >= 1"),
         (cfg.features.dtype in ("float32", "float16"), "features.dtype", "must be float32 or float16"),
-        (cfg.score.debias_mode in ("base", "cross"), "score.debias_mode", "must be 'base' or 'cross'"),
+        (cfg.score.debias_mode in ("base", "cross", "query0"), "score.debias_mode", "must be base, cross or query0"),
         (cfg.data.max_prompt_tokens >= 1, "data.max_prompt_tokens", "must be >= 1"),
         (cfg.data.max_response_tokens >= 1, "data.max_response_tokens", "must be >= 1"),
     ]

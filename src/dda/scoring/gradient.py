@@ -4,7 +4,8 @@ DDA(z) = (1/N) sum_k IS_k(z) - beta * IS_0(z), each IS contrastive:
     IS_k(z) = grad l(z, theta_k) . [grad l(neg, theta_k) - grad l(pos, theta_k)].
 The published debias term is ambiguous, so both readings are parameters:
     debias_mode="base":  IS_0 takes both gradients at theta0 (the literal reading),
-    debias_mode="cross": the training gradient at theta0, the query gradient at theta_k (averaged over k).
+    debias_mode="cross": the training gradient at theta0, the query gradient at theta_k (averaged over k),
+    debias_mode="query0": the training gradient at theta_k, the query gradient at theta0 (averaged over k).
 beta may be negative (adding the base score); the benchmark measures which sign and reading work.
 normalize=True scales each score vector to unit std over training examples first, so terms taken at
 different models combine on one scale.
@@ -53,8 +54,11 @@ def dda(ctx: ScoringContext, beta: float = 0.0, contrastive: bool = True, debias
             bias = norm(dot_scores(fs.train[fs.base], _query(fs, fs.base, contrastive)))
         elif debias_mode == "cross":
             bias = sum(norm(dot_scores(fs.train[fs.base], _query(fs, c.name, contrastive))) for c in cks) / len(cks)
+        elif debias_mode == "query0":
+            q0 = _query(fs, fs.base, contrastive)
+            bias = sum(norm(dot_scores(fs.train[c.name], q0)) for c in cks) / len(cks)
         else:
-            raise ValueError(f"debias_mode must be 'base' or 'cross', not '{debias_mode}'")
+            raise ValueError(f"debias_mode must be 'base', 'cross' or 'query0', not '{debias_mode}'")
         total = total - beta * bias
     return total
 

