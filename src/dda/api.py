@@ -158,13 +158,17 @@ class Attributor:
         return [BASE, *self.checkpoints]
 
     # ---------------------------------------------------------------------------------------------- index
-    def _featurize_all(self, data: Tokenized, root: Path, label: str) -> dict[str, FeatureStore]:
+    def _featurize_all(self, sets: dict[str, tuple[Tokenized, Path]], label: str) -> dict[str, dict[str, FeatureStore]]:
+        """{set name: (data, root)} -> {set name: {checkpoint: store}}; each checkpoint is applied once."""
         cks = self.all_checkpoints()
-        stores = {}
-        with bar(f"{label} gradients ({len(cks)} checkpoints)", len(data) * len(cks), self.cfg.quiet) as adv:
+        out: dict[str, dict[str, FeatureStore]] = {k: {} for k in sets}
+        total = sum(len(d) for d, _ in sets.values()) * len(cks)
+        with bar(f"{label} gradients ({len(cks)} checkpoints)", total, self.cfg.quiet) as adv:
             for c in cks:
-                stores[c.name] = self.indexer.featurize(c, data, root / c.name, progress=adv)
-        return stores
+                stores = self.indexer.featurize_sets(c, [(d, root / c.name) for d, root in sets.values()], adv)
+                for key, store in zip(sets, stores, strict=True):
+                    out[key][c.name] = store
+        return out
 
     def index(self, examples: list[Example]) -> dict[str, FeatureStore]:
         """Features of every training example at theta0 and at each checkpoint (reused if already stored)."""
@@ -172,7 +176,7 @@ class Attributor:
         save_examples(self.workdir / "data" / "train.jsonl", examples)
         t0 = time.perf_counter()
         seconds0, tokens0, rows0 = self.indexer.seconds, self.indexer.tokens, self.indexer.rows
-        stores = self._featurize_all(data, self.workdir / "features" / "train", "train")
+        stores = self._featurize_all({"train": (data, self.workdir / "features" / "train")}, "train")["train"]
         stats = {
             "n_train": len(examples), "checkpoints": [c.name for c in self.all_checkpoints()],
             "n_prompt_truncated": data.n_prompt_truncated, "n_response_truncated": data.n_response_truncated,
@@ -195,13 +199,12 @@ class Attributor:
         fmt = self.formatter
         neg = fmt.tokenize_pairs([(q.prompt, q.negative) for q in queries])
         root = self.workdir / "features" / "queries" / neg.fingerprint()
-        neg_stores = self._featurize_all(neg, root / "neg", "query (negative)")
-        pos_stores: dict[str, FeatureStore] = {}
+        sets = {"neg": (neg, root / "neg")}
         if all(q.positive for q in queries):
-            pos = fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries])
-            pos_stores = self._featurize_all(pos, root / "pos", "query (positive)")
-        return ({k: np.asarray(v.features) for k, v in neg_stores.items()},
-                {k: np.asarray(v.features) for k, v in pos_stores.items()})
+            sets["pos"] = (fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]), root / "pos")
+        stores = self._featurize_all(sets, "query")
+        return ({k: np.asarray(v.features) for k, v in stores["neg"].items()},
+                {k: np.asarray(v.features) for k, v in stores.get("pos", {}).items()})
 
     # ------------------------------------------------------------------------------------------ attribute
     def train_examples(self) -> list[Example]:

@@ -64,32 +64,43 @@ class Indexer:
     def featurize(self, ckpt: Checkpoint, data: Tokenized, root: str | Path,
                   progress: ProgressFn | None = None) -> FeatureStore:
         """Features of `data` at `ckpt` into the store at `root` (created, resumed or reused)."""
-        root = Path(root)
+        return self.featurize_sets(ckpt, [(data, Path(root))], progress)[0]
+
+    def featurize_sets(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]],
+                       progress: ProgressFn | None = None) -> list[FeatureStore]:
+        """Several example sets at one checkpoint: the checkpoint is applied once for all of them."""
+        stores = []
         with applied(self.model, ckpt) as model:
             freeze(model)
             featurizer = GradientFeaturizer(model, self.modules, self.projector)
-            store = FeatureStore.open(root, self.store_meta(ckpt, data, featurizer.dim))
-            if store.complete:
-                if progress:
-                    progress(len(data))
-                return store
-            lengths = np.array([len(s) for s in data.input_ids])
-            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            done_before = len(data) - len(store.pending())
-            if progress and done_before:
-                progress(done_before)
-            for batch in length_sorted_batches(lengths, store.pending(), self.cfg.batch_size):
-                t0 = time.perf_counter()
-                ids, attn, resp = pad_batch([data.input_ids[i] for i in batch],
-                                            [data.response_mask[i] for i in batch], pad_id, self.device)
-                feats = featurizer(ids, attn, resp)
-                store.write(batch, feats.cpu().numpy())
-                self.seconds += time.perf_counter() - t0
-                self.tokens += int(lengths[batch].sum())
-                self.rows += len(batch)
-                if progress:
-                    progress(len(batch))
-            store.finish()
+            for data, root in sets:
+                stores.append(self._fill(ckpt, featurizer, data, Path(root), progress))
+        return stores
+
+    def _fill(self, ckpt: Checkpoint, featurizer: GradientFeaturizer, data: Tokenized, root: Path,
+              progress: ProgressFn | None) -> FeatureStore:
+        store = FeatureStore.open(root, self.store_meta(ckpt, data, featurizer.dim))
+        if store.complete:
+            if progress:
+                progress(len(data))
+            return store
+        lengths = np.array([len(s) for s in data.input_ids])
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        done_before = len(data) - len(store.pending())
+        if progress and done_before:
+            progress(done_before)
+        for batch in length_sorted_batches(lengths, store.pending(), self.cfg.batch_size):
+            t0 = time.perf_counter()
+            ids, attn, resp = pad_batch([data.input_ids[i] for i in batch],
+                                        [data.response_mask[i] for i in batch], pad_id, self.device)
+            feats = featurizer(ids, attn, resp)
+            store.write(batch, feats.cpu().numpy())
+            self.seconds += time.perf_counter() - t0
+            self.tokens += int(lengths[batch].sum())
+            self.rows += len(batch)
+            if progress:
+                progress(len(batch))
+        store.finish()
         return store
 
 
