@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Scoring at scale: top-k of Q queries over N stored feature rows, streamed from a float16 memmap.
+
+    python benchmarks/scoring_scale.py                        # the target: 1,000,000 x 8,192 (16 GB on disk)
+    python benchmarks/scoring_scale.py --n 200000             # scaled down; prints the extrapolation to 1M
+    python benchmarks/scoring_scale.py --self-test            # small exactness check against a full argsort
+
+The store is created in a temporary directory (free disk is checked first) and filled blockwise with random
+float16 data by plain file writes, so filling never maps the file into this process. Scoring reads the memmap
+block by block: scores of one block, torch.topk on it, merge with the running top-k. After each block its pages
+are dropped from this process's mapping (madvise MADV_DONTNEED; the data stays in the page cache), so resident
+memory is one block plus the running top-k whatever N is. Reported: seconds, rows/s, GB/s, peak RSS, and the
+largest resident set seen in the first 10% of blocks vs over all blocks (flat = memory does not grow with N).
+
+`topk_scores` is the reusable piece (meant to move into dda.scoring.base).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MADV_DONTNEED = 4  # Linux
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def release_pages(arr: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows [start, stop) of a *shared* memmap from this process's resident set (no-op otherwise).
+
+    For a MAP_SHARED file mapping MADV_DONTNEED only unmaps the pages here; the file's data (and any writes
+    made through the mapping) stay in the page cache, so this never changes what the array holds. Private
+    copy-on-write maps (mode 'c') are skipped: there it would discard changes.
+    """
+    if _LIBC is None or not isinstance(arr, np.memmap) or getattr(arr, "mode", "c") not in ("r", "r+", "readonly",
+                                                                                            "readwrite"):
+        return
+    if stop <= start:
+        return
+    row_bytes = arr.strides[0]
+    lo = arr.ctypes.data + start * row_bytes
+    hi = lo + (stop - start) * row_bytes
+    page = mmap.PAGESIZE
+    lo -= lo % page
+    hi += (-hi) % page
+    _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), ctypes.c_int(MADV_DONTNEED))
+
+
+def topk_scores(train_memmap: np.ndarray, queries: np.ndarray, k: int, block_rows: int = 4096,
+                release: bool = True, on_block=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of `queries @ train.T` per query, streaming over row blocks of `train_memmap`.
+
+    train_memmap: (n, d) array, typically a float16/float32 np.memmap; queries: (q, d). Returns
+    (scores, indices), both (q, min(k, n)), scores descending (float32), indices int64 row numbers.
+    Memory is O(block_rows * d + q * k), independent of n: each block is converted to float32, scored, reduced
+    to its own top-k, merged with the running top-k, and (for a memmap, `release=True`) unmapped again.
+    `on_block(stop)` is called after each block (progress, memory sampling).
+    """
+    if train_memmap.ndim != 2 or queries.ndim != 2 or queries.shape[1] != train_memmap.shape[1]:
+        raise ValueError(f"shapes do not match: train {train_memmap.shape}, queries {queries.shape}")
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    n = train_memmap.shape[0]
+    kk = min(k, n)
+    best_v = torch.empty((q.shape[0], 0), dtype=torch.float32)
+    best_i = torch.empty((q.shape[0], 0), dtype=torch.int64)
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        block = torch.from_numpy(np.asarray(train_memmap[start:stop], dtype=np.float32))
+        scores = q @ block.T  # (q, rows)
+        v, i = torch.topk(scores, min(kk, stop - start), dim=1)
+        cand_v = torch.cat([best_v, v], dim=1)
+        cand_i = torch.cat([best_i, i + start], dim=1)
+        top_v, pos = torch.topk(cand_v, min(kk, cand_v.shape[1]), dim=1)
+        best_v, best_i = top_v, torch.gather(cand_i, 1, pos)
+        del block, scores
+        if release:
+            release_pages(train_memmap, start, stop)
+        if on_block is not None:
+            on_block(stop)
+    return best_v.numpy(), best_i.numpy()
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+
+
+def rss_now_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * mmap.PAGESIZE / 2**20
+    except OSError:
+        return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def fill_store(path: Path, n: int, d: int, seed: int, block_rows: int) -> float:
+    """Write n x d float16 random rows with file writes (the file is never mapped while it is filled)."""
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    with open(path, "wb") as fh:
+        for start in range(0, n, block_rows):
+            rows = min(block_rows, n - start)
+            fh.write(rng.standard_normal((rows, d), dtype=np.float32).astype(np.float16).tobytes())
+    return time.perf_counter() - t0
+
+
+def self_test() -> int:
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory(prefix="dda-topk-") as tmp:
+        n, d, q, k = 10_007, 64, 8, 100
+        path = Path(tmp) / "x.bin"
+        fill_store(path, n, d, 1, 999)
+        mm = np.memmap(path, dtype=np.float16, mode="r", shape=(n, d))
+        queries = rng.standard_normal((q, d)).astype(np.float32)
+        for block_rows in (1, 97, 4096, 20_000):
+            v, i = topk_scores(mm, queries, k, block_rows=block_rows)
+            full = queries @ np.asarray(mm, dtype=np.float32).T
+            ref = np.sort(full, axis=1)[:, ::-1][:, :k]
+            assert np.allclose(v, ref, rtol=1e-5, atol=1e-4), f"values differ at block_rows={block_rows}"
+            assert np.allclose(np.take_along_axis(full, i, 1), v, rtol=1e-5, atol=1e-4), "indices do not match"
+        v, i = topk_scores(mm[:50], queries, k, block_rows=16)
+        assert v.shape == (q, 50) and len(set(i[0].tolist())) == 50
+        del mm
+    print("self-test passed: streaming top-k equals a full sort (block sizes 1, 97, 4096, 20000; k > n)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1_000_000, help="stored examples (rows)")
+    p.add_argument("--dim", type=int, default=8192)
+    p.add_argument("--queries", type=int, default=8)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--block-rows", type=int, default=4096, help="rows per scoring block")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dir", default=None, help="where to create the temporary store (default: system temp)")
+    p.add_argument("--keep", action="store_true", help="keep the store (prints its path)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the result JSON here")
+    p.add_argument("--self-test", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.self_test:
+        return self_test()
+
+    target_n = 1_000_000
+    need = args.n * args.dim * 2
+    parent = Path(args.dir or tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if need + (1 << 30) > free:
+        fit = max(0, (free - (1 << 30)) // (args.dim * 2))
+        print(f"not enough disk under {parent}: the store needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free. "
+              f"Use --n {fit // 1000 * 1000} (or less) or --dir elsewhere.", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="dda-scoring-", dir=parent))
+    path = tmp / "features.f16"
+    try:
+        print(f"[scoring] filling {args.n:,} x {args.dim} float16 ({need / 1e9:.1f} GB) in {path}", flush=True)
+        fill_s = fill_store(path, args.n, args.dim, args.seed, max(1, (64 << 20) // (args.dim * 4)))
+        rss_before = rss_now_mb()
+        queries = np.random.default_rng(args.seed + 1).standard_normal((args.queries, args.dim)).astype(np.float32)
+        mm = np.memmap(path, dtype=np.float16, mode="r", shape=(args.n, args.dim))
+        samples: list[tuple[int, float]] = []
+        t0 = time.perf_counter()
+        vals, idx = topk_scores(mm, queries, args.k, block_rows=args.block_rows,
+                                on_block=lambda stop: samples.append((stop, rss_now_mb())))
+        secs = time.perf_counter() - t0
+        first = [r for stop, r in samples if stop <= max(args.block_rows, args.n // 10)]
+        result = {
+            "n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "block_rows": args.block_rows,
+            "threads": args.threads, "store_gb": round(need / 1e9, 2), "fill_seconds": round(fill_s, 2),
+            "score_seconds": round(secs, 3), "rows_per_s": round(args.n / secs),
+            "gb_per_s": round(need / 1e9 / secs, 3),
+            "rss_before_scoring_mb": round(rss_before, 1),
+            "rss_max_first_10pct_mb": round(max(first), 1) if first else None,
+            "rss_max_all_blocks_mb": round(max(r for _, r in samples), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "top1_per_query": [float(v) for v in vals[:, 0]], "top1_index_per_query": [int(i) for i in idx[:, 0]],
+        }
+        if args.n != target_n:
+            result["extrapolated_score_seconds_1m"] = round(secs * target_n / args.n, 1)
+        del mm
+    finally:
+        if args.keep:
+            print(f"[scoring] kept {path}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    extra = (f" -> ~{result['extrapolated_score_seconds_1m']} s for 1,000,000 rows of this dim (linear in n)"
+             if "extrapolated_score_seconds_1m" in result else "")
+    print(f"[scoring] top-{args.k} of {args.queries} queries over {args.n:,} x {args.dim}: {secs:.1f} s "
+          f"({result['gb_per_s']} GB/s){extra}; resident max {result['rss_max_all_blocks_mb']} MB "
+          f"(first 10% of blocks: {result['rss_max_first_10pct_mb']} MB), peak RSS {result['peak_rss_mb']} MB")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
