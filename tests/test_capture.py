@@ -52,6 +52,17 @@ def test_identity_features_equal_exact_per_example_gradients(family):
     torch.testing.assert_close(feats, exact, rtol=1e-4, atol=1e-6)
 
 
+def test_backward_starting_at_a_later_layer_is_still_exact():
+    """With only the last layer selected, autograd starts there; features must still equal exact gradients."""
+    model = make_model("llama")
+    names = select_modules(model, ["q_proj", "up_proj"], "last:1")
+    seqs, masks = _batch()
+    exact = _exact_grads(model, names, seqs, masks)
+    freeze(model)
+    feats = GradientFeaturizer(model, names, IdentityProjector())(*pad_batch(seqs, masks, 0, torch.device("cpu")))
+    torch.testing.assert_close(feats, exact, rtol=1e-4, atol=1e-6)
+
+
 def test_batch_features_equal_single_example_features():
     model = make_model("llama")
     freeze(model)

@@ -190,3 +190,11 @@ def test_full_finetuning_checkpoints(tmp_path):
     att.index(train)
     res = att.attribute([Query("q", train[0].prompt, train[0].response, train[1].response)], methods=["dda"])
     assert np.isfinite(res.scores["dda"]).all()
+
+
+def test_finetune_refuses_checkpoints_of_another_run(tmp_path):
+    train = _examples(6, seed=7)
+    _attributor(tmp_path, **{"train.epochs": 1}).finetune(train)
+    other = _attributor(tmp_path, **{"train.epochs": 2, "train.lr": 3e-3})
+    with pytest.raises(ValueError, match="another fine-tuning run"):
+        other.finetune(train)

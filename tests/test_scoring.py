@@ -125,3 +125,22 @@ def test_bm25_ranks_the_matching_text_first():
     ctx = ScoringContext(None, texts, [Query("q", "p", "China won the election", None)])
     s = run_method("bm25", ctx)
     assert int(np.argmax(s[0])) == 2
+
+
+def test_streaming_topk_matches_full_sort(tmp_path):
+    from numpy.lib.format import open_memmap
+
+    from dda.scoring.topk import topk_scores
+
+    rng = np.random.default_rng(2)
+    store = open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(5000, 24))
+    store[:] = rng.normal(size=(5000, 24)).astype(np.float16)
+    store.flush()
+    ro = np.load(tmp_path / "f.npy", mmap_mode="r")
+    q = rng.normal(size=(3, 24)).astype(np.float32)
+    vals, idx = topk_scores(ro, q, k=25, block_rows=333)
+    full = q @ ro.astype(np.float32).T
+    for i in range(3):
+        expected = np.argsort(-full[i], kind="stable")[:25]
+        np.testing.assert_allclose(vals[i], full[i][expected], rtol=1e-5, atol=1e-5)
+        assert set(idx[i]) == set(expected)

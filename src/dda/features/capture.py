@@ -94,6 +94,22 @@ class GradientFeaturizer:
         dims = [projector.module_dim(*self.shapes[n]) for n in self.names]
         self.dim = dims[0] if projector.combine == "sum" else sum(dims)
 
+    def _grad_start_hook(self) -> torch.utils.hooks.RemovableHandle:
+        """Make autograd start at the input of the first decoder layer that holds a selected module: nothing
+        below it needs a gradient, so with `features.layers=last:N` the backward pass covers N layers only."""
+        layer_ids = [int(m.group(1)) for n in self.names if (m := _LAYER_RE.search(n))]
+        backbone = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
+        layers = getattr(backbone, "layers", None)
+        if len(layer_ids) == len(self.names) and layers is not None and len(layers) > min(layer_ids):
+
+            def start(_mod, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                hidden.requires_grad_(True)  # a leaf: no parameter upstream requires grad
+
+            return layers[min(layer_ids)].register_forward_pre_hook(start, with_kwargs=True)
+        emb = self.model.get_input_embeddings()
+        return emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
+
     def __call__(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
         mods = dict(self.model.named_modules())
         feats: dict[str, torch.Tensor] = {}
@@ -118,8 +134,7 @@ class GradientFeaturizer:
 
             return hook
 
-        emb = self.model.get_input_embeddings()
-        handles.append(emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True)))
+        handles.append(self._grad_start_hook())
         for n in self.names:
             handles.append(mods[n].register_forward_hook(forward_hook(n)))
         try:

@@ -1,0 +1,85 @@
+"""Streaming top-k over a feature store of any size: memory O(block * dim + queries * k), not O(n).
+
+Each row block of the memmap is scored, reduced to its own top-k, merged with the running top-k, and its pages
+are released again (madvise DONTNEED on a shared mapping: the data stays in the page cache, the process's
+resident set stays flat).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+
+import numpy as np
+import torch
+
+MADV_DONTNEED = 4
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _libc() if sys.platform.startswith("linux") else None
+
+
+def release_pages(arr: np.ndarray, start: int, stop: int) -> None:
+    """Drop rows [start, stop) of a *shared* memmap from this process's resident set (no-op otherwise).
+
+    For a MAP_SHARED file mapping MADV_DONTNEED only unmaps the pages here; the file's data (and any writes
+    made through the mapping) stay in the page cache, so this never changes what the array holds. Private
+    copy-on-write maps (mode 'c') are skipped: there it would discard changes.
+    """
+    if _LIBC is None or not isinstance(arr, np.memmap) or getattr(arr, "mode", "c") not in ("r", "r+", "readonly",
+                                                                                            "readwrite"):
+        return
+    if stop <= start:
+        return
+    row_bytes = arr.strides[0]
+    lo = arr.ctypes.data + start * row_bytes
+    hi = lo + (stop - start) * row_bytes
+    page = mmap.PAGESIZE
+    lo -= lo % page
+    hi += (-hi) % page
+    _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), ctypes.c_int(MADV_DONTNEED))
+
+
+def topk_scores(train_memmap: np.ndarray, queries: np.ndarray, k: int, block_rows: int = 4096,
+                release: bool = True, on_block=None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of `queries @ train.T` per query, streaming over row blocks of `train_memmap`.
+
+    train_memmap: (n, d) array, typically a float16/float32 np.memmap; queries: (q, d). Returns
+    (scores, indices), both (q, min(k, n)), scores descending (float32), indices int64 row numbers.
+    Memory is O(block_rows * d + q * k), independent of n: each block is converted to float32, scored, reduced
+    to its own top-k, merged with the running top-k, and (for a memmap, `release=True`) unmapped again.
+    `on_block(stop)` is called after each block (progress, memory sampling).
+    """
+    if train_memmap.ndim != 2 or queries.ndim != 2 or queries.shape[1] != train_memmap.shape[1]:
+        raise ValueError(f"shapes do not match: train {train_memmap.shape}, queries {queries.shape}")
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    n = train_memmap.shape[0]
+    kk = min(k, n)
+    best_v = torch.empty((q.shape[0], 0), dtype=torch.float32)
+    best_i = torch.empty((q.shape[0], 0), dtype=torch.int64)
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        block = torch.from_numpy(np.asarray(train_memmap[start:stop], dtype=np.float32))
+        scores = q @ block.T  # (q, rows)
+        v, i = torch.topk(scores, min(kk, stop - start), dim=1)
+        cand_v = torch.cat([best_v, v], dim=1)
+        cand_i = torch.cat([best_i, i + start], dim=1)
+        top_v, pos = torch.topk(cand_v, min(kk, cand_v.shape[1]), dim=1)
+        best_v, best_i = top_v, torch.gather(cand_i, 1, pos)
+        del block, scores
+        if release:
+            release_pages(train_memmap, start, stop)
+        if on_block is not None:
+            on_block(stop)
+    return best_v.numpy(), best_i.numpy()
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
