@@ -105,9 +105,7 @@ def test_contrastive_query_prefers_the_negative_source(trained):
 
 def test_killed_index_run_resumes_to_identical_features(tmp_path):
     train = _examples(7, seed=3)
-    full = _attributor(tmp_path / "a")
-    full.use_checkpoints  # noqa: B018  (no fine-tuning needed: theta0 only)
-    full.checkpoints = []
+    full = _attributor(tmp_path / "a")  # theta0 only: no fine-tuning needed
     from dda.models import BASE
 
     data = full.tokenize(train)
