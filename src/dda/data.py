@@ -41,7 +41,7 @@ class Query:
 
 @dataclass
 class Tokenized:
-    """Token ids with a response mask; `row` is the position in the original example list."""
+    """Token ids with a response mask; row i is example i of the list that was tokenized."""
 
     input_ids: list[list[int]]
     response_mask: list[list[bool]]

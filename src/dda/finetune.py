@@ -155,7 +155,3 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
             train_model.unload()  # leaves `model` as theta0
     return [c for c in discover_checkpoints(out_dir) if (Path(c.path) / "dda_checkpoint.json").exists()]
 
-
-def checkpoint_info(ckpt: Checkpoint) -> dict:
-    p = Path(ckpt.path or "") / "dda_checkpoint.json"
-    return read_json(p) if p.exists() else {}

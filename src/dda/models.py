@@ -111,10 +111,12 @@ def resolve_model_source(cfg: ModelConfig) -> tuple[str, str | None]:
     return name, cfg.gguf_file
 
 
-def load_tokenizer(cfg: ModelConfig) -> Any:
+def load_tokenizer(cfg: ModelConfig, source: tuple[str, str | None] | None = None) -> Any:
+    """Tokenizer of `cfg`'s model; pass an already resolved (source, gguf_file) to skip resolving it again
+    (for a GGUF that means hashing the file again)."""
     from transformers import AutoTokenizer
 
-    source, gguf = resolve_model_source(cfg)
+    source, gguf = source or resolve_model_source(cfg)
     kwargs = {"revision": cfg.revision} if cfg.revision else {}
     if gguf:
         kwargs["gguf_file"] = gguf
@@ -140,7 +142,7 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any]:
         kwargs["gguf_file"] = gguf
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(device)
     model.eval()
-    return model, load_tokenizer(cfg)
+    return model, load_tokenizer(cfg, (source, gguf))
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
