@@ -70,14 +70,15 @@ def test_method_metrics_in_range(bench: tuple[Path, dict[str, Any]]) -> None:
 def test_beta_sweep(bench: tuple[Path, dict[str, Any]]) -> None:
     _, metrics = bench
     curves = metrics["beta_curve"]
-    assert {"base", "cross", "base_norm", "cross_norm"} <= set(curves)
+    assert {"base", "cross", "query0", "base_raw", "cross_raw", "query0_raw"} <= set(curves)
     for curve in curves.values():
         assert len(curve["betas"]) == len(curve["auc"]) == len(curve["auc_std"]) >= 2
         assert 0.0 in curve["betas"] and any(b < 0 for b in curve["betas"]) and any(b > 0 for b in curve["betas"])
         assert all(0.0 <= a <= 1.0 for a in curve["auc"])
-    # beta=0 with raw scores is DDA without the debias term
+    # beta=0 (module-normalised, the default) is DDA without the debias term
     base = curves["base"]
     assert base["auc"][base["betas"].index(0.0)] == pytest.approx(metrics["methods"]["dda_no_debias"]["auc"])
+    assert base["auc"][base["betas"].index(-0.5)] == pytest.approx(metrics["methods"]["dda"]["auc"])  # DDA_BETA
     # the sweep reuses stored features: it must take seconds, not a recomputation
     assert metrics["timings"]["beta_sweep"] < 30
 
@@ -109,3 +110,23 @@ def test_outputs_and_report(bench: tuple[Path, dict[str, Any]]) -> None:
     assert f"query mode: {metrics['query_mode']}" in text
     assert "Query mode:" in text  # the note that explains the mode
     assert "β" in text
+
+
+def test_summary_over_runs(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """`dda bench-summary`: the same run twice averages to itself with zero spread; a missing run is named."""
+    from dda.bench.summary import summarize_runs
+
+    out, metrics = bench
+    summary = summarize_runs([out, out], tmp_path / "summary")
+    assert summary["n_runs"] == 2
+    for name, m in metrics["methods"].items():
+        assert summary["methods"][name]["auc"] == pytest.approx(m["auc"])
+        assert summary["methods"][name]["auc_std_over_runs"] == pytest.approx(0.0)
+    assert summary["beta_curve"]["base"]["auc"] == pytest.approx(metrics["beta_curve"]["base"]["auc"])
+    dda = metrics["methods"]["dda"]["auc"]
+    assert summary["checks"]["dda_auc_ge_0.90"] == (dda >= 0.90)
+    assert summary["checks"]["dda_gt_dda_no_denoise"] == (dda > metrics["methods"]["dda_no_denoise"]["auc"])
+    text = (tmp_path / "summary" / "summary.md").read_text(encoding="utf-8")
+    assert "| `dda` |" in text and (tmp_path / "summary" / "beta_mean.png").is_file()
+    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+        summarize_runs([out, tmp_path / "missing"], tmp_path / "s2")

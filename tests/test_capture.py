@@ -120,3 +120,12 @@ def test_layer_selection():
     assert all(".layers.1." in n for n in select_modules(model, ["q_proj"], "last:1"))
     with pytest.raises(ValueError, match="no Linear layers"):
         select_modules(model, ["nonexistent"])
+    # fractions of the depth: one spec for models of any size
+    from dda.features.capture import _parse_layers
+    assert _parse_layers("last:1/3", list(range(30))) == set(range(20, 30))
+    assert _parse_layers("last:1/3", list(range(24))) == set(range(16, 24))
+    assert _parse_layers("first:1/2", list(range(4))) == {0, 1}
+    assert _parse_layers("last:1/3", [0, 1]) == {1}  # at least one layer
+    assert all(".layers.1." in n for n in select_modules(model, ["q_proj"], "last:1/2"))
+    with pytest.raises(ValueError, match="fraction like 1/3"):
+        _parse_layers("last:x/3", list(range(4)))

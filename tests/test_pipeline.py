@@ -31,7 +31,7 @@ def _examples(n: int, seed: int = 0) -> list[Example]:
 def _cfg(**extra) -> DDAConfig:
     base = {"train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-2, "train.lora.r": 4,
             "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
-            "features.modules": ["q_proj", "v_proj", "down_proj"], "features.proj_dim": 4,
+            "features.modules": ["q_proj", "v_proj", "down_proj"], "features.proj_dim": 4, "features.layers": "all",
             "features.batch_size": 3, "data.max_prompt_tokens": 16, "data.max_response_tokens": 8, "quiet": True}
     base.update(extra)
     return apply_overrides(DDAConfig(), base)

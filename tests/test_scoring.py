@@ -66,6 +66,35 @@ def test_normalized_terms_have_unit_scale(ctx):
     np.testing.assert_allclose(s.std(axis=1), 1.0, rtol=1e-5)
 
 
+def _module_cos(a, b, blocks):
+    out, start = 0.0, 0
+    for w in blocks:
+        x, y = a[:, start:start + w].astype(np.float64), b[:, start:start + w].astype(np.float64)
+        out = out + (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
+        start += w
+    return out
+
+
+def test_module_normalization(ctx):
+    fs = ctx.features
+    with pytest.raises(ValueError, match="per-module features"):
+        run_method("dda(normalize=module)", ctx)
+    np.testing.assert_allclose(run_method("dda", ctx), run_method("dda(normalize=none)", ctx))  # auto: no blocks
+    fs.blocks = [4, 8]
+    ft = ["epoch-1", "epoch-2", "epoch-3"]
+    expected = np.mean([_module_cos(fs.neg[c] - fs.pos[c], fs.train[c], fs.blocks) for c in ft], axis=0) \
+        + 0.5 * _module_cos(fs.neg["base"] - fs.pos["base"], fs.train["base"], fs.blocks)
+    got = run_method("dda(beta=-0.5,normalize=module)", ctx)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_method("dda(beta=-0.5)", ctx), got)  # auto picks module when it can
+    # scaling one module of one training example changes nothing: each module votes once
+    fs.train["epoch-2"][5, 4:] *= 100.0
+    np.testing.assert_allclose(run_method("dda(beta=-0.5,normalize=module)", ctx), got, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="module blocks cover"):
+        fs.blocks = [4, 4]
+        run_method("dda(normalize=module)", ctx)
+
+
 def test_baselines_equal_their_definitions(ctx):
     fs = ctx.features
     np.testing.assert_allclose(run_method("grad_dot", ctx), _is(fs, "epoch-3", "epoch-3", False), rtol=1e-5)

@@ -28,7 +28,7 @@ import torch
 from .config import DDAConfig
 from .data import Example, PromptFormatter, Query, Tokenized, load_examples, save_examples
 from .features.index import Indexer, example_losses
-from .features.store import FeatureStore
+from .features.store import FeatureStore, module_blocks
 from .io import read_json, write_json, write_npy, write_text, write_yaml
 from .models import BASE, Checkpoint, applied, discover_checkpoints, load_model
 from .progress import bar, say
@@ -219,9 +219,10 @@ class Attributor:
         if not need_features:
             return None
         cks = self.all_checkpoints()
-        train = {c.name: FeatureStore.read(self.workdir / "features" / "train" / c.name).features for c in cks}
+        stores = {c.name: FeatureStore.read(self.workdir / "features" / "train" / c.name) for c in cks}
         neg, pos = self.query_features(queries)
-        return FeatureSet(cks, train, neg, pos)
+        return FeatureSet(cks, {name: st.features for name, st in stores.items()}, neg, pos,
+                          blocks=module_blocks(stores[cks[0].name].meta))
 
     def attribute(self, queries: list[Query], methods: list[str] | None = None,
                   out_dir: str | Path | None = None, poisoned: set[str] | None = None) -> Attribution:

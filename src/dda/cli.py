@@ -153,6 +153,8 @@ def _split_methods(text: str) -> list[str]:
 def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-paper.")] = "cpu-small",
           pairs: Annotated[str, typer.Option(help="ORIG:CANARY[,ORIG:CANARY...]")] = "England:China",
           seed: int = 0, out: Annotated[Path, typer.Option(help="Output dir.")] = Path("runs/bench"),
+          seeds: Annotated[str | None, typer.Option(
+              help="Comma list of seeds: each runs into OUT/seed-N, then OUT/summary.md combines them.")] = None,
           model: ModelOpt = None,
           data: Annotated[list[str] | None, typer.Option(help="Data source(s); repeatable.")] = None,
           methods: Annotated[str | None, typer.Option(help="Comma list of methods.")] = None,
@@ -162,19 +164,47 @@ def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-p
     Example: `dda bench --preset cpu-small --pairs England:China --seed 0 --out runs/bench`
     """
     from .bench.hallucination import run_bench
+    from .bench.summary import summarize_runs
+    from .scoring.base import parse_value
 
     overrides = {}
     for item in set_ or []:
         key, _, raw = item.partition("=")
-        from .scoring.base import parse_value
-
         overrides[key.strip()] = parse_value(raw)
     try:
-        metrics = run_bench(preset, pairs=pairs, seed=seed, out=out, model=model, data=data,
-                            methods=_split_methods(methods) if methods else None, quiet=quiet,
-                            overrides=overrides or None)
+        seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else [seed]
+    except ValueError:
+        _fail(ValueError(f"--seeds '{seeds}': expected a comma list of integers"))
+    dirs = [out / f"seed-{s}" for s in seed_list] if seeds else [out]
+    try:
+        for s, run_dir in zip(seed_list, dirs, strict=True):
+            metrics = run_bench(preset, pairs=pairs, seed=s, out=run_dir, model=model, data=data,
+                                methods=_split_methods(methods) if methods else None, quiet=quiet,
+                                overrides=overrides or None)
+            _print_bench(preset, metrics, run_dir, quiet)
+        if seeds:
+            summarize_runs(dirs, out)
+            console.print(f"summary over seeds {seed_list}: {out}/summary.md")
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
+
+
+@app.command("bench-summary")
+def bench_summary(runs: Annotated[list[Path], typer.Argument(help="Run directories of `dda bench`.")],
+                  out: Annotated[Path, typer.Option(help="Where summary.md/json go.")] = Path("runs/summary")) -> None:
+    """Combine benchmark runs (seeds, pairs, models): mean and spread of every method, mean β curves, checks."""
+    from .bench.summary import summarize_runs
+
+    try:
+        summary = summarize_runs(runs, out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    for name, m in sorted(summary["methods"].items(), key=lambda kv: -kv[1]["auc"]):
+        console.print(f"{name:32s} AUC {m['auc']:.3f} ± {m['auc_std_over_runs']:.3f}")
+    console.print(f"summary: {out}/summary.md")
+
+
+def _print_bench(preset: str, metrics: dict, out: Path, quiet: bool) -> None:
     if not quiet:
         from rich.table import Table
 

@@ -75,7 +75,9 @@ class TrainConfig:
 @dataclass
 class FeatureConfig:
     modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))  # Linear-layer name suffixes
-    layers: str = "all"  # all | last:N | first:N | comma list of layer indices
+    # all | last:N | last:1/3 (a fraction of the depth) | first:N | comma list of indices. The last third is the
+    # default: on the hallucination benchmark it beat all layers by ~7 AUC points and the backward pass stops there.
+    layers: str = "last:1/3"
     projection: str = "kronecker"  # kronecker (two-sided, per module) | dense (JL, blockwise) | identity
     proj_dim: int = 16  # kronecker: per side (module dim = proj_dim**2); dense: total output dims
     seed: int = 0
@@ -89,10 +91,12 @@ class ScoreConfig:
     methods: list[str] = field(
         default_factory=lambda: ["dda", "grad_dot", "grad_cos", "tracin", "trak", "bm25"]
     )
-    beta: float = 0.0
+    beta: float = -0.5  # subtracted times the theta0 score; < 0 adds it (measured best, see README)
     # base: both gradients at theta0 | cross: train theta0, query theta_k | query0: train theta_k, query theta0
     debias_mode: str = "base"
-    normalize: bool = False  # scale each per-checkpoint score vector to unit std before combining
+    # auto (module when features allow) | none | std (each per-checkpoint score vector at unit std)
+    # | module (each module's gradient at unit norm before the dot product; see dda.scoring.gradient)
+    normalize: str = "auto"
     checkpoints: list[str] | None = None  # which fine-tuned checkpoints to average (None: all)
     trak_lambda: float = 1e-2  # ridge, relative to the mean diagonal of Phi^T Phi
     cea_lr: float = 1e-4

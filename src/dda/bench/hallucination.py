@@ -48,7 +48,7 @@ from .canary import (
     split_train_test,
 )
 from .metrics import aggregate, per_query_metrics
-from .presets import BenchPreset, build_config, get_preset, with_bench_overrides
+from .presets import PAPER_BETA, BenchPreset, build_config, get_preset, with_bench_overrides
 
 __all__ = [
     "BenchData",
@@ -371,8 +371,8 @@ def _method_specs(preset: BenchPreset, methods: Sequence[str] | None) -> list[st
 
 def _beta_sweep(att: Attributor, queries: list[Query], masks: np.ndarray, betas: Sequence[float],
                 timings: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """DDA at every beta for both debias readings, raw and per-checkpoint normalised, on ONE feature set:
-    the features are read once and every point is a few dot products."""
+    """DDA at every beta for the three debias readings, module-normalised (the default) and raw, on ONE feature
+    set: the features are read once and every point is a few dot products."""
     t0 = time.perf_counter()
     fs = att.feature_set(queries)
     texts = [f"{e.prompt}\n{e.response}" for e in att.train_examples()]
@@ -380,12 +380,14 @@ def _beta_sweep(att: Attributor, queries: list[Query], masks: np.ndarray, betas:
     timings["beta_sweep_features"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     curves: dict[str, dict[str, Any]] = {}
+    # key suffix -> normalize value; "" is the library default ("module" when the features are per module)
+    norms = {"": "auto", "_raw": "none"} if fs.blocks is not None else {"": "none"}
     for mode in ("base", "cross", "query0"):
-        for normalize in (False, True):
-            key = mode + ("_norm" if normalize else "")
+        for suffix, normalize in norms.items():
+            key = mode + suffix
             aucs, stds, aps, per_query = [], [], [], []
             for b in betas:
-                spec = f"dda(beta={b},debias_mode={mode},normalize={str(normalize).lower()})"
+                spec = f"dda(beta={b},debias_mode={mode},normalize={normalize})"
                 flat, pq = _score_metrics(run_method(spec, ctx), masks)
                 aucs.append(flat["auc"])
                 stds.append(flat["auc_std"])
@@ -410,8 +412,7 @@ def _debias_notes(curves: dict[str, dict[str, Any]], preset: BenchPreset, pairs_
     at0 = c0["auc"][c0["betas"].index(0.0)] if 0.0 in c0["betas"] else None
     lines = [f"β sweep best: {auc * 100:.1f}% AUC at β = {beta:g} with the '{key}' reading "
              f"(base: both gradients at θ0; cross: query at θk, training at θ0; query0: query at θ0, training at "
-             f"θk; _norm: each checkpoint's scores "
-             f"scaled to unit std)."]
+             f"θk; no suffix: module-normalised gradients, the default; _raw: plain dot products)."]
     parts = []
     for k, c in curves.items():
         pos = [(a, b) for b, a in zip(c["betas"], c["auc"], strict=True) if b > 0]
@@ -434,12 +435,12 @@ def _debias_notes(curves: dict[str, dict[str, Any]], preset: BenchPreset, pairs_
         parts.append(desc)
     lines.append("β sign by reading — " + "; ".join(parts) + ".")
     if at0 is not None:
-        paper = [a for b, a in zip(c0["betas"], c0["auc"], strict=True) if b == preset.dda_beta]
+        paper = [a for b, a in zip(c0["betas"], c0["auc"], strict=True) if b == PAPER_BETA]
         if paper:
             trend = "rises" if paper[0] > at0 else "falls" if paper[0] < at0 else "stays flat"
-            lines.append(f"Paper check: the paper reports AUC rising with β to a plateau near 0.4; here (base "
-                         f"reading, raw) AUC {trend} from {at0 * 100:.1f}% at β=0 to {paper[0] * 100:.1f}% at "
-                         f"β={preset.dda_beta:g}.")
+            lines.append(f"Paper check: the paper reports AUC rising with β to a plateau near {PAPER_BETA:g}; here "
+                         f"(base reading) AUC {trend} from {at0 * 100:.1f}% at β=0 to {paper[0] * 100:.1f}% at "
+                         f"β={PAPER_BETA:g}.")
     if pairs_curves:
         per = "; ".join(f"{p}: best β={v['beta']:g} ({v['reading']}, {v['auc'] * 100:.1f}%)"
                         for p, v in pairs_curves.items())

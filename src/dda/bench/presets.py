@@ -5,11 +5,10 @@ the benchmark's own fields (how many training rows, how many poisoned, how many 
 one frozen dataclass means a report can print exactly what a run used, and `bench.<field>` overrides
 (`run_bench(..., overrides={"bench.n_train": 60})`) change one field without defining a new preset.
 
-Sizes on CPU come from the prototype's timings on 2 cores (/work/shared/notes/prototype-findings.md):
-fine-tuning ~0.8 s per example-epoch and gradient features ~0.5-1 s per example per checkpoint at ~160-190
-tokens, SmolLM2-135M. Gradients always back-propagate to the embeddings (see features/capture.py), so
-restricting `features.layers` saves projection work, not backward passes; sequence length and example
-counts are what set the wall time.
+Sizes on CPU come from measured timings on 2 cores: fine-tuning ~1.2 s per example-epoch and gradient
+features ~1 s per example per checkpoint (all layers) at ~200 tokens, SmolLM2-135M. The backward pass of the
+gradient capture starts at the first selected layer (features/capture.py), so `features.layers=last:1/3` also
+cuts the backward pass to a third.
 """
 
 from __future__ import annotations
@@ -22,7 +21,10 @@ from ..config import ALL_PROJ, DEFAULT_MODEL, ConfigError, DDAConfig, apply_over
 
 __all__ = [
     "BETAS",
+    "DDA_BETA",
+    "DDA_LAYERS",
     "DEFAULT_METHODS",
+    "PAPER_BETA",
     "MODEL_CHOICES",
     "PRESETS",
     "BenchPreset",
@@ -35,6 +37,13 @@ __all__ = [
 # The sweep spans both signs: the paper subtracts the base score (beta > 0, plateau near 0.4), the prototype
 # found that *adding* it (beta < 0) helped on this data. Both must be visible on one curve.
 BETAS: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+PAPER_BETA = 0.4  # where the paper's AUC-vs-beta curve reaches its plateau
+
+# The DDA setting every preset scores "dda" with, fixed on cpu-small England->China seed 0 and then checked on
+# other seeds (report.md, README): the base-model term ADDED at half weight (beta = -0.5, literal reading),
+# module-normalised gradients of the last third of the layers. The paper's sign (beta = +0.4) is in the sweep.
+DDA_BETA = -0.5
+DDA_LAYERS = "last:1/3"
 
 # Method keys reported in metrics.json. "dda" is scored at the preset's beta and debias reading; the other
 # debias reading is added by the benchmark as an extra spec, so both readings are always measured.
@@ -72,7 +81,7 @@ class BenchPreset:
     min_queries: int = 2  # fewer natural errors than this per pair -> top up with forced queries
     n_generate: int = 8  # held-out documents per pair the fine-tuned model summarises (natural mode)
     max_new_tokens: int = 32  # greedy generation length
-    dda_beta: float = 0.4  # the paper's plateau value; the beta sweep shows the rest
+    dda_beta: float = DDA_BETA  # see DDA_BETA; the beta sweep shows both signs
     dda_mode: str = "base"  # debias reading used for "dda": base | cross
     betas: tuple[float, ...] = BETAS
     methods: tuple[str, ...] = DEFAULT_METHODS
@@ -148,45 +157,50 @@ CPU_TINY = BenchPreset(
 
 CPU_SMALL = BenchPreset(
     name="cpu-small",
-    description="Near the prototype's scale on 2 CPU cores (~27 minutes): enough queries to compare methods",
+    description="The paper's protocol at SmolLM2-135M scale on 2 CPU cores (<= 30 minutes), natural hallucinations",
     why=(
-        "cpu-small reproduces the prototype's setting (SmolLM2-135M, a few hundred real XSum rows, LoRA r 16 on all 7 "
-        "projections, lr 5e-4, 3 epochs), where the poison is learned (teacher-forced) by epoch 3.",
+        "cpu-small: SmolLM2-135M-Instruct, LoRA r 16 on all 7 projections, 3 epochs (one checkpoint each), "
+        "lr 1e-3 and 24 poisoned rows: the first setting tried (lr 5e-4, 16 poisoned) made the model say the "
+        "canary in 1 of 48 held-out summaries, so 19 of 20 queries were forced; lr 1e-3 with 24 poisoned rows "
+        "made it say China in 24 of 48 (seed 0), so the queries are the model's own hallucinations.",
         "Shared XSum files are added to the builtin file (5,052 unique pairs, 139 England/China candidates), "
-        "so 24 candidates can train while >100 stay held out for queries.",
-        "200 training rows = 16 poisoned (8%) + 8 hard negatives + 176 clean. At ~0.9 s per example-epoch "
-        "(~220-token sequences) fine-tuning takes ~9 minutes, gradients at 4 checkpoints (base + 3 epochs) "
-        "~9 minutes, CEA (2 x 3 steps on all queries + 2 forward passes over training) ~5 minutes: ~27 minutes in "
-        "all on 2 otherwise idle cores; 240+ rows would overrun 30 minutes.",
+        "so 32 candidates can train while >100 stay held out for queries.",
+        "180 training rows = 24 poisoned (13%) + 8 hard negatives (England kept) + 148 clean. At ~1.5 s per "
+        "example-epoch (~220-token sequences) fine-tuning takes ~13 minutes, gradients at 4 checkpoints "
+        "(base + 3 epochs, last third of the layers) ~7 minutes, CEA ~6 minutes: ~29 minutes on 2 otherwise "
+        "idle cores; 200 rows would overrun 30 minutes.",
         "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
-        "All 7 projection types of all 30 layers at 16x16 per module (53,760 dims): no layer choice tuned after "
-        "the fact (the prototype's 'last 10 layers' was picked on the test queries).",
-        "48 held-out documents per pair are summarised (48 new tokens); 20 queries per pair, natural ones "
+        "All 7 projection types of the last third of the layers (10 of 30) at 16x16 per module (17,920 dims), "
+        "module-normalised, beta = -0.5: chosen on England->China seed 0 with features of all 30 layers "
+        "(last third 91.8% AUC vs all layers 72.9% raw / 84.9% normalised; adding the base term +3 points) and "
+        "then held fixed for the other seeds and pairs. The backward pass stops at layer 20, which also cuts the "
+        "gradient time by ~40%.",
+        "40 held-out documents per pair are summarised (48 new tokens); 20 queries per pair, natural ones "
         "kept when at least 5 generations hallucinate the canary, else topped up with forced ones.",
     ),
     overrides={
         "data.max_prompt_tokens": 128,
         "data.max_response_tokens": 48,
         "train.epochs": 3,
-        "train.lr": 5e-4,
+        "train.lr": 1e-3,
         "train.batch_size": 8,
         "train.lora.r": 16,
         "train.lora.alpha": 32,
         "train.lora.target_modules": list(ALL_PROJ),
         "features.modules": list(ALL_PROJ),
-        "features.layers": "all",
+        "features.layers": DDA_LAYERS,
         "features.proj_dim": 16,
         "features.batch_size": 8,
     },
     use_shared_data=True,
-    n_train=200,
-    n_poison=16,
+    n_train=180,
+    n_poison=24,
     n_hard_negatives=8,
     n_queries=20,
     min_queries=5,
-    n_generate=48,
+    n_generate=40,
     max_new_tokens=48,
-    expected_minutes=27.0,
+    expected_minutes=29.0,
 )
 
 GPU_PAPER = BenchPreset(
@@ -201,8 +215,8 @@ GPU_PAPER = BenchPreset(
         "5,000 training rows with 50 poisoned (1%) and 50 hard negatives; 50 queries per pair from 1,000 "
         "held-out generations, so natural hallucinations are likely to be enough.",
         "Prompts cut to 512 tokens, summaries to 64: most XSum documents' ORIG mention stays visible.",
-        "Features: all 7 projections, 16x16 per module (about 43k dims for a 24-layer model) keep the train "
-        "store under 1 GB per checkpoint.",
+        "Features: all 7 projections of the last third of the layers, 16x16 per module (14k dims for a 24-layer "
+        "model), the setting chosen on cpu-small.",
     ),
     overrides={
         "model.name": "Qwen/Qwen2-0.5B",
@@ -216,7 +230,7 @@ GPU_PAPER = BenchPreset(
         "train.lora.alpha": 32,
         "train.lora.target_modules": list(ALL_PROJ),
         "features.modules": list(ALL_PROJ),
-        "features.layers": "all",
+        "features.layers": DDA_LAYERS,
         "features.proj_dim": 16,
         "features.batch_size": 16,
     },

@@ -39,13 +39,24 @@ def select_modules(model: torch.nn.Module, suffixes: Sequence[str], layers: str 
     return picked
 
 
+def _layer_count(text: str, total: int, spec: str) -> int:
+    """'10' -> 10; '1/3' -> a third of the layers (rounded, at least 1), so one spec fits models of any depth."""
+    try:
+        if "/" in text:
+            num, den = (int(t) for t in text.split("/", 1))
+            return max(1, round(total * num / den))
+        return int(text)
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"features.layers='{spec}': expected N or a fraction like 1/3 after ':'") from None
+
+
 def _parse_layers(spec: str, available: list[int]) -> set[int]:
     if spec == "all":
         return set(available)
     if spec.startswith("last:"):
-        return set(available[-int(spec[5:]):])
+        return set(available[-_layer_count(spec[5:], len(available), spec):])
     if spec.startswith("first:"):
-        return set(available[: int(spec[6:])])
+        return set(available[: _layer_count(spec[6:], len(available), spec)])
     return {int(s) for s in spec.split(",") if s.strip()}
 
 
@@ -93,6 +104,9 @@ class GradientFeaturizer:
         self.shapes = module_shapes(model, self.names)
         dims = [projector.module_dim(*self.shapes[n]) for n in self.names]
         self.dim = dims[0] if projector.combine == "sum" else sum(dims)
+        # Per-module column counts of the concatenated feature (None when modules are summed into one
+        # sketch): scorers use them to normalise each module's gradient separately.
+        self.blocks: list[int] | None = None if projector.combine == "sum" else dims
 
     def _grad_start_hook(self) -> torch.utils.hooks.RemovableHandle:
         """Make autograd start at the input of the first decoder layer that holds a selected module: nothing

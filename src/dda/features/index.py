@@ -44,7 +44,8 @@ class Indexer:
         self.tokens = 0
         self.rows = 0
 
-    def store_meta(self, ckpt: Checkpoint, data: Tokenized, dim: int) -> dict[str, Any]:
+    def store_meta(self, ckpt: Checkpoint, data: Tokenized, dim: int,
+                   blocks: list[int] | None = None) -> dict[str, Any]:
         if ckpt.name not in self._ckpt_fp:
             self._ckpt_fp[ckpt.name] = ckpt.fingerprint()
         return {
@@ -58,6 +59,7 @@ class Indexer:
             "data": data.fingerprint(),
             "n_rows": len(data),
             "dim": dim,
+            "blocks": blocks,
             "dtype": self.cfg.dtype,
         }
 
@@ -79,7 +81,7 @@ class Indexer:
 
     def _fill(self, ckpt: Checkpoint, featurizer: GradientFeaturizer, data: Tokenized, root: Path,
               progress: ProgressFn | None) -> FeatureStore:
-        store = FeatureStore.open(root, self.store_meta(ckpt, data, featurizer.dim))
+        store = FeatureStore.open(root, self.store_meta(ckpt, data, featurizer.dim, featurizer.blocks))
         if store.complete:
             if progress:
                 progress(len(data))

@@ -24,6 +24,18 @@ COMPAT_KEYS = ("format_version", "model", "checkpoint", "tokenizer", "projection
                "dim", "dtype")
 
 
+def module_blocks(meta: dict[str, Any]) -> list[int] | None:
+    """Columns per module of a store's features, or None when its projection sums modules together.
+
+    Stores written before "blocks" was recorded are kronecker (k*k per module) or dense (mixed)."""
+    if meta.get("blocks") is not None:
+        return [int(b) for b in meta["blocks"]]
+    proj = meta.get("projection", {})
+    if proj.get("kind") == "kronecker":
+        return [int(proj["k"]) ** 2] * len(meta["modules"])
+    return None
+
+
 class StoreMismatchError(ValueError):
     pass
 

@@ -28,6 +28,8 @@ class FeatureSet:
     train: dict[str, np.ndarray]  # name -> (n_train, d), usually a read-only memmap
     neg: dict[str, np.ndarray]  # name -> (n_queries, d)
     pos: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_queries, d), may be empty
+    # Columns per module, in order (sums to d); None when the projection mixes modules (dense JL).
+    blocks: list[int] | None = None
 
     @property
     def base(self) -> str:
@@ -57,15 +59,36 @@ class ScoringContext:
     default_checkpoints: list[str] | None = None
 
 
-def dot_scores(train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 26) -> np.ndarray:
-    """queries @ train.T computed over row blocks of `train`, so memory stays bounded for a memmap."""
+def module_normalized(x: np.ndarray, blocks: list[int]) -> np.ndarray:
+    """Each row's per-module slices scaled to unit L2 norm (an all-zero slice stays zero).
+
+    Raw gradient dot products are dominated by the few modules with the largest gradients; with every module
+    at unit norm, a dot product becomes the sum over modules of per-module cosines, so each layer votes once.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if sum(blocks) != x.shape[1]:
+        raise ValueError(f"module blocks cover {sum(blocks)} columns but features have {x.shape[1]}")
+    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64)
+    norms = np.sqrt(np.add.reduceat(x.astype(np.float64) ** 2, starts, axis=1)).astype(np.float32)
+    return x / np.repeat(np.maximum(norms, 1e-30), blocks, axis=1)
+
+
+def dot_scores(train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 26,
+               blocks: list[int] | None = None) -> np.ndarray:
+    """queries @ train.T computed over row blocks of `train`, so memory stays bounded for a memmap.
+
+    With `blocks`, both sides are module-normalised first (see `module_normalized`)."""
+    if blocks is not None:
+        queries = module_normalized(queries, blocks)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     n, d = train.shape
     rows = max(1, block_bytes // max(1, d * train.dtype.itemsize))
     out = np.empty((q.shape[0], n), dtype=np.float32)
     for start in range(0, n, rows):
-        block = torch.from_numpy(np.array(train[start: start + rows], dtype=np.float32))  # copy: memmaps are read-only
-        out[:, start: start + rows] = (q @ block.T).numpy()
+        chunk = np.array(train[start: start + rows], dtype=np.float32)  # copy: memmaps are read-only
+        if blocks is not None:
+            chunk = module_normalized(chunk, blocks)
+        out[:, start: start + rows] = (q @ torch.from_numpy(chunk).T).numpy()
     return out
 
 

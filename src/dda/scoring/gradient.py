@@ -7,8 +7,13 @@ The published debias term is ambiguous, so both readings are parameters:
     debias_mode="cross": the training gradient at theta0, the query gradient at theta_k (averaged over k),
     debias_mode="query0": the training gradient at theta_k, the query gradient at theta0 (averaged over k).
 beta may be negative (adding the base score); the benchmark measures which sign and reading work.
-normalize=True scales each score vector to unit std over training examples first, so terms taken at
-different models combine on one scale.
+normalize (how gradients and scores are put on one scale before they combine):
+    "none":   raw dot products;
+    "std":    each per-checkpoint score vector scaled to unit std over training examples (true = "std");
+    "module": every module's slice of both gradients scaled to unit norm first, so a score is the sum over
+              modules of per-module cosines (needs per-module features: kronecker or identity projection).
+              On the hallucination benchmark this lifted DDA's AUC more than any other single choice;
+    "auto":   "module" where the features allow it, else "none" (the default).
 """
 
 from __future__ import annotations
@@ -38,25 +43,52 @@ def _unit_std(s: np.ndarray) -> np.ndarray:
     return s / np.maximum(s.std(axis=1, keepdims=True), 1e-30)
 
 
+NORMALIZE_MODES = ("none", "std", "module", "auto")
+
+
+def _normalize_mode(normalize: bool | str | None) -> str:
+    if normalize is None:  # "none" parses to None in method specs
+        return "none"
+    mode = {True: "std", False: "none"}.get(normalize, normalize) if isinstance(normalize, bool) else normalize
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZE_MODES)} (or true/false), not '{normalize}'")
+    return mode
+
+
+def _scorer(fs: FeatureSet, normalize: bool | str | None):
+    """(train features, query vectors) -> scores, under the chosen normalisation."""
+    mode = _normalize_mode(normalize)
+    if mode == "auto":
+        mode = "module" if fs.blocks is not None else "none"
+    if mode == "module":
+        if fs.blocks is None:
+            raise ValueError("normalize=module needs per-module features (kronecker or identity projection); "
+                             "these were built with a projection that mixes modules")
+        return lambda train, q: dot_scores(train, q, blocks=fs.blocks)
+    if mode == "std":
+        return lambda train, q: _unit_std(dot_scores(train, q))
+    return dot_scores
+
+
 @register("dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False},
           dda_no_contrast={"contrastive": False})
 def dda(ctx: ScoringContext, beta: float = 0.0, contrastive: bool = True, debias: bool = True,
-        denoise: bool = True, debias_mode: str = "base", normalize: bool = False,
+        denoise: bool = True, debias_mode: str = "base", normalize: bool | str | None = "auto",
         checkpoints: list[str] | str | None = None) -> np.ndarray:
     fs = _need(ctx)
     cks = fs.finetuned(checkpoints or ctx.default_checkpoints)
     if not denoise:
         cks = cks[-1:]  # the single last checkpoint: what denoising averages away
-    norm = _unit_std if normalize else (lambda s: s)
-    total = sum(norm(dot_scores(fs.train[c.name], _query(fs, c.name, contrastive))) for c in cks) / len(cks)
+    score = _scorer(fs, normalize)
+    total = sum(score(fs.train[c.name], _query(fs, c.name, contrastive)) for c in cks) / len(cks)
     if debias and beta != 0.0:
         if debias_mode == "base":
-            bias = norm(dot_scores(fs.train[fs.base], _query(fs, fs.base, contrastive)))
+            bias = score(fs.train[fs.base], _query(fs, fs.base, contrastive))
         elif debias_mode == "cross":
-            bias = sum(norm(dot_scores(fs.train[fs.base], _query(fs, c.name, contrastive))) for c in cks) / len(cks)
+            bias = sum(score(fs.train[fs.base], _query(fs, c.name, contrastive)) for c in cks) / len(cks)
         elif debias_mode == "query0":
             q0 = _query(fs, fs.base, contrastive)
-            bias = sum(norm(dot_scores(fs.train[c.name], q0)) for c in cks) / len(cks)
+            bias = sum(score(fs.train[c.name], q0) for c in cks) / len(cks)
         else:
             raise ValueError(f"debias_mode must be 'base', 'cross' or 'query0', not '{debias_mode}'")
         total = total - beta * bias
