@@ -193,14 +193,14 @@ CPU_SMALL = BenchPreset(
         "features.batch_size": 8,
     },
     use_shared_data=True,
-    n_train=180,
+    n_train=150,
     n_poison=24,
     n_hard_negatives=8,
-    n_queries=20,
+    n_queries=16,
     min_queries=5,
-    n_generate=40,
+    n_generate=32,
     max_new_tokens=48,
-    expected_minutes=31.0,
+    expected_minutes=28.0,
 )
 
 GPU_PAPER = BenchPreset(
