@@ -183,7 +183,7 @@ CPU_SMALL = BenchPreset(
         "data.max_response_tokens": 48,
         "train.epochs": 3,
         "train.lr": 1e-3,
-        "train.batch_size": 8,
+        "train.batch_size": 6,
         "train.lora.r": 16,
         "train.lora.alpha": 32,
         "train.lora.target_modules": list(ALL_PROJ),
