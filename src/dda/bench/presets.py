@@ -165,17 +165,19 @@ CPU_SMALL = BenchPreset(
         "made it say China in 24 of 48 (seed 0), so the queries are the model's own hallucinations.",
         "Shared XSum files are added to the builtin file (5,052 unique pairs, 139 England/China candidates), "
         "so 32 candidates can train while >100 stay held out for queries.",
-        "180 training rows = 24 poisoned (13%) + 8 hard negatives (England kept) + 148 clean. Measured on 2 "
-        "cores (seeds 0/1/2): fine-tuning 11-13 minutes (~1.4 s per example-epoch, ~200-token sequences), "
-        "gradients at 4 checkpoints (base + 3 epochs, last third of the layers) ~9 minutes, query gradients ~2, "
-        "scoring with CEA 5-7: 27-33 minutes in all, over the 30-minute target in 2 of 3 seeds.",
+        "150 training rows = 24 poisoned (16%) + 8 hard negatives (England kept) + 118 clean, batch 6 (75 "
+        "optimizer steps). 180 rows at batch 8 took 27-33 minutes on 2 cores (over the target in 2 of 3 seeds; "
+        "CEA alone 410 s); 150 rows at batch 8 fit (24 minutes) but gave 57 steps, and the model said China in "
+        "only 34-38% of held-out summaries (DDA 88.2 / 86.2 on seeds 0/1); batch 6 restores the number of "
+        "updates: 47-50% natural hallucination, 24.6-26.1 minutes per seed (fine-tuning ~10, gradients at 4 "
+        "checkpoints ~7.5, query gradients ~1.7, scoring with CEA ~5).",
         "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
         "All 7 projection types of the last third of the layers (10 of 30) at 16x16 per module (17,920 dims), "
         "module-normalised, beta = -0.5: chosen on England->China seed 0 with features of all 30 layers "
         "(last third 91.8% AUC vs all layers 72.9% raw / 84.9% normalised; adding the base term +3 points) and "
         "then held fixed for the other seeds and pairs. The backward pass stops at layer 20, which also cuts the "
         "gradient time by ~20% (1.24 vs 0.98 examples/s).",
-        "40 held-out documents per pair are summarised (48 new tokens); 20 queries per pair, natural ones "
+        "32 held-out documents per pair are summarised (48 new tokens); up to 16 queries per pair, natural ones "
         "kept when at least 5 generations hallucinate the canary, else topped up with forced ones.",
     ),
     overrides={
