@@ -169,8 +169,8 @@ CPU_SMALL = BenchPreset(
         "optimizer steps). 180 rows at batch 8 took 27-33 minutes on 2 cores (over the target in 2 of 3 seeds; "
         "CEA alone 410 s); 150 rows at batch 8 fit (24 minutes) but gave 57 steps, and the model said China in "
         "only 34-38% of held-out summaries (DDA 88.2 / 86.2 on seeds 0/1); batch 6 restores the number of "
-        "updates: 47-50% natural hallucination, 24.6-26.1 minutes per seed (fine-tuning ~10, gradients at 4 "
-        "checkpoints ~7.5, query gradients ~1.7, scoring with CEA ~5).",
+        "updates: 47%, 50% and 88% natural hallucination (seeds 0/1/2), 24.6-26.1 minutes per seed "
+        "(fine-tuning ~10, gradients at 4 checkpoints ~7.5, query gradients ~1.7, scoring with CEA ~5).",
         "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
         "All 7 projection types of the last third of the layers (10 of 30) at 16x16 per module (17,920 dims), "
         "module-normalised, beta = -0.5: chosen on England->China seed 0 with features of all 30 layers "
