@@ -91,7 +91,7 @@ class ScoreConfig:
     methods: list[str] = field(
         default_factory=lambda: ["dda", "grad_dot", "grad_cos", "tracin", "trak", "bm25"]
     )
-    beta: float = -0.5  # subtracted times the theta0 score; < 0 adds it (measured best, see README)
+    beta: float = -1.0  # subtracted times the theta0 score; < 0 adds it (measured best, see README)
     # base: both gradients at theta0 | cross: train theta0, query theta_k | query0: train theta_k, query theta0
     debias_mode: str = "base"
     # auto (module when features allow) | none | std (each per-checkpoint score vector at unit std)

@@ -36,13 +36,14 @@ __all__ = [
 
 # The sweep spans both signs: the paper subtracts the base score (beta > 0, plateau near 0.4), the prototype
 # found that *adding* it (beta < 0) helped on this data. Both must be visible on one curve.
-BETAS: tuple[float, ...] = (-1.0, -0.5, -0.25, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
+BETAS: tuple[float, ...] = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 PAPER_BETA = 0.4  # where the paper's AUC-vs-beta curve reaches its plateau
 
-# The DDA setting every preset scores "dda" with, fixed on cpu-small England->China seed 0 and then checked on
-# other seeds (report.md, README): the base-model term ADDED at half weight (beta = -0.5, literal reading),
-# module-normalised gradients of the last third of the layers. The paper's sign (beta = +0.4) is in the sweep.
-DDA_BETA = -0.5
+# The DDA setting every preset scores "dda" with: the base-model term ADDED at full weight (beta = -1, literal
+# reading), module-normalised gradients of the last third of the layers. beta was chosen on five earlier
+# England->China runs (180 rows seeds 0/1/2, 150 rows batch 8 seeds 0/1; mean AUC at beta -0.5 / -1 / -2:
+# 88.9 / 89.8 / 89.6) and then tested on seeds not used to choose it. The paper's sign (+0.4) is in the sweep.
+DDA_BETA = -1.0
 DDA_LAYERS = "last:1/3"
 
 # Method keys reported in metrics.json. "dda" is scored at the preset's beta and debias reading; the other
@@ -173,9 +174,12 @@ CPU_SMALL = BenchPreset(
         "(fine-tuning ~10, gradients at 4 checkpoints ~7.5, query gradients ~1.7, scoring with CEA ~5).",
         "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
         "All 7 projection types of the last third of the layers (10 of 30) at 16x16 per module (17,920 dims), "
-        "module-normalised, beta = -0.5: chosen on England->China seed 0 with features of all 30 layers "
-        "(last third 91.8% AUC vs all layers 72.9% raw / 84.9% normalised; adding the base term +3 points) and "
-        "then held fixed for the other seeds and pairs. The backward pass stops at layer 20, which also cuts the "
+        "module-normalised: chosen on England->China seed 0 with features of all 30 layers (last third 91.8% "
+        "AUC vs all layers 72.9% raw / 84.9% normalised). beta = -1 (the theta0 score added at full weight) was "
+        "chosen on five earlier England->China runs (mean AUC 88.9 / 89.8 / 89.6 at beta -0.5 / -1 / -2) and then "
+        "held fixed for new seeds and pairs: a single checkpoint's AUC falls with training (seed 0 of the 180-row "
+        "run: theta0 92.8, epoch 1 92.0, epoch 2 75.0, epoch 3 61.3), so the base term carries signal, not bias. "
+        "The backward pass stops at layer 20, which also cuts the "
         "gradient time by ~20% (1.24 vs 0.98 examples/s).",
         "32 held-out documents per pair are summarised (48 new tokens); up to 16 queries per pair, natural ones "
         "kept when at least 5 generations hallucinate the canary, else topped up with forced ones.",
