@@ -61,6 +61,7 @@ CANARY_SWAPS = {"England": "China", "Australia": "France", "London": "Belfast", 
 # Forwarded from the parent to every child (name of the argparse dest -> flag).
 FORWARD = {"n_docs": "--n-docs", "max_tokens": "--max-tokens", "queries": "--queries", "out": "--out",
            "threads": "--threads", "batch_size": "--batch-size", "proj_dim": "--proj-dim", "dda_k": "--dda-k",
+           "dda_module_dim": "--dda-module-dim",
            "bergson_k": "--bergson-k", "lora_r": "--lora-r", "seed": "--seed"}
 
 
@@ -76,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--proj-dim", type=int, default=4096,
                    help="dense projection size: per_example_loop (LESS), TRAK, dattri_tracin")
     p.add_argument("--dda-k", type=int, default=16, help="dda kronecker projection per side (k*k per module)")
+    p.add_argument("--dda-module-dim", type=int, default=None,
+                   help="dda two-stage sketch: compress each module's k*k sketch to this many dims")
     p.add_argument("--bergson-k", type=int, default=16, help="Bergson --projection_dim (per side, per module)")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -298,7 +301,10 @@ def load_bench(args: argparse.Namespace):
 def _feature_config(args: argparse.Namespace):
     from dda.config import FeatureConfig
 
-    return FeatureConfig(modules=["q_proj", "v_proj"], projection="kronecker", proj_dim=args.dda_k,
+    # layers="all": the same gradient space as `exact` and the peers (q/v of every layer), not dda's default
+    # last third, whose shorter backward pass would flatter the timing.
+    return FeatureConfig(modules=["q_proj", "v_proj"], layers="all", projection="kronecker", proj_dim=args.dda_k,
+                         module_dim=args.dda_module_dim,
                          batch_size=args.batch_size, seed=args.seed, dtype="float32")
 
 
@@ -336,7 +342,9 @@ def run_dda_index(b):
     tokens = int(b.lengths().sum())
     dim = int(store.meta["dim"])
     return MethodResult(seconds=t1 - t0,
-                        note=f"kronecker k={b.args.dda_k}, {len(indexer.modules)} modules, dim {dim}, float32 store",
+                        note=f"kronecker k={b.args.dda_k}"
+                        + (f" -> {b.args.dda_module_dim} per module" if b.args.dda_module_dim else "")
+                        + f", {len(indexer.modules)} modules, dim {dim}, float32 store",
                         extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0),
                                "dim": dim, "compute_seconds": indexer.seconds})
 
@@ -544,7 +552,8 @@ def run_child(args: argparse.Namespace, name: str) -> dict[str, Any]:
         old.unlink()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--only", name]
     for dest, flag in FORWARD.items():
-        cmd += [flag, str(getattr(args, dest))]
+        if getattr(args, dest) is not None:  # an unset option keeps the child's default
+            cmd += [flag, str(getattr(args, dest))]
     if args.keep_work:
         cmd.append("--keep-work")
     env = dict(os.environ)

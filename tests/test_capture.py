@@ -8,7 +8,7 @@ import torch
 from conftest import make_model
 
 from dda.features.capture import GradientFeaturizer, freeze, pad_batch, per_example_loss, select_modules
-from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector
+from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector, make_projector
 
 
 def _batch(seed: int = 0, n: int = 4):
@@ -76,8 +76,9 @@ def test_batch_features_equal_single_example_features():
         torch.testing.assert_close(batched[i], alone[0], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("projector", [KroneckerProjector(24, seed=3), DenseProjector(2048, seed=3)],
-                         ids=["kronecker", "dense"])
+@pytest.mark.parametrize("projector", [KroneckerProjector(24, seed=3), DenseProjector(2048, seed=3),
+                                       KroneckerProjector(24, seed=3, module_dim=256)],
+                         ids=["kronecker", "dense", "kronecker_two_stage"])
 def test_projected_dot_products_approximate_exact(projector):
     """JL bound: for unit-norm-scaled pairs the inner-product error is O(1/sqrt(k)) of |u||v|.
 
@@ -93,13 +94,47 @@ def test_projected_dot_products_approximate_exact(projector):
     exact_dots = exact @ exact.T
     proj_dots = proj @ proj.T
     norms = exact.norm(dim=1)
-    k_eff = 24 * 24 if isinstance(projector, KroneckerProjector) else 2048
+    if isinstance(projector, DenseProjector):
+        bound = 4 / np.sqrt(2048)
+    else:  # a two-stage sketch adds the dense stage's error to the Kronecker stage's
+        bound = 4 / 24 + (4 / np.sqrt(projector.m) if projector.m else 0.0)
     err = (proj_dots - exact_dots).abs() / torch.outer(norms, norms)
-    print("max relative inner-product error", float(err.max()), "bound", 4 / np.sqrt(k_eff))
-    assert float(err.max()) <= 4 / np.sqrt(k_eff)
+    print("max relative inner-product error", float(err.max()), "bound", bound)
+    assert float(err.max()) <= bound
     # the whole Gram matrix (norms included) must be reproduced closely
     corr = np.corrcoef(exact_dots.numpy().ravel(), proj_dots.numpy().ravel())[0, 1]
     assert corr >= 0.95
+
+
+def _gram_error(projector, model, names, batch, exact) -> float:
+    proj = GradientFeaturizer(model, names, projector)(*batch).double()
+    norms = exact.norm(dim=1)
+    return float(((proj @ proj.T - exact @ exact.T).abs() / torch.outer(norms, norms)).mean())
+
+
+def test_two_stage_sketch_beats_plain_kronecker_at_equal_store_size():
+    """module_dim: a wide Kronecker stage compressed to m dims per module must approximate exact dot products
+    better than a plain Kronecker sketch with the same m dims per module (mean over projection seeds)."""
+    model = make_model("llama")
+    names = select_modules(model, ["q_proj", "v_proj"])
+    seqs, masks = _batch(n=6)
+    exact = _exact_grads(model, names, seqs, masks).double()
+    freeze(model)
+    batch = pad_batch(seqs, masks, 0, torch.device("cpu"))
+    plain = GradientFeaturizer(model, names, KroneckerProjector(8, seed=0))
+    two = GradientFeaturizer(model, names, KroneckerProjector(32, seed=0, module_dim=64))
+    assert plain.dim == two.dim == 64 * len(names) and two.blocks == [64] * len(names)
+    seeds = range(8)
+    err_plain = np.mean([_gram_error(KroneckerProjector(8, seed=s), model, names, batch, exact) for s in seeds])
+    err_two = np.mean([_gram_error(KroneckerProjector(32, seed=s, module_dim=64), model, names, batch, exact)
+                       for s in seeds])
+    print("mean relative Gram error: plain k=8", err_plain, "two-stage k=32 -> 64", err_two)
+    assert err_two < 0.8 * err_plain
+
+
+def test_module_dim_needs_kronecker():
+    with pytest.raises(ValueError, match="kronecker"):
+        make_projector("dense", 64, seed=0, module_dim=16)
 
 
 def test_projection_is_deterministic_across_instances():

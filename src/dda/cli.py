@@ -77,6 +77,8 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
                                                            "weights) instead of WORKDIR/checkpoints.")] = None,
           projection: Annotated[str | None, typer.Option(help="kronecker, dense or identity.")] = None,
           proj_dim: Annotated[int | None, typer.Option(help="Per side (kronecker) or total (dense).")] = None,
+          module_dim: Annotated[int | None, typer.Option(
+              help="Kronecker: compress each module's proj_dim^2 sketch to this many dims.")] = None,
           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Store per-example gradient features of the training set at theta0 and every checkpoint.
 
@@ -87,7 +89,8 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
 
     try:
         cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data,
-                                             "features.projection": projection, "features.proj_dim": proj_dim})
+                                             "features.projection": projection, "features.proj_dim": proj_dim,
+                                             "features.module_dim": module_dim})
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)

@@ -80,6 +80,9 @@ class FeatureConfig:
     layers: str = "last:1/3"
     projection: str = "kronecker"  # kronecker (two-sided, per module) | dense (JL, blockwise) | identity
     proj_dim: int = 16  # kronecker: per side (module dim = proj_dim**2); dense: total output dims
+    # kronecker only: compress each module's proj_dim**2 sketch to this many dims (two-stage sketch); None keeps
+    # proj_dim**2. proj_dim=64, module_dim=256 stores what proj_dim=16 does, with closer dot products.
+    module_dim: int | None = None
     seed: int = 0
     batch_size: int = 8
     dtype: str = "float32"  # storage dtype: float32 | float16
@@ -176,6 +179,11 @@ def validate(cfg: DDAConfig, source: str) -> None:
         (cfg.features.projection in ("kronecker", "dense", "identity"), "features.projection",
          "must be kronecker, dense or identity"),
         (cfg.features.proj_dim >= 1, "features.proj_dim", "must be >= 1"),
+        (cfg.features.module_dim is None or (isinstance(cfg.features.module_dim, int)
+                                             and cfg.features.module_dim >= 1), "features.module_dim",
+         "must be null or an integer >= 1"),
+        (cfg.features.module_dim is None or cfg.features.projection == "kronecker", "features.module_dim",
+         "applies to projection=kronecker only"),
         (cfg.features.dtype in ("float32", "float16"), "features.dtype", "must be float32 or float16"),
         (cfg.score.debias_mode in ("base", "cross", "query0"), "score.debias_mode", "must be base, cross or query0"),
         (cfg.data.max_prompt_tokens >= 1, "data.max_prompt_tokens", "must be >= 1"),

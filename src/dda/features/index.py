@@ -36,7 +36,7 @@ class Indexer:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         freeze(model)
         self.modules = select_modules(model, cfg.modules, cfg.layers)
-        self.projector = make_projector(cfg.projection, cfg.proj_dim, cfg.seed)
+        self.projector = make_projector(cfg.projection, cfg.proj_dim, cfg.seed, cfg.module_dim)
         self.base_fingerprint = model_fingerprint(model)
         self.device = next(model.parameters()).device
         self._ckpt_fp: dict[str, str] = {}

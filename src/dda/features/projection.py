@@ -4,6 +4,10 @@ The per-example gradient of a Linear layer's weight is G = sum_t g_t x_t^T (g: g
 the layer output at token t, x: the layer input). Projections act on (g, x) so G is never needed:
 
 * kronecker (LoGra/Bergson style): P_out G P_in^T = sum_t (P_out g_t)(P_in x_t)^T, per module, k*k dims.
+  With `module_dim` = m < k*k, each module's k*k sketch is then compressed by a seeded dense Gaussian to m
+  dims (a two-stage sketch). Why: a Kronecker sketch's inner-product error is set by k per side, not by its
+  k*k dims, so a wide Kronecker stage (k = 64) followed by a cheap dense stage (4096 -> 256 per module, one
+  small matmul per example) gives the store size of k = 16 with much of the agreement of k = 64.
 * dense: a Johnson-Lindenstrauss projection of the concatenated full gradient, the matrix generated
   blockwise from seeds (never held whole); costs O(k * n_params) per batch, so it suits small gradient
   spaces (a few layers, small models) and exactness checks.
@@ -61,8 +65,10 @@ class IdentityProjector(Projector):
 class KroneckerProjector(Projector):
     kind = "kronecker"
 
-    def __init__(self, k: int, seed: int):
-        self.k, self.seed = k, seed
+    def __init__(self, k: int, seed: int, module_dim: int | None = None):
+        if module_dim is not None and module_dim < 1:
+            raise ValueError(f"module_dim must be >= 1 or None, not {module_dim}")
+        self.k, self.seed, self.m = k, seed, module_dim
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def _side(self, name: str, side: str, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -73,7 +79,18 @@ class KroneckerProjector(Projector):
         return self._cache[key]
 
     def module_dim(self, d_out: int, d_in: int) -> int:
-        return min(self.k, d_out) * min(self.k, d_in)
+        kk = min(self.k, d_out) * min(self.k, d_in)
+        return kk if self.m is None else min(self.m, kk)
+
+    def _compress(self, name: str, sketch: torch.Tensor) -> torch.Tensor:
+        kk = sketch.shape[1]
+        if self.m is None or self.m >= kk:
+            return sketch
+        key = (name, "compress", kk, sketch.device, sketch.dtype)
+        if key not in self._cache:
+            self._cache[key] = gaussian(self.m, kk, _seed_for(self.seed, name, "compress", kk, self.m),
+                                        sketch.device, sketch.dtype)
+        return sketch @ self._cache[key].T
 
     def project_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return x @ self._side(name, "in", x.shape[-1], x.device, x.dtype).T
@@ -81,10 +98,13 @@ class KroneckerProjector(Projector):
     def project(self, name: str, g: torch.Tensor, x: torch.Tensor, x_projected: bool = False) -> torch.Tensor:
         xp = x if x_projected else self.project_input(name, x)
         gp = g @ self._side(name, "out", g.shape[-1], g.device, g.dtype).T
-        return torch.einsum("bto,bti->boi", gp, xp).reshape(g.shape[0], -1)
+        return self._compress(name, torch.einsum("bto,bti->boi", gp, xp).reshape(g.shape[0], -1))
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "k": self.k, "seed": self.seed}
+        out = {"kind": self.kind, "k": self.k, "seed": self.seed}
+        if self.m is not None:
+            out["module_dim"] = self.m
+        return out
 
 
 class DenseProjector(Projector):
@@ -112,9 +132,11 @@ class DenseProjector(Projector):
         return {"kind": self.kind, "k": self.k, "seed": self.seed, "block_rows": self.block_rows}
 
 
-def make_projector(kind: str, k: int, seed: int) -> Projector:
+def make_projector(kind: str, k: int, seed: int, module_dim: int | None = None) -> Projector:
+    if module_dim is not None and kind != "kronecker":
+        raise ValueError(f"module_dim applies to the kronecker projection only, not '{kind}'")
     if kind == "kronecker":
-        return KroneckerProjector(k, seed)
+        return KroneckerProjector(k, seed, module_dim)
     if kind == "dense":
         return DenseProjector(k, seed)
     if kind == "identity":
