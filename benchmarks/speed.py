@@ -76,9 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="batch size (dda's default)")
     p.add_argument("--proj-dim", type=int, default=4096,
                    help="dense projection size: per_example_loop (LESS), TRAK, dattri_tracin")
-    p.add_argument("--dda-k", type=int, default=16, help="dda kronecker projection per side (k*k per module)")
-    p.add_argument("--dda-module-dim", type=int, default=None,
-                   help="dda two-stage sketch: compress each module's k*k sketch to this many dims")
+    # Two-stage default: 64x64 Kronecker then 256 dims per module stores what k=16 does (15,360 dims for 60
+    # modules) with Spearman 0.87 vs exact instead of 0.65, at the same speed (64 docs, measured here).
+    p.add_argument("--dda-k", type=int, default=64, help="dda kronecker projection per side (k*k per module)")
+    p.add_argument("--dda-module-dim", type=int, default=256,
+                   help="dda two-stage sketch: compress each module's k*k sketch to this many dims (0: keep k*k)")
     p.add_argument("--bergson-k", type=int, default=16, help="Bergson --projection_dim (per side, per module)")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -304,7 +306,7 @@ def _feature_config(args: argparse.Namespace):
     # layers="all": the same gradient space as `exact` and the peers (q/v of every layer), not dda's default
     # last third, whose shorter backward pass would flatter the timing.
     return FeatureConfig(modules=["q_proj", "v_proj"], layers="all", projection="kronecker", proj_dim=args.dda_k,
-                         module_dim=args.dda_module_dim,
+                         module_dim=args.dda_module_dim or None,
                          batch_size=args.batch_size, seed=args.seed, dtype="float32")
 
 
