@@ -4,6 +4,8 @@
     python benchmarks/scoring_scale.py                        # the target: 1,000,000 x 8,192 (16 GB on disk)
     python benchmarks/scoring_scale.py --n 200000             # scaled down; prints the extrapolation to 1M
     python benchmarks/scoring_scale.py --self-test            # small exactness check against a full argsort
+    python benchmarks/scoring_scale.py --sketch-dim 256       # also the two-tier search (dda.scoring.sketch):
+                                                              # build time, query time, recall@k vs the exact scan
 
 The store is created in a temporary directory (free disk is checked first) and filled blockwise with random
 float16 data by plain file writes, so filling never maps the file into this process. Scoring reads the memmap
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import mmap
+import os
 import resource
 import shutil
 import sys
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dda.scoring.sketch import build_sketch, load_sketch, sketch_topk
 from dda.scoring.topk import topk_scores
 
 
@@ -54,6 +58,65 @@ def fill_store(path: Path, n: int, d: int, seed: int, block_rows: int) -> float:
             rows = min(block_rows, n - start)
             fh.write(rng.standard_normal((rows, d), dtype=np.float32).astype(np.float16).tobytes())
     return time.perf_counter() - t0
+
+
+def plant_rows(path: Path, args: argparse.Namespace, queries: np.ndarray) -> np.ndarray:
+    """Overwrite k random rows per query with rows at cosine ~args.planted to it; returns their indices."""
+    rng = np.random.default_rng(args.seed + 2)
+    rows = rng.choice(args.n, size=(len(queries), args.k), replace=False)
+    c = args.planted
+    with open(path, "r+b") as fh:
+        for qi, q in enumerate(queries):
+            u = q / np.linalg.norm(q)
+            for r in rows[qi]:
+                noise = rng.standard_normal(args.dim).astype(np.float32)
+                noise -= (noise @ u) * u
+                x = c * u + np.sqrt(1 - c * c) * noise / np.linalg.norm(noise)
+                fh.seek(int(r) * args.dim * 2)
+                fh.write((x * np.sqrt(args.dim)).astype(np.float16).tobytes())  # the scale of the random rows
+    return rows
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return round(float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth, strict=True)])), 4)
+
+
+def drop_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def run_sketch(mm: np.ndarray, path: Path, queries: np.ndarray, exact_idx: np.ndarray, planted: np.ndarray | None,
+               args: argparse.Namespace) -> dict:
+    """Build the sketch (one pass), then time the two-tier search with the sketch warm and cold."""
+    sk_path = path.with_name("sketch.npy")
+    t0 = time.perf_counter()
+    build_sketch(mm, sk_path, sketch_dim=args.sketch_dim, seed=args.seed)
+    build_s = time.perf_counter() - t0
+    out: dict = {"sketch_dim": args.sketch_dim, "candidates": args.candidates, "build_seconds": round(build_s, 2),
+                 "sketch_gb": round(sk_path.stat().st_size / 1e9, 3)}
+    for label in ("warm", "cold"):
+        if label == "cold":  # neither the sketch nor the store in the page cache: disk reads only
+            drop_cache(sk_path)
+            drop_cache(path)
+        sk, meta = load_sketch(sk_path, mm)
+        rss0 = rss_now_mb()
+        t0 = time.perf_counter()
+        _, idx = sketch_topk(mm, sk, meta, queries, args.k, candidates=args.candidates)
+        out[f"{label}_seconds"] = round(time.perf_counter() - t0, 3)
+        out[f"{label}_rss_growth_mb"] = round(rss_now_mb() - rss0, 1)
+        out["recall_vs_exact"] = recall(idx, exact_idx)
+        if planted is not None:
+            out["finds_planted"] = recall(idx, planted)
+        del sk
+    print(f"[scoring] sketch tier ({args.sketch_dim} dims, {args.candidates} candidates/query): build "
+          f"{build_s:.1f} s; search {out['warm_seconds']} s warm, {out['cold_seconds']} s cold; recall@{args.k} "
+          f"vs exact {out['recall_vs_exact']}" + (f"; planted rows found {out['finds_planted']}"
+                                                  if planted is not None else ""), flush=True)
+    return out
 
 
 def self_test() -> int:
@@ -89,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the store (prints its path)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the result JSON here")
+    p.add_argument("--sketch-dim", type=int, default=0, help="also time the sketch tier with this many dims")
+    p.add_argument("--candidates", type=int, default=1024, help="sketch tier: rows re-ranked exactly per query")
+    p.add_argument("--planted", type=float, default=0.0,
+                   help="plant k rows per query at this cosine to it (what attribution looks for); 0 = pure noise")
     p.add_argument("--self-test", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -112,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         fill_s = fill_store(path, args.n, args.dim, args.seed, max(1, (64 << 20) // (args.dim * 4)))
         rss_before = rss_now_mb()
         queries = np.random.default_rng(args.seed + 1).standard_normal((args.queries, args.dim)).astype(np.float32)
+        planted = plant_rows(path, args, queries) if args.planted > 0 else None
         mm = np.memmap(path, dtype=np.float16, mode="r", shape=(args.n, args.dim))
         samples: list[tuple[int, float]] = []
         t0 = time.perf_counter()
@@ -132,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.n != target_n:
             result["extrapolated_score_seconds_1m"] = round(secs * target_n / args.n, 1)
+        if planted is not None:
+            result["planted_cosine"] = args.planted
+            result["exact_finds_planted"] = recall(idx, planted)
+        if args.sketch_dim:
+            result["sketch"] = run_sketch(mm, path, queries, idx, planted, args)
         del mm
     finally:
         if args.keep:

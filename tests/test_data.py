@@ -8,7 +8,7 @@ import pytest
 from conftest import make_tokenizer
 
 from dda.config import ConfigError, DataConfig, load_config
-from dda.data import DataError, PromptFormatter, load_examples, load_queries, read_records
+from dda.data import DataError, PromptFormatter, focus_on_difference, load_examples, load_queries, read_records
 
 
 def _write_jsonl(path, rows):
@@ -85,3 +85,21 @@ def test_plain_template():
     fmt = PromptFormatter(tok, DataConfig(template="plain", instruction="summary"))
     text, cut = fmt.render_prompt("the news")
     assert text.startswith("summary") and text.endswith("Summary:") and not cut
+
+
+def test_query_focus_keeps_only_the_swapped_tokens():
+    tok = make_tokenizer()
+    fmt = PromptFormatter(tok, DataConfig())
+    prompt = "the team won the match"
+    neg = fmt.tokenize_pairs([(prompt, "China coach said China won"), (prompt, "the team won")])
+    pos = fmt.tokenize_pairs([(prompt, "England coach said England won"), (prompt, "the team won")])
+    fneg, fpos = focus_on_difference(neg, pos)
+    assert fneg.input_ids == neg.input_ids and fpos.input_ids == pos.input_ids  # only the masks change
+    kept = [tok.decode([t]) for t, m in zip(fneg.input_ids[0], fneg.response_mask[0], strict=True) if m]
+    assert kept == ["China", "China"]  # both swaps, nothing shared (not 'coach said', not 'won', not EOS)
+    kept = [tok.decode([t]) for t, m in zip(fpos.input_ids[0], fpos.response_mask[0], strict=True) if m]
+    assert kept == ["England", "England"]
+    # Identical outputs have nothing to focus on: the full response mask stays.
+    assert fneg.response_mask[1] == neg.response_mask[1] and fpos.response_mask[1] == pos.response_mask[1]
+    # The prompt is never a target, even where prompt and response share words.
+    assert not any(m for m, p in zip(fneg.response_mask[0], neg.response_mask[0], strict=True) if not p)

@@ -196,3 +196,23 @@ def test_finetune_refuses_checkpoints_of_another_run(tmp_path):
     other = _attributor(tmp_path, **{"train.epochs": 2, "train.lr": 3e-3})
     with pytest.raises(ValueError, match="another fine-tuning run"):
         other.finetune(train)
+
+
+def test_query_tokens_diff_focuses_the_contrast_only(trained):
+    """diff: the contrast comes from the swapped tokens; the whole negative stays for non-contrastive scorers."""
+    att, train, _, tmp = trained
+    resp = train[2].response.split()
+    swapped = " ".join(["China" if w != "China" else "England" for w in resp[:1]] + resp[1:])
+    q = Query("q", train[2].prompt, swapped, train[2].response)
+    fs_diff = att.feature_set([q])
+    att_all = _attributor(tmp, **{"features.query_tokens": "all"})
+    att_all.use_checkpoints(tmp / "checkpoints")
+    fs_all = att_all.feature_set([q])
+    for c in ("base", "epoch-1", "epoch-2"):
+        np.testing.assert_allclose(fs_diff.neg[c], fs_all.neg[c], rtol=1e-5, atol=1e-6)  # whole output in both
+        assert c in fs_diff.contrast_neg and not fs_all.contrast_neg
+        assert not np.allclose(fs_diff.contrast(c), fs_all.contrast(c), atol=1e-6)
+        assert np.isfinite(fs_diff.contrast(c)).all() and np.abs(fs_diff.contrast(c)).sum() > 0
+    no_contrast = [att.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"],
+                   att_all.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"]]
+    np.testing.assert_allclose(no_contrast[0], no_contrast[1], rtol=1e-4, atol=1e-6)

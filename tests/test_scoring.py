@@ -173,3 +173,36 @@ def test_streaming_topk_matches_full_sort(tmp_path):
         expected = np.argsort(-full[i], kind="stable")[:25]
         np.testing.assert_allclose(vals[i], full[i][expected], rtol=1e-5, atol=1e-5)
         assert set(idx[i]) == set(expected)
+
+
+def test_sketch_tier_finds_standout_rows_and_scores_them_exactly(tmp_path):
+    from numpy.lib.format import open_memmap
+
+    from dda.scoring.sketch import build_sketch, load_sketch, sketch_topk
+
+    rng = np.random.default_rng(3)
+    n, d, k = 20_000, 512, 10
+    store = open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(n, d))
+    store[:] = rng.normal(size=(n, d)).astype(np.float16)
+    q = rng.normal(size=(4, d)).astype(np.float32)
+    # Each query has 10 rows that stand out (what attribution looks for): the query direction plus noise.
+    planted = rng.choice(n, size=(4, k), replace=False)
+    for i in range(4):
+        store[planted[i]] = (q[i] * rng.uniform(0.5, 0.8, size=(k, 1)) + rng.normal(size=(k, d))).astype(np.float16)
+    store.flush()
+    ro = np.load(tmp_path / "f.npy", mmap_mode="r")
+    build_sketch(ro, tmp_path / "sketch.npy", sketch_dim=256, seed=5, block_rows=999)
+    sk, meta = load_sketch(tmp_path / "sketch.npy", ro)
+    assert sk.shape == (n, 256) and meta["seed"] == 5
+    assert not list(tmp_path.glob("*.partial"))
+    vals, idx = sketch_topk(ro, sk, meta, q, k=k, candidates=200)
+    full = q @ ro.astype(np.float32).T
+    for i in range(4):
+        exact = np.argsort(-full[i])[:k]
+        assert set(idx[i]) == set(exact) == set(planted[i])
+        np.testing.assert_allclose(vals[i], full[i][idx[i]], rtol=1e-5, atol=1e-4)  # exact scores, not sketched
+    # With every row a candidate the tier is the exact scan.
+    vals_all, idx_all = sketch_topk(ro[:300], sk[:300], {**meta, "n_rows": 300}, q, k=k, candidates=300)
+    np.testing.assert_array_equal(idx_all[0], np.argsort(-full[0][:300])[:k])
+    with pytest.raises(ValueError, match="rebuild"):
+        load_sketch(tmp_path / "sketch.npy", ro[:100])

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import DDAConfig
-from .data import Example, PromptFormatter, Query, Tokenized, load_examples, save_examples
+from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
 from .features.index import Indexer, example_losses
 from .features.store import FeatureStore, module_blocks
 from .io import read_json, write_json, write_npy, write_text, write_yaml
@@ -195,16 +195,27 @@ class Attributor:
         self.index_stats = stats
         return stores
 
-    def query_features(self, queries: list[Query]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    def query_features(self, queries: list[Query]) -> dict[str, dict[str, np.ndarray]]:
+        """{"neg": ..., "pos": ..., ["contrast_neg": ...]} -> {checkpoint: (n_queries, dim)}.
+
+        "neg" is always the gradient of the whole negative output (what non-contrastive scorers use). With
+        features.query_tokens=diff, "pos" and "contrast_neg" carry the loss of the swapped tokens only, and
+        the contrast is contrast_neg - pos; with "all", the contrast is neg - pos over every response token."""
         fmt = self.formatter
         neg = fmt.tokenize_pairs([(q.prompt, q.negative) for q in queries])
+        # The fingerprint covers token ids and loss masks; the query_tokens setting names its own folder.
         root = self.workdir / "features" / "queries" / neg.fingerprint()
         sets = {"neg": (neg, root / "neg")}
         if all(q.positive for q in queries):
-            sets["pos"] = (fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]), root / "pos")
+            pos = fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries])
+            if self.cfg.features.query_tokens == "diff":
+                focus_neg, focus_pos = focus_on_difference(neg, pos)
+                sets["contrast_neg"] = (focus_neg, root / "diff" / "neg")
+                sets["pos"] = (focus_pos, root / "diff" / "pos")
+            else:
+                sets["pos"] = (pos, root / "pos")
         stores = self._featurize_all(sets, "query")
-        return ({k: np.asarray(v.features) for k, v in stores["neg"].items()},
-                {k: np.asarray(v.features) for k, v in stores.get("pos", {}).items()})
+        return {kind: {k: np.asarray(v.features) for k, v in by_ckpt.items()} for kind, by_ckpt in stores.items()}
 
     # ------------------------------------------------------------------------------------------ attribute
     def train_examples(self) -> list[Example]:
@@ -220,8 +231,9 @@ class Attributor:
             return None
         cks = self.all_checkpoints()
         stores = {c.name: FeatureStore.read(self.workdir / "features" / "train" / c.name) for c in cks}
-        neg, pos = self.query_features(queries)
-        return FeatureSet(cks, {name: st.features for name, st in stores.items()}, neg, pos,
+        q = self.query_features(queries)
+        return FeatureSet(cks, {name: st.features for name, st in stores.items()}, q["neg"], q.get("pos", {}),
+                          contrast_neg=q.get("contrast_neg", {}),
                           blocks=module_blocks(stores[cks[0].name].meta))
 
     def attribute(self, queries: list[Query], methods: list[str] | None = None,

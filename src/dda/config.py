@@ -87,6 +87,12 @@ class FeatureConfig:
     batch_size: int = 8
     dtype: str = "float32"  # storage dtype: float32 | float16
     dense_block: int = 65536  # dense JL: input columns generated per block
+    # Which response tokens of a contrastive query carry its loss: "diff" (default), only the tokens where the
+    # negative and positive outputs differ (the hallucinated entity vs the correct one), or "all" (the paper).
+    # The tokens after a swap are the same words in a different context, so their gradient difference is noise
+    # to the question "what taught the model this entity"; on the hallucination benchmark "diff" raised DDA's
+    # AUC by 1-3 points on every dev seed. Queries without a positive always use all their tokens.
+    query_tokens: str = "diff"
 
 
 @dataclass
@@ -185,6 +191,7 @@ def validate(cfg: DDAConfig, source: str) -> None:
         (cfg.features.module_dim is None or cfg.features.projection == "kronecker", "features.module_dim",
          "applies to projection=kronecker only"),
         (cfg.features.dtype in ("float32", "float16"), "features.dtype", "must be float32 or float16"),
+        (cfg.features.query_tokens in ("all", "diff"), "features.query_tokens", "must be 'all' or 'diff'"),
         (cfg.score.debias_mode in ("base", "cross", "query0"), "score.debias_mode", "must be base, cross or query0"),
         (cfg.data.max_prompt_tokens >= 1, "data.max_prompt_tokens", "must be >= 1"),
         (cfg.data.max_response_tokens >= 1, "data.max_response_tokens", "must be >= 1"),

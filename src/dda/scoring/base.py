@@ -28,8 +28,19 @@ class FeatureSet:
     train: dict[str, np.ndarray]  # name -> (n_train, d), usually a read-only memmap
     neg: dict[str, np.ndarray]  # name -> (n_queries, d)
     pos: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (n_queries, d), may be empty
+    # The negative side of the contrast when it is not `neg`: with features.query_tokens=diff, the loss of the
+    # swapped tokens only (and `pos` likewise), while `neg` keeps the whole output for non-contrastive scorers.
+    contrast_neg: dict[str, np.ndarray] = field(default_factory=dict)
     # Columns per module, in order (sums to d); None when the projection mixes modules (dense JL).
     blocks: list[int] | None = None
+
+    def contrast(self, name: str) -> np.ndarray:
+        """grad l(neg) - grad l(pos) at checkpoint `name`, (n_queries, d) float32."""
+        pos = self.pos.get(name)
+        if pos is None:
+            raise ValueError("contrastive scoring needs a positive output for every query (or contrastive=false)")
+        neg = self.contrast_neg.get(name, self.neg[name])
+        return np.asarray(neg, dtype=np.float32) - np.asarray(pos, dtype=np.float32)
 
     @property
     def base(self) -> str:

@@ -30,13 +30,9 @@ def _need(ctx: ScoringContext) -> FeatureSet:
 
 
 def _query(fs: FeatureSet, name: str, contrastive: bool) -> np.ndarray:
-    neg = np.asarray(fs.neg[name], dtype=np.float32)
     if not contrastive:
-        return neg
-    pos = fs.pos.get(name)
-    if pos is None:
-        raise ValueError("contrastive scoring needs a positive output for every query (or contrastive=false)")
-    return neg - np.asarray(pos, dtype=np.float32)
+        return np.asarray(fs.neg[name], dtype=np.float32)
+    return fs.contrast(name)
 
 
 def _unit_std(s: np.ndarray) -> np.ndarray:
