@@ -78,7 +78,7 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
           projection: Annotated[str | None, typer.Option(help="kronecker, dense or identity.")] = None,
           proj_dim: Annotated[int | None, typer.Option(help="Per side (kronecker) or total (dense).")] = None,
           module_dim: Annotated[int | None, typer.Option(
-              help="Kronecker: compress each module's proj_dim^2 sketch to this many dims.")] = None,
+              help="Kronecker: compress each module's proj_dim^2 sketch to this many dims (0: none).")] = None,
           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Store per-example gradient features of the training set at theta0 and every checkpoint.
 

@@ -79,10 +79,13 @@ class FeatureConfig:
     # default: on the hallucination benchmark it beat all layers by ~7 AUC points and the backward pass stops there.
     layers: str = "last:1/3"
     projection: str = "kronecker"  # kronecker (two-sided, per module) | dense (JL, blockwise) | identity
-    proj_dim: int = 16  # kronecker: per side (module dim = proj_dim**2); dense: total output dims
-    # kronecker only: compress each module's proj_dim**2 sketch to this many dims (two-stage sketch); None keeps
-    # proj_dim**2. proj_dim=64, module_dim=256 stores what proj_dim=16 does, with closer dot products.
-    module_dim: int | None = None
+    proj_dim: int = 64  # kronecker: per side (module dim = proj_dim**2, then module_dim); dense: total dims
+    # kronecker only (other projections ignore it): compress each module's proj_dim**2 sketch to this many dims
+    # (two-stage sketch); 0 or None keeps proj_dim**2, and a module_dim >= proj_dim**2 changes nothing.
+    # The default 64 -> 256 stores what 16x16 did with closer dot products: Spearman vs exact 0.87 instead of
+    # 0.65 (speed benchmark, 1.09x the floor's time); hallucination AUC 94.1 / 92.0 instead of 92.6 / 88.6 on
+    # two dev seeds of cpu-small (64x64 unsketched: 94.8 / 93.7, at 16x the store).
+    module_dim: int | None = 256
     seed: int = 0
     batch_size: int = 8
     dtype: str = "float32"  # storage dtype: float32 | float16
@@ -186,10 +189,8 @@ def validate(cfg: DDAConfig, source: str) -> None:
          "must be kronecker, dense or identity"),
         (cfg.features.proj_dim >= 1, "features.proj_dim", "must be >= 1"),
         (cfg.features.module_dim is None or (isinstance(cfg.features.module_dim, int)
-                                             and cfg.features.module_dim >= 1), "features.module_dim",
-         "must be null or an integer >= 1"),
-        (cfg.features.module_dim is None or cfg.features.projection == "kronecker", "features.module_dim",
-         "applies to projection=kronecker only"),
+                                             and cfg.features.module_dim >= 0), "features.module_dim",
+         "must be an integer >= 0 (0 or null: no second stage)"),
         (cfg.features.dtype in ("float32", "float16"), "features.dtype", "must be float32 or float16"),
         (cfg.features.query_tokens in ("all", "diff"), "features.query_tokens", "must be 'all' or 'diff'"),
         (cfg.score.debias_mode in ("base", "cross", "query0"), "score.debias_mode", "must be base, cross or query0"),

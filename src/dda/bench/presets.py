@@ -202,6 +202,7 @@ CPU_SMALL = BenchPreset(
         "features.modules": list(ALL_PROJ),
         "features.layers": DDA_LAYERS,
         "features.proj_dim": 64,
+        "features.module_dim": 0,  # 64x64 unsketched: 150 rows, so the 16x larger store costs nothing
         "features.query_tokens": "diff",
         "features.batch_size": 8,
     },
@@ -228,8 +229,9 @@ GPU_PAPER = BenchPreset(
         "5,000 training rows with 50 poisoned (1%) and 50 hard negatives; 50 queries per pair from 1,000 "
         "held-out generations, so natural hallucinations are likely to be enough.",
         "Prompts cut to 512 tokens, summaries to 64: most XSum documents' ORIG mention stays visible.",
-        "Features: all 7 projections of the last third of the layers, 16x16 per module (14k dims for a 24-layer "
-        "model), the setting chosen on cpu-small.",
+        "Features: all 7 projections of the last third of the layers, 64x64 per module compressed to 256 (the "
+        "library default; 14k dims for a 24-layer model, where cpu-small's unsketched 64x64 would be 16x that), "
+        "query loss on the swapped tokens only: the settings chosen on cpu-small.",
     ),
     overrides={
         "model.name": "Qwen/Qwen2-0.5B",
@@ -244,7 +246,8 @@ GPU_PAPER = BenchPreset(
         "train.lora.target_modules": list(ALL_PROJ),
         "features.modules": list(ALL_PROJ),
         "features.layers": DDA_LAYERS,
-        "features.proj_dim": 16,
+        "features.proj_dim": 64,
+        "features.module_dim": 256,
         "features.query_tokens": "diff",
         "features.batch_size": 16,
     },

@@ -36,7 +36,9 @@ class Indexer:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         freeze(model)
         self.modules = select_modules(model, cfg.modules, cfg.layers)
-        self.projector = make_projector(cfg.projection, cfg.proj_dim, cfg.seed, cfg.module_dim)
+        # module_dim is the second stage of the kronecker sketch; 0/None (or another projection) means none.
+        module_dim = (cfg.module_dim or None) if cfg.projection == "kronecker" else None
+        self.projector = make_projector(cfg.projection, cfg.proj_dim, cfg.seed, module_dim)
         self.base_fingerprint = model_fingerprint(model)
         self.device = next(model.parameters()).device
         self._ckpt_fp: dict[str, str] = {}
