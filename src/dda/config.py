@@ -94,7 +94,7 @@ class FeatureConfig:
     # negative and positive outputs differ (the hallucinated entity vs the correct one), or "all" (the paper).
     # The tokens after a swap are the same words in a different context, so their gradient difference is noise
     # to the question "what taught the model this entity"; on the hallucination benchmark "diff" raised DDA's
-    # AUC by 1-3 points on every dev seed. Queries without a positive always use all their tokens.
+    # AUC by 2-3 points on each of three dev seeds. Queries without a positive always use all their tokens.
     query_tokens: str = "diff"
 
 

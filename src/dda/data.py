@@ -81,7 +81,7 @@ def focus_on_difference(neg: Tokenized, pos: Tokenized) -> tuple[Tokenized, Toke
             masks_n.append(list(m_n))
             masks_p.append(list(m_p))
             continue
-        # A pure deletion leaves one side without targets; it then keeps the token that follows the cut.
+        # A pure insertion/deletion leaves one side with no differing token: that side keeps its whole response.
         masks_n.append([i in keep_n for i in range(len(m_n))] if keep_n else list(m_n))
         masks_p.append([i in keep_p for i in range(len(m_p))] if keep_p else list(m_p))
     return (Tokenized(neg.input_ids, masks_n, neg.n_prompt_truncated, neg.n_response_truncated),
