@@ -107,7 +107,7 @@ def drop_cache(path: Path) -> None:
 
 def run_sketch(mm: np.ndarray, path: Path, queries: np.ndarray, exact_idx: np.ndarray, planted: np.ndarray | None,
                args: argparse.Namespace) -> dict:
-    """Build the sketch (one pass), then time the two-tier search with the sketch warm and cold."""
+    """Build the sketch (one pass), then time the two-tier search twice ("first", "second": see below)."""
     sk_path = path.with_name("sketch.npy")
     t0 = time.perf_counter()
     build_sketch(mm, sk_path, sketch_dim=args.sketch_dim, seed=args.seed)

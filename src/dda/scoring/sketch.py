@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from ..io import write_json
 from .topk import release_pages, topk_scores
 
 SKETCH_FORMAT = 1
@@ -58,9 +59,7 @@ def build_sketch(train: np.ndarray, path: str | Path, sketch_dim: int = 256, see
     del out
     os.replace(tmp, path)
     meta = {"format": SKETCH_FORMAT, "n_rows": n, "source_dim": d, "sketch_dim": sketch_dim, "seed": int(seed)}
-    meta_tmp = path.with_name(path.name + ".json.partial")
-    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(meta_tmp, Path(str(path) + ".json"))
+    write_json(Path(str(path) + ".json"), meta)  # atomic, like every other file dda writes
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
