@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench bench-tiny bench-speed clean
+.PHONY: setup demo test lint bench bench-tiny bench-speed bench-scoring clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench-tiny: setup
 bench-speed: setup
 	$(BIN)/pip install -q --no-deps -r requirements-bench.txt
 	$(BIN)/python benchmarks/speed.py --n-docs 256 --max-tokens 100 --queries 8 --out runs/speed
+
+# 1M x 8192 float16 store (16.4 GB of free disk, checked first): exact streaming scan and the two-tier search
+bench-scoring: setup
+	$(BIN)/python benchmarks/scoring_scale.py --sketch-dim 256,512 --candidates 256,1024 --planted 0.5 \
+		--out runs/scoring/result.json
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

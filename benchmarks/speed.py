@@ -14,8 +14,11 @@ entity swapped, positive = the real summary). Each method runs in a fresh child 
 child's own subprocesses for Bergson) belongs to that method alone. Model loading is not timed.
 
 Rows (see benchmarks/README.md): exact, floor, dda_index, dda_attribute, per_example_loop, trak,
-captum_tracincp, kronfluence, dattri_tracin, dattri_grad_dot, bergson, and the derived dda_end_to_end.
-Output: a table on stdout and OUT/speed.json = {"machine": {...}, "config": {...}, "rows": [...]}.
+captum_tracincp, kronfluence (identity strategy), kronfluence_ekfac, dattri_tracin, dattri_grad_dot, bergson,
+and the derived dda_end_to_end.
+Output: a table, the profile (phases of the rows that record them) and the target checks on stdout;
+OUT/speed.json = {"machine": {...}, "config": {...}, "rows": [...], "targets": [...]} and OUT/speed.md (the same
+as markdown tables).
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 ROWS = ["floor", "dda_index", "dda_attribute", "per_example_loop", "trak", "captum_tracincp", "kronfluence",
-        "dattri_tracin", "dattri_grad_dot", "bergson"]
+        "kronfluence_ekfac", "dattri_tracin", "dattri_grad_dot", "bergson"]
 ORDER = ["exact", *ROWS]
 DDA_ROWS = ("dda_index", "dda_attribute", "dda_end_to_end")
 PEER_PACKAGES = {"trak": "trak", "captum_tracincp": "captum", "kronfluence": "kronfluence",
+                 "kronfluence_ekfac": "kronfluence",
                  "dattri_tracin": "dattri", "dattri_grad_dot": "dattri", "bergson": "bergson"}
 BENCH_INSTRUCTION = "Summarize the document in one sentence."
 LORA_ALPHA = 16
@@ -107,6 +111,13 @@ def write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.replace(path)
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
@@ -318,14 +329,21 @@ def run_floor(b):
 
     model = lora_model(b, trainable=True)
     model.train()
+    phases = {"forward": 0.0, "backward": 0.0}
     t0 = time.perf_counter()
     for rows in b.batches():
         ids, attn, labels = pad_rows(b.train, rows, b.pad_id)
-        model(input_ids=ids, attention_mask=attn, labels=labels).loss.backward()
+        ta = time.perf_counter()
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        tb = time.perf_counter()
+        loss.backward()
+        phases["forward"] += tb - ta
+        phases["backward"] += time.perf_counter() - tb
         model.zero_grad(set_to_none=True)
     t1 = time.perf_counter()
     tokens = int(b.lengths().sum())
     return MethodResult(seconds=t1 - t0, note="HF forward+backward, LoRA trainable, no per-example gradients",
+                        phases=phases,
                         extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0)})
 
 
@@ -349,7 +367,8 @@ def run_dda_index(b):
                         + (f" -> {b.args.dda_module_dim} per module" if b.args.dda_module_dim else "")
                         + f", {len(indexer.modules)} modules, dim {dim}, float32 store",
                         extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0),
-                               "dim": dim, "compute_seconds": indexer.seconds})
+                               "dim": dim, "compute_seconds": indexer.seconds},
+                        phases=dict(indexer.phase_seconds))
 
 
 def run_dda_attribute(b):
@@ -679,6 +698,66 @@ def print_table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> None:
             print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
 
 
+def profile_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each method's time went (the rows that record phases), seconds and share of the row's time."""
+    lines = []
+    for r in rows:
+        phases, total = r.get("phases") or {}, r.get("seconds")
+        if not phases or not total:
+            continue
+        parts = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in phases.items())
+        lines.append(f"{r['name']} ({total:.1f} s): {parts}")
+    return lines
+
+
+def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue #4's speed targets, evaluated on this run's rows (None where a row is missing or failed)."""
+    ok = {r["name"]: r for r in rows if r.get("status") == "ok" and r.get("seconds") is not None}
+    idx, e2e, floor = ok.get("dda_index"), ok.get("dda_end_to_end"), ok.get("floor")
+    peers = [n for n in ok if n in PEER_PACKAGES]
+    checks = []
+
+    def add(name: str, value: Any, target: str, met: bool | None) -> None:
+        checks.append({"check": name, "value": value, "target": target, "met": met})
+
+    if idx and floor:
+        add("dda_index time / floor", round(idx["seconds"] / floor["seconds"], 3), "<= 1.15",
+            idx["seconds"] <= 1.15 * floor["seconds"])
+        add("dda_index peak RSS / floor", round(idx["peak_rss_mb"] / floor["peak_rss_mb"], 3), "<= 1.5",
+            idx["peak_rss_mb"] <= 1.5 * floor["peak_rss_mb"])
+    if e2e:
+        for n in peers:
+            want = 3.0 if n in ("trak", "kronfluence", "kronfluence_ekfac") else 1.0
+            speedup = ok[n]["seconds"] / e2e["seconds"]
+            add(f"{n} time / dda end to end", round(speedup, 2), f">= {want:g}", speedup >= want)
+            theirs, ours = ok[n].get("spearman_vs_exact"), e2e.get("spearman_vs_exact")
+            if theirs is not None and ours is not None:
+                add(f"dda spearman vs {n}'s", f"{ours:.3f} vs {theirs:.3f}", ">=", ours >= theirs - 1e-9)
+    return checks
+
+
+def write_markdown(path: Path, rows: list[dict[str, Any]], machine: dict[str, Any], config: dict[str, Any],
+                   checks: list[dict[str, Any]]) -> None:
+    def fmt(x: Any, spec: str) -> str:
+        return "–" if x is None else format(x, spec)
+
+    lines = [f"# Gradient-feature speed ({config['n_docs']} documents x {config['max_tokens']} tokens, "
+             f"{config['queries']} queries)", "",
+             f"Machine: {machine['cpu_model']}, {machine['cpus_available']} CPUs, torch threads "
+             f"{machine['torch_threads']}, {machine['mem_total_gb']} GB; load average at start "
+             f"{machine['load_avg_at_start'][0]:.2f}.", "",
+             "| method | status | seconds | x floor | peak RSS MB | Spearman vs exact | note |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r.get('status', '')} | {fmt(r.get('seconds'), '.1f')} | "
+                     f"{fmt(r.get('ratio_to_floor'), '.2f')} | {fmt(r.get('peak_rss_mb'), '.0f')} | "
+                     f"{fmt(r.get('spearman_vs_exact'), '.3f')} | {(r.get('note') or '').replace('|', '/')[:160]} |")
+    lines += ["", "## Profile", ""] + [f"- {line}" for line in profile_lines(rows)]
+    lines += ["", "## Targets (issue #4)", "", "| check | value | target | met |", "|---|---|---|---|"]
+    lines += [f"| {c['check']} | {c['value']} | {c['target']} | {c['met']} |" for c in checks]
+    write_text(path, "\n".join(lines) + "\n")
+
+
 def orchestrate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -720,8 +799,14 @@ def orchestrate(args: argparse.Namespace) -> int:
                                       "status", "note")} | {k: v for k, v in r.items() if k not in (
                                           "name", "seconds", "peak_rss_mb", "ratio_to_floor", "spearman_vs_exact",
                                           "status", "note")} for r in rows]
-    write_json(out / "speed.json", {"machine": machine, "config": config, "rows": ordered})
+    checks = target_checks(ordered)
+    write_json(out / "speed.json", {"machine": machine, "config": config, "rows": ordered, "targets": checks})
+    write_markdown(out / "speed.md", ordered, machine, config, checks)
     print_table(ordered, machine)
+    for line in profile_lines(ordered):
+        print(f"[profile] {line}")
+    for c in checks:
+        print(f"[target] {c['check']}: {c['value']} (target {c['target']}): {'met' if c['met'] else 'NOT met'}")
     print(f"[speed] wrote {out / 'speed.json'}")
     if not args.keep_work:
         shutil.rmtree(out / "work", ignore_errors=True)

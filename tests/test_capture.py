@@ -70,6 +70,9 @@ def test_batch_features_equal_single_example_features():
     fz = GradientFeaturizer(model, names, KroneckerProjector(4, seed=1))
     seqs, masks = _batch(n=5)
     batched = fz(*pad_batch(seqs, masks, 0, torch.device("cpu")))
+    # the profile the speed benchmark prints: every phase was timed, none is negative
+    assert set(fz.phase_seconds) == {"forward", "backward", "projection"}
+    assert all(v > 0 for v in fz.phase_seconds.values()), fz.phase_seconds
     for i in range(len(seqs)):
         alone = fz(*pad_batch([seqs[i]], [masks[i]], 0, torch.device("cpu")))
         # padding must not leak: the longest row is unpadded, the shortest carries 12 pads

@@ -173,6 +173,11 @@ def test_streaming_topk_matches_full_sort(tmp_path):
         expected = np.argsort(-full[i], kind="stable")[:25]
         np.testing.assert_allclose(vals[i], full[i][expected], rtol=1e-5, atol=1e-5)
         assert set(idx[i]) == set(expected)
+    # float16 products (the sketch tier's candidate scan): scores within float16 rounding, top rows kept
+    hv, hi = topk_scores(ro, q, k=25, block_rows=333, half=True)
+    for i in range(3):
+        np.testing.assert_allclose(hv[i], full[i][hi[i]], rtol=0, atol=2e-2 * np.abs(full[i]).max())
+        assert len(set(hi[i]) & set(np.argsort(-full[i])[:25])) >= 22
 
 
 def test_sketch_tier_finds_standout_rows_and_scores_them_exactly(tmp_path):
@@ -206,3 +211,23 @@ def test_sketch_tier_finds_standout_rows_and_scores_them_exactly(tmp_path):
     np.testing.assert_array_equal(idx_all[0], np.argsort(-full[0][:300])[:k])
     with pytest.raises(ValueError, match="rebuild"):
         load_sketch(tmp_path / "sketch.npy", ro[:100])
+
+
+def test_read_rows_matches_indexing_on_npy_memmaps_and_their_slices(tmp_path):
+    from numpy.lib.format import open_memmap
+
+    from dda.scoring.sketch import read_rows
+
+    rng = np.random.default_rng(4)
+    store = open_memmap(tmp_path / "f.npy", mode="w+", dtype=np.float16, shape=(5000, 37))  # odd row size
+    store[:] = rng.normal(size=store.shape).astype(np.float16)
+    store.flush()
+    ro = np.load(tmp_path / "f.npy", mmap_mode="r")
+    rows = np.unique(rng.integers(0, 4000, 500))
+    for arr in (ro, ro[1000:], ro[1234:4900]):  # slices start mid-page: offsets must follow the view
+        sel = rows[rows < arr.shape[0]]
+        np.testing.assert_array_equal(read_rows(arr, sel, workers=4), np.asarray(arr[sel]))
+    raw = np.memmap(tmp_path / "f.npy", dtype=np.float16, mode="r", offset=128, shape=(5000, 37))
+    np.testing.assert_array_equal(read_rows(raw, rows, workers=4), np.asarray(ro[rows]))
+    with pytest.raises(IndexError):
+        read_rows(ro, np.array(list(range(100)) + [5000]), workers=4)

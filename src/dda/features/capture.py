@@ -12,6 +12,7 @@ Padding is on the right; with causal attention pads cannot affect real tokens, a
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +108,9 @@ class GradientFeaturizer:
         # Per-module column counts of the concatenated feature (None when modules are summed into one
         # sketch): scorers use them to normalise each module's gradient separately.
         self.blocks: list[int] | None = None if projector.combine == "sum" else dims
+        # Where the time goes, summed over calls (the speed benchmark's profile): forward and backward are the
+        # autograd passes without the hooks' projection work, which is counted under "projection".
+        self.phase_seconds = {"forward": 0.0, "backward": 0.0, "projection": 0.0}
 
     def _grad_start_hook(self) -> torch.utils.hooks.RemovableHandle:
         """Make autograd start at the input of the first decoder layer that holds a selected module: nothing
@@ -130,21 +134,26 @@ class GradientFeaturizer:
         keep = attn.unsqueeze(-1).to(torch.float32)
         two_sided = isinstance(self.projector, KroneckerProjector)
         handles = []
+        hook_seconds = {"forward": 0.0, "backward": 0.0}
 
         def forward_hook(name: str):
             def hook(_mod, inputs, output):
+                t0 = time.perf_counter()
                 x = inputs[0].detach()
                 x = (x * keep.to(x.dtype))
                 if two_sided:  # project the input now: the (B,T,k) copy is all the backward hook needs
                     x = self.projector.project_input(name, x)
 
                 def grad_hook(g: torch.Tensor) -> None:
+                    t1 = time.perf_counter()
                     if two_sided:
                         feats[name] = self.projector.project(name, g, x, x_projected=True).float()
                     else:
                         feats[name] = self.projector.project(name, g, x).float()
+                    hook_seconds["backward"] += time.perf_counter() - t1
 
                 output.register_hook(grad_hook)
+                hook_seconds["forward"] += time.perf_counter() - t0
 
             return hook
 
@@ -153,11 +162,17 @@ class GradientFeaturizer:
             handles.append(mods[n].register_forward_hook(forward_hook(n)))
         try:
             with torch.enable_grad():
+                t0 = time.perf_counter()
                 loss = per_example_loss(self.model, ids, attn, resp)
+                t1 = time.perf_counter()
                 loss.sum().backward()
+                t2 = time.perf_counter()
         finally:
             for h in handles:
                 h.remove()
+        self.phase_seconds["forward"] += t1 - t0 - hook_seconds["forward"]
+        self.phase_seconds["backward"] += t2 - t1 - hook_seconds["backward"]
+        self.phase_seconds["projection"] += hook_seconds["forward"] + hook_seconds["backward"]
         missing = [n for n in self.names if n not in feats]
         if missing:
             raise RuntimeError(f"no gradient reached {missing[:3]}: is the module on the loss path?")

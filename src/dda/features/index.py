@@ -43,6 +43,9 @@ class Indexer:
         self.device = next(model.parameters()).device
         self._ckpt_fp: dict[str, str] = {}
         self.seconds = 0.0
+        # seconds per phase, summed over every featurize call: forward, backward, projection (the featurizer's
+        # own split), store_write, and other (batch padding, host copies)
+        self.phase_seconds = {"forward": 0.0, "backward": 0.0, "projection": 0.0, "store_write": 0.0, "other": 0.0}
         self.tokens = 0
         self.rows = 0
 
@@ -97,9 +100,17 @@ class Indexer:
             t0 = time.perf_counter()
             ids, attn, resp = pad_batch([data.input_ids[i] for i in batch],
                                         [data.response_mask[i] for i in batch], pad_id, self.device)
-            feats = featurizer(ids, attn, resp)
-            store.write(batch, feats.cpu().numpy())
-            self.seconds += time.perf_counter() - t0
+            before = dict(featurizer.phase_seconds)
+            feats = featurizer(ids, attn, resp).cpu().numpy()
+            t_write = time.perf_counter()
+            store.write(batch, feats)
+            t_end = time.perf_counter()
+            spent = {k: featurizer.phase_seconds[k] - before[k] for k in before}
+            for k, v in spent.items():
+                self.phase_seconds[k] += v
+            self.phase_seconds["store_write"] += t_end - t_write
+            self.phase_seconds["other"] += (t_write - t0) - sum(spent.values())
+            self.seconds += t_end - t0
             self.tokens += int(lengths[batch].sum())
             self.rows += len(batch)
             if progress:

@@ -4,8 +4,12 @@ A million rows of 8,192 float16 dims is 16 GB: one exact pass reads all of it (`
 2-core VM whose disk gives ~0.4 GB/s). The sketch tier keeps a second, small matrix beside the store: every row
 times one seeded Gaussian matrix R (dim_in x sketch_dim, entries N(0, 1/sketch_dim)), so that
 (q R) . (x R) estimates q . x (Johnson-Lindenstrauss). A query then
-  1. scans the sketch (1M x 256 float16 = 512 MB, blockwise, memory flat) for its top `candidates` rows, and
+  1. scans the sketch (1M x 256 float16 = 512 MB, blockwise, memory flat, float16 products: candidates
+     only need a rough order) for its top `candidates` rows, and
   2. reads only those rows from the full store and ranks them by their exact dot products.
+Step 2 reads rows with parallel `pread`s (`read_rows`), not by indexing the memmap: a page fault is one
+synchronous read at a time, so 8,192 scattered rows took 12.6 s through the memmap and 0.9 s with 16 reads
+in flight on the 2-core VM (the same rows, page cache dropped).
 The answer's scores are exact; what can be missed is a true top-k row whose sketched score fell below the
 candidate cut. The estimate's error is about |q| |x| / sqrt(sketch_dim), so the tier finds rows whose scores
 stand out from the bulk (what attribution looks for) and is no better than chance among near-ties; measure
@@ -15,8 +19,10 @@ recall against the exact scan on your own store (`benchmarks/scoring_scale.py --
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +93,52 @@ def sketch_topk(train: np.ndarray, sketch: np.ndarray, meta: dict, queries: np.n
         raise ValueError(f"queries have shape {q.shape}; the store has {meta['source_dim']} dims")
     r = sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])
     q_sk = (torch.from_numpy(q) @ r).numpy()
-    _, cand = topk_scores(sketch, q_sk, max(k, candidates), block_rows=block_rows)
+    _, cand = topk_scores(sketch, q_sk, max(k, candidates), block_rows=block_rows, half=True)
     rows = np.unique(cand)  # sorted: the store is read front to back
-    exact = torch.from_numpy(q) @ torch.from_numpy(np.asarray(train[rows], dtype=np.float32)).T
+    exact = torch.from_numpy(q) @ torch.from_numpy(np.asarray(read_rows(train, rows), dtype=np.float32)).T
     kk = min(k, train.shape[0], len(rows))
     vals, pos = torch.topk(exact, kk, dim=1)
     return vals.numpy(), rows[pos.numpy()]
+
+
+def _file_offset(arr: np.memmap) -> int | None:
+    """Byte offset in arr.filename of arr[0, 0], or None when it cannot be told (no file, odd mapping)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not getattr(arr, "filename", None):
+        return None
+    try:
+        map_start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    except (TypeError, ValueError):
+        return None
+    # np.memmap maps from `offset` rounded down to the allocation granularity
+    map_offset = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+    return map_offset + (arr.ctypes.data - map_start)
+
+
+def read_rows(arr: np.ndarray, rows: np.ndarray, workers: int = 16) -> np.ndarray:
+    """`arr[rows]` as an in-memory array. For a file-backed memmap the rows are read with `workers` parallel
+    preads (the disk sees many requests at once, and no page of the store is mapped into this process);
+    anything else is plain fancy indexing."""
+    rows = np.asarray(rows, dtype=np.int64)
+    offset = _file_offset(arr) if isinstance(arr, np.memmap) and arr.ndim == 2 else None
+    row_bytes = arr.shape[1] * arr.itemsize if arr.ndim == 2 else 0
+    if offset is None or arr.strides[1] != arr.itemsize or len(rows) < 2 * workers:
+        return np.asarray(arr[rows])
+    if len(rows) and (rows.min() < 0 or rows.max() >= arr.shape[0]):
+        raise IndexError(f"row index out of range for {arr.shape[0]} rows")
+    out = np.empty((len(rows), arr.shape[1]), dtype=arr.dtype)
+    fd = os.open(arr.filename, os.O_RDONLY)
+
+    def read(chunk: range) -> None:  # one task per thread: per-row executor overhead is ~40 us
+        for i in chunk:
+            pos = offset + int(rows[i]) * arr.strides[0]
+            got = os.preadv(fd, [memoryview(out[i]).cast("B")], pos)
+            if got != row_bytes:
+                raise OSError(f"{arr.filename}: short read of row {int(rows[i])} ({got} of {row_bytes} bytes)")
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(read, [range(w, len(rows), workers) for w in range(workers)]))
+    finally:
+        os.close(fd)
+    return out
