@@ -368,7 +368,7 @@ def run_dda_index(b):
                         + f", {len(indexer.modules)} modules, dim {dim}, float32 store",
                         extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0),
                                "dim": dim, "compute_seconds": indexer.seconds},
-                        phases=dict(indexer.phase_seconds))
+                        phases=dict(indexer.phase_seconds) | {"setup": (t1 - t0) - indexer.seconds})
 
 
 def run_dda_attribute(b):

@@ -386,9 +386,14 @@ def _beta_sweep(att: Attributor, queries: list[Query], masks: np.ndarray, betas:
         for suffix, normalize in norms.items():
             key = mode + suffix
             aucs, stds, aps, per_query = [], [], [], []
+            # DDA is linear in beta (mean_k IS_k - beta * IS_0), so two scorer runs give every point:
+            # at beta=0 the mean term, at beta=1 the mean minus the debias term (one run per beta was 72 runs and
+            # 71 s on cpu-small's 286,720-dim features); exact up to float rounding.
+            spec = f"dda(beta={{}},debias_mode={mode},normalize={normalize})"
+            mean_term = run_method(spec.format(0.0), ctx)
+            bias_term = mean_term - run_method(spec.format(1.0), ctx)
             for b in betas:
-                spec = f"dda(beta={b},debias_mode={mode},normalize={normalize})"
-                flat, pq = _score_metrics(run_method(spec, ctx), masks)
+                flat, pq = _score_metrics(mean_term - b * bias_term, masks)
                 aucs.append(flat["auc"])
                 stds.append(flat["auc_std"])
                 aps.append(flat["ap"])
