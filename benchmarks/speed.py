@@ -601,8 +601,9 @@ def run_child(args: argparse.Namespace, name: str) -> dict[str, Any]:
         row = json.loads(row_path.read_text())
     else:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
+        why = " (SIGKILL: on Linux usually the kernel's OOM killer, see dmesg)" if rc == -signal.SIGKILL else ""
         row = {"name": name, "status": "failed", "seconds": None, "peak_rss_mb": None,
-               "note": f"child exited {rc} without a result: {tail}"[:800]}
+               "note": f"child exited {rc}{why} without a result: {tail}"[:800]}
     row["process_wall_seconds"] = round(wall, 2)
     return row
 
