@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             result["planted_cosine"] = args.planted
             result["exact_finds_planted"] = recall(idx, planted)
             result["exact_finds_planted_by_cosine"] = found_by_cosine(idx, planted, args)
-        if args.sketch_dim:
-            result["sketches"] = [run_sketch(mm, path, queries, idx, planted, args, int(d))
-                                  for d in str(args.sketch_dim).split(",")]
+        sketch_dims = [int(d) for d in str(args.sketch_dim).split(",") if int(d) > 0]
+        if sketch_dims:
+            result["sketches"] = [run_sketch(mm, path, queries, idx, planted, args, d) for d in sketch_dims]
         del mm
     finally:
         if args.keep:

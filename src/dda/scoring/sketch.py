@@ -8,7 +8,7 @@ times one seeded Gaussian matrix R (dim_in x sketch_dim, entries N(0, 1/sketch_d
      only need a rough order) for its top `candidates` rows, and
   2. reads only those rows from the full store and ranks them by their exact dot products.
 Step 2 reads rows with parallel `pread`s (`read_rows`), not by indexing the memmap: a page fault is one
-synchronous read at a time, so 8,192 scattered rows took 12.6 s through the memmap and 0.9 s with 16 reads
+synchronous read at a time, so 8,126 scattered 16 KB rows took 12.6 s through the memmap and 0.9 s with 16 reads
 in flight on the 2-core VM (the same rows, page cache dropped).
 The answer's scores are exact; what can be missed is a true top-k row whose sketched score fell below the
 candidate cut. The estimate's error is about |q| |x| / sqrt(sketch_dim), so the tier finds rows whose scores
@@ -129,7 +129,7 @@ def read_rows(arr: np.ndarray, rows: np.ndarray, workers: int = 16) -> np.ndarra
     out = np.empty((len(rows), arr.shape[1]), dtype=arr.dtype)
     fd = os.open(arr.filename, os.O_RDONLY)
 
-    def read(chunk: range) -> None:  # one task per thread: per-row executor overhead is ~40 us
+    def read(chunk: range) -> None:  # one task per thread, not one per row: fewer executor round trips
         for i in chunk:
             pos = offset + int(rows[i]) * arr.strides[0]
             got = os.preadv(fd, [memoryview(out[i]).cast("B")], pos)
