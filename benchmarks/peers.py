@@ -492,7 +492,9 @@ def run_bergson(bench: Bench) -> MethodResult:
     from dda.config import ModelConfig
     from dda.models import resolve_model_source
 
-    work = bench.work / "bergson"
+    # Absolute paths: the CLI runs with cwd=work, and a relative --dataset that does not exist from there is taken
+    # for a hub dataset name (load_dataset_builder fails offline; that was the "Bergson fails" of earlier runs).
+    work = (bench.work / "bergson").resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     n, q = bench.n_train, len(bench.queries)
@@ -505,7 +507,7 @@ def run_bergson(bench: Bench) -> MethodResult:
     base_dir, _ = resolve_model_source(ModelConfig())
     run_dir = work / "index"
     max_len = int(max(len(a) for a in ids))
-    cmd = [exe, "build", str(run_dir), "--model", str(bench.ckpt.path), "--tokenizer", base_dir,
+    cmd = [exe, "build", str(run_dir), "--model", str(Path(bench.ckpt.path).resolve()), "--tokenizer", base_dir,
            "--dataset", str(data_dir), "--projection_dim", str(bench.args.bergson_k), "--loss_reduction", "mean",
            "--precision", "fp32", "--token_batch_size", str(max_len * bench.args.batch_size),
            "--max_batch_size", str(bench.args.batch_size)]
