@@ -107,18 +107,16 @@ def maxrss_mb(children: bool = False) -> float:
     return kb / 1024.0  # Linux reports KiB
 
 
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
 def write_text(path: Path, text: str) -> None:
+    """Atomic: a temporary file renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(o: Any) -> Any:
@@ -712,7 +710,7 @@ def profile_lines(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Issue #4's speed targets, evaluated on this run's rows (None where a row is missing or failed)."""
+    """Issue #4's speed targets, evaluated on this run's rows; a check whose rows are missing or failed is left out."""
     ok = {r["name"]: r for r in rows if r.get("status") == "ok" and r.get("seconds") is not None}
     idx, e2e, floor = ok.get("dda_index"), ok.get("dda_end_to_end"), ok.get("floor")
     peers = [n for n in ok if n in PEER_PACKAGES]

@@ -124,7 +124,7 @@ def read_rows(arr: np.ndarray, rows: np.ndarray, workers: int = 16) -> np.ndarra
     row_bytes = arr.shape[1] * arr.itemsize if arr.ndim == 2 else 0
     if offset is None or arr.strides[1] != arr.itemsize or len(rows) < 2 * workers:
         return np.asarray(arr[rows])
-    if len(rows) and (rows.min() < 0 or rows.max() >= arr.shape[0]):
+    if rows.min() < 0 or rows.max() >= arr.shape[0]:  # rows is non-empty here
         raise IndexError(f"row index out of range for {arr.shape[0]} rows")
     out = np.empty((len(rows), arr.shape[1]), dtype=arr.dtype)
     fd = os.open(arr.filename, os.O_RDONLY)
