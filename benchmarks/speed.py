@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from dda.io import write_json, write_text
+
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
@@ -105,28 +107,6 @@ def maxrss_mb(children: bool = False) -> float:
     if children:
         kb = max(kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return kb / 1024.0  # Linux reports KiB
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic: a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def machine_info(threads: int) -> dict[str, Any]:

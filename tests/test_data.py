@@ -60,7 +60,7 @@ def test_errors_name_file_line_and_field(tmp_path):
 def test_config_errors_name_file_and_key(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  epoch: 3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml\.train: unknown key 'epoch'"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'train.epoch' \(did you mean 'train.epochs'\?\)"):
         load_config(p)
     p.write_text("features:\n  projection: fancy\n")
     with pytest.raises(ConfigError, match="features.projection"):

@@ -8,15 +8,14 @@
     result = att.attribute(queries, methods=["dda", "bm25"])
     result.top(10, "dda")
 
-Workdir layout (each stage reads the previous stage's files, so any stage can be rerun):
-    config.yaml  data/train.jsonl  checkpoints/epoch-K/  features/train/<ckpt>/
-    features/queries/<hash>/{neg,pos}/<ckpt>/  attribution/
+The workdir's layout, cache keys and remembered settings live in dda.workdir.Workdir.
 """
 
 from __future__ import annotations
 
 import csv
 import io as _io
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,19 @@ import torch
 
 from .config import DDAConfig
 from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
-from .features.index import Indexer, example_losses
-from .features.store import FeatureStore, module_blocks
-from .io import read_json, write_json, write_npy, write_text, write_yaml
-from .models import BASE, Checkpoint, applied, discover_checkpoints, load_model
+from .features.capture import GradientFeaturizer
+from .features.index import Indexer
+from .features.store import FeatureStore, check_compatible, module_blocks
+from .io import read_json, stable_hash, write_json, write_npy, write_text, write_yaml
+from .models import BASE, Checkpoint, check_checkpoint_fits, discover_checkpoints, load_model
 from .progress import bar, say
-from .scoring import FeatureSet, ScoringContext, parse_method, run_method
+from .scoring import FeatureSet, ModelAccess, ScoringContext, method_needs, parse_method, run_method
+from .workdir import Workdir, WorkdirError
+
+
+def method_slug(method: str) -> str:
+    """A file name for a method spec: 'dda(beta=0.4)' -> 'dda_beta=0.4'."""
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", method).strip("_") or "method"
 
 
 @dataclass
@@ -53,19 +59,28 @@ class Attribution:
                  "poisoned": self.train_ids[i] in self.poisoned} for r, i in enumerate(order)]
 
     def save(self, out_dir: str | Path, top_k: int = 10) -> Path:
+        """scores/<method>.npy per method, ranking.json, scores.csv and config.yaml; score files of an earlier
+        run into the same folder that this one did not write are removed."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_yaml(out / "config.yaml", self.config)
         names = {}
-        for i, method in enumerate(self.scores):
-            fname = f"scores_{i:02d}.npy"
+        for method in self.scores:
+            fname = f"scores/{method_slug(method)}.npy"
+            if fname in names.values():
+                fname = f"scores/{method_slug(method)}-{stable_hash(method, 6)}.npy"
             write_npy(out / fname, self.scores[method].astype(np.float32))
             names[method] = fname
+        for stale in [*out.glob("scores/*.npy"), *out.glob("scores_*.npy")]:
+            if str(stale.relative_to(out)) not in names.values():
+                stale.unlink()
         ranking = {
             "orientation": "higher score = more responsible for the query's negative output",
             "train_ids": self.train_ids,
-            "queries": [{"id": q.id, "negative": q.negative, "positive": q.positive} for q in self.queries],
+            "queries": [{"id": q.id, "prompt": q.prompt, "negative": q.negative, "positive": q.positive}
+                        for q in self.queries],
             "score_files": names,
+            "poisoned": sorted(self.poisoned),
             "top": {m: [self.top(top_k, m, qi) for qi in range(len(self.queries))] for m in self.scores},
         }
         write_json(out / "ranking.json", ranking)
@@ -80,16 +95,26 @@ class Attribution:
         return out
 
 
+def examples_hash(examples: list[Example]) -> str:
+    return stable_hash([[e.id, e.prompt, e.response] for e in examples])
+
+
 class Attributor:
-    def __init__(self, cfg: DDAConfig, workdir: str | Path, model: Any = None, tokenizer: Any = None):
-        self.cfg = cfg
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    """Fine-tuning, indexing and attribution over one workdir, driven by one DDAConfig.
+
+    The workdir remembers the model, data format and feature settings its features were built with; a later
+    Attributor on it uses them, and refuses (naming the field) a config that asks for other values. Every
+    writing step holds the workdir's lock, and checks everything before it writes anything."""
+
+    def __init__(self, cfg: DDAConfig, workdir: str | Path | Workdir, model: Any = None, tokenizer: Any = None):
+        self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        self.cfg = self.workdir.resolve_config(cfg)
         self._model, self._tokenizer = model, tokenizer
         self._indexer: Indexer | None = None
         self.checkpoints: list[Checkpoint] = []
         self.timings: dict[str, float] = {}
-        torch.manual_seed(cfg.seed)
+        self.index_stats: dict[str, Any] = {}
+        torch.manual_seed(self.cfg.seed)
 
     # ----------------------------------------------------------------------------------------- model + data
     @property
@@ -109,7 +134,8 @@ class Attributor:
 
     @property
     def formatter(self) -> PromptFormatter:
-        return PromptFormatter(self.tokenizer, self.cfg.data)
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return PromptFormatter(self.tokenizer, self.cfg.data, context=context)
 
     @property
     def pad_id(self) -> int:
@@ -127,20 +153,24 @@ class Attributor:
 
     # ------------------------------------------------------------------------------------------- finetune
     def finetune(self, examples: list[Example], out_dir: str | Path | None = None) -> list[Checkpoint]:
-        from .finetune import finetune
+        from .finetune import completed_epochs, finetune
 
-        out = Path(out_dir or self.workdir / "checkpoints")
-        data = self.tokenize(examples)
-        save_examples(self.workdir / "data" / "train.jsonl", examples)
-        steps = -(-len(examples) // self.cfg.train.batch_size)
-        t0 = time.perf_counter()
-        with bar(f"fine-tune ({self.cfg.train.method}, {self.cfg.train.epochs} epochs)",
-                 steps * self.cfg.train.epochs, self.cfg.quiet) as advance:
-            done = sum(1 for _ in out.glob("epoch-*/dda_checkpoint.json")) if out.exists() else 0
-            advance(done * steps)
-            self.checkpoints = finetune(self.model, data, self.cfg.train, out, self.pad_id,
-                                        run_config=self.cfg.to_dict(), progress=lambda *_: advance(1))
-        self.timings["finetune"] = time.perf_counter() - t0
+        out = Path(out_dir or self.workdir.checkpoints)
+        with self.workdir.lock("finetune"):
+            data = self.tokenize(examples)
+            steps = -(-len(examples) // self.cfg.train.batch_size)
+            t0 = time.perf_counter()
+            done = len(completed_epochs(out)) if out.exists() else 0
+            if done:
+                say(f"resuming fine-tuning: {done} of {self.cfg.train.epochs} epochs found in {out}", self.cfg.quiet)
+            with bar(f"fine-tune ({self.cfg.train.method}, {self.cfg.train.epochs} epochs)",
+                     steps * self.cfg.train.epochs, self.cfg.quiet) as advance:
+                advance(min(done, self.cfg.train.epochs) * steps)
+                self.checkpoints = finetune(self.model, data, self.cfg.train, out, self.pad_id,
+                                            run_config=self.cfg.to_dict(), base_name=self.cfg.model.name,
+                                            progress=lambda *_: advance(1))
+            self.workdir.record(self.cfg, checkpoints=str(out))
+            self.timings["finetune"] = time.perf_counter() - t0
         if self.cfg.train.method == "full":  # theta0 must be the base model again
             self._model = None
             self._indexer = None
@@ -148,19 +178,31 @@ class Attributor:
 
     def use_checkpoints(self, path: str | Path) -> list[Checkpoint]:
         self.checkpoints = discover_checkpoints(path)
+        self._checkpoint_source = str(path)
         return self.checkpoints
 
     def all_checkpoints(self) -> list[Checkpoint]:
-        if not self.checkpoints and (self.workdir / "checkpoints").exists():
-            self.use_checkpoints(self.workdir / "checkpoints")
         if not self.checkpoints:
-            raise ValueError("no checkpoints: run finetune() or use_checkpoints(path) first")
+            source = (self.workdir.settings() or {}).get("checkpoints")
+            if source and Path(source).exists():
+                self.use_checkpoints(source)
+            elif self.workdir.checkpoints.exists():
+                self.use_checkpoints(self.workdir.checkpoints)
+        if not self.checkpoints:
+            raise WorkdirError(f"{self.workdir}: no checkpoints: run `dda finetune`, or `dda index --checkpoints DIR` "
+                               "with your own (Python: finetune() or use_checkpoints(path))")
         return [BASE, *self.checkpoints]
+
+    def _checked_checkpoints(self) -> list[Checkpoint]:
+        cks = self.all_checkpoints()
+        for c in cks:
+            check_checkpoint_fits(self.model, c, self.cfg.model.name)
+        return cks
 
     # ---------------------------------------------------------------------------------------------- index
     def _featurize_all(self, sets: dict[str, tuple[Tokenized, Path]], label: str) -> dict[str, dict[str, FeatureStore]]:
         """{set name: (data, root)} -> {set name: {checkpoint: store}}; each checkpoint is applied once."""
-        cks = self.all_checkpoints()
+        cks = self._checked_checkpoints()
         out: dict[str, dict[str, FeatureStore]] = {k: {} for k in sets}
         total = sum(len(d) for d, _ in sets.values()) * len(cks)
         with bar(f"{label} gradients ({len(cks)} checkpoints)", total, self.cfg.quiet) as adv:
@@ -170,27 +212,56 @@ class Attributor:
                     out[key][c.name] = store
         return out
 
+    def _precheck_stores(self, data: Tokenized, cks: list[Checkpoint]) -> tuple[int, list[str]]:
+        """Refuse, before anything is written, stores built with other settings; return (rows left, notes)."""
+        featurizer = GradientFeaturizer(self.model, self.indexer.modules, self.indexer.projector)
+        left, notes = 0, []
+        for c in cks:
+            root = self.workdir.train_store(c.name)
+            if not (root / "meta.json").exists():
+                left += len(data)
+                continue
+            stored = read_json(root / "meta.json")
+            check_compatible(stored, self.indexer.store_meta(c, data, featurizer.dim, featurizer.blocks), str(root))
+            done = 0 if stored.get("complete") else int(np.load(root / "done.npy", allow_pickle=False).sum())
+            if not stored.get("complete"):
+                left += len(data) - done
+                notes.append(f"{c.name} {done}/{len(data)} rows")
+            else:
+                notes.append(f"{c.name} complete")
+        return left, notes
+
     def index(self, examples: list[Example]) -> dict[str, FeatureStore]:
         """Features of every training example at theta0 and at each checkpoint (reused if already stored)."""
-        data = self.tokenize(examples)
-        save_examples(self.workdir / "data" / "train.jsonl", examples)
-        t0 = time.perf_counter()
-        seconds0, tokens0, rows0 = self.indexer.seconds, self.indexer.tokens, self.indexer.rows
-        stores = self._featurize_all({"train": (data, self.workdir / "features" / "train")}, "train")["train"]
-        stats = {
-            "n_train": len(examples), "checkpoints": [c.name for c in self.all_checkpoints()],
-            "n_prompt_truncated": data.n_prompt_truncated, "n_response_truncated": data.n_response_truncated,
-            "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
-            "dim": int(next(iter(stores.values())).meta["dim"]),
-            "computed_rows": self.indexer.rows - rows0,
-            "compute_seconds": round(self.indexer.seconds - seconds0, 3),
-            "wall_seconds": round(time.perf_counter() - t0, 3),
-        }
-        if stats["computed_rows"]:
-            stats["examples_per_s"] = stats["computed_rows"] / max(stats["compute_seconds"], 1e-9)
-            stats["tokens_per_s"] = (self.indexer.tokens - tokens0) / max(stats["compute_seconds"], 1e-9)
-        write_json(self.workdir / "features" / "train" / "index.json", stats)
-        write_yaml(self.workdir / "features" / "config.yaml", self.cfg.to_dict())
+        data_hash = examples_hash(examples)
+        with self.workdir.lock("index"):
+            self.workdir.check_data(data_hash, len(examples))
+            data = self.tokenize(examples)
+            cks = self._checked_checkpoints()
+            left, notes = self._precheck_stores(data, cks)
+            if notes:
+                say(f"found stored features ({', '.join(notes)}); {left} rows left to compute", self.cfg.quiet)
+            save_examples(self.workdir.train_data, examples)
+            source = getattr(self, "_checkpoint_source", None) or str(Path(cks[-1].path).parent)
+            self.workdir.record(self.cfg, indexed=True, data_hash=data_hash, n_train=len(examples),
+                                checkpoints=str(Path(source).resolve()))
+            write_yaml(self.workdir.config_file, self.cfg.to_dict())
+            t0 = time.perf_counter()
+            seconds0, tokens0, rows0 = self.indexer.seconds, self.indexer.tokens, self.indexer.rows
+            stores = self._featurize_all({"train": (data, self.workdir.train_features)}, "train")["train"]
+            stats = {
+                "n_train": len(examples), "checkpoints": [c.name for c in cks],
+                "n_prompt_truncated": data.n_prompt_truncated, "n_response_truncated": data.n_response_truncated,
+                "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
+                "dim": int(next(iter(stores.values())).meta["dim"]),
+                "computed_rows": self.indexer.rows - rows0,
+                "compute_seconds": round(self.indexer.seconds - seconds0, 3),
+                "wall_seconds": round(time.perf_counter() - t0, 3),
+            }
+            if stats["computed_rows"]:
+                stats["examples_per_s"] = stats["computed_rows"] / max(stats["compute_seconds"], 1e-9)
+                stats["tokens_per_s"] = (self.indexer.tokens - tokens0) / max(stats["compute_seconds"], 1e-9)
+            write_json(self.workdir.index_stats, stats)
         self.timings["index"] = time.perf_counter() - t0
         self.index_stats = stats
         return stores
@@ -203,17 +274,22 @@ class Attributor:
         the contrast is contrast_neg - pos; with "all", the contrast is neg - pos over every response token."""
         fmt = self.formatter
         neg = fmt.tokenize_pairs([(q.prompt, q.negative) for q in queries])
-        # The fingerprint covers token ids and loss masks; the query_tokens setting names its own folder.
-        root = self.workdir / "features" / "queries" / neg.fingerprint()
+        pos = fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]) if all(q.positive for q in queries) \
+            else None
+        cut = neg.n_prompt_truncated
+        if cut:
+            say(f"{cut} of {len(queries)} query prompts were cut to fit (data.max_prompt_tokens, model context)",
+                self.cfg.quiet)
+        mode = self.cfg.features.query_tokens if pos is not None else "all"
+        root = self.workdir.query_root(self.workdir.query_key(
+            neg=neg.fingerprint(), pos=pos.fingerprint() if pos is not None else None, query_tokens=mode))
         sets = {"neg": (neg, root / "neg")}
-        if all(q.positive for q in queries):
-            pos = fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries])
-            if self.cfg.features.query_tokens == "diff":
-                focus_neg, focus_pos = focus_on_difference(neg, pos)
-                sets["contrast_neg"] = (focus_neg, root / "diff" / "neg")
-                sets["pos"] = (focus_pos, root / "diff" / "pos")
-            else:
-                sets["pos"] = (pos, root / "pos")
+        if pos is not None and mode == "diff":
+            focus_neg, focus_pos = focus_on_difference(neg, pos)
+            sets["contrast_neg"] = (focus_neg, root / "diff" / "neg")
+            sets["pos"] = (focus_pos, root / "diff" / "pos")
+        elif pos is not None:
+            sets["pos"] = (pos, root / "pos")
         stores = self._featurize_all(sets, "query")
         return {kind: {k: np.asarray(v.features) for k, v in by_ckpt.items()} for kind, by_ckpt in stores.items()}
 
@@ -221,16 +297,14 @@ class Attributor:
     def train_examples(self) -> list[Example]:
         from .config import DataConfig
 
-        path = self.workdir / "data" / "train.jsonl"
+        path = self.workdir.train_data
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no indexed training data; run index() first")
+            raise FileNotFoundError(f"{path}: no indexed training data; run `dda index` first")
         return load_examples(DataConfig(path=str(path)))
 
-    def feature_set(self, queries: list[Query], need_features: bool = True) -> FeatureSet | None:
-        if not need_features:
-            return None
+    def feature_set(self, queries: list[Query]) -> FeatureSet:
         cks = self.all_checkpoints()
-        stores = {c.name: FeatureStore.read(self.workdir / "features" / "train" / c.name) for c in cks}
+        stores = {c.name: FeatureStore.read(self.workdir.train_store(c.name)) for c in cks}
         q = self.query_features(queries)
         return FeatureSet(cks, {name: st.features for name, st in stores.items()}, q["neg"], q.get("pos", {}),
                           contrast_neg=q.get("contrast_neg", {}),
@@ -239,72 +313,35 @@ class Attributor:
     def attribute(self, queries: list[Query], methods: list[str] | None = None,
                   out_dir: str | Path | None = None, poisoned: set[str] | None = None) -> Attribution:
         methods = methods or list(self.cfg.score.methods)
-        parsed = [parse_method(m) for m in methods]  # fail fast on a typo, before any compute
+        parsed = [parse_method(m) for m in methods]  # fail fast on a typo or a bad parameter, before any compute
+        needs = method_needs(methods)
         examples = self.train_examples()
-        needs_grad = any(name not in ("bm25", "cea") for _, name, _ in parsed)
-        t0 = time.perf_counter()
-        fs = self.feature_set(queries, needs_grad)
-        ctx = ScoringContext(fs, [f"{e.prompt}\n{e.response}" for e in examples], queries,
-                             cea=lambda p: self._cea(examples, queries, **p),
-                             default_checkpoints=self.cfg.score.checkpoints)
-        defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
-        t1 = time.perf_counter()
-        scores = {label: run_method(label, ctx, defaults) for label, _, _ in parsed}
-        self.timings["query_features"] = t1 - t0
-        self.timings["scoring"] = time.perf_counter() - t1
-        result = Attribution([e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set())
-        if out_dir is not None:
-            result.save(out_dir, self.cfg.score.top_k)
+        with self.workdir.lock("attribute"):
+            t0 = time.perf_counter()
+            fs = self.feature_set(queries) if "features" in needs else None
+            access = None
+            if "model" in needs:
+                access = ModelAccess(self.model, self.formatter, self.pad_id, self.all_checkpoints()[-1],
+                                     self.tokenize(examples), self.cfg.features.batch_size, self.cfg.quiet)
+            ctx = ScoringContext(fs, [f"{e.prompt}\n{e.response}" for e in examples], queries, model=access,
+                                 default_checkpoints=self.cfg.score.checkpoints)
+            defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+            t1 = time.perf_counter()
+            scores = {label: run_method(label, ctx, defaults) for label, _, _ in parsed}
+            self.timings["query_features"] = t1 - t0
+            self.timings["scoring"] = time.perf_counter() - t1
+            result = Attribution([e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set())
+            if out_dir is not None:
+                result.save(out_dir, self.cfg.score.top_k)
         return result
-
-    # ------------------------------------------------------------------------------------------------ CEA
-    def _cea(self, examples: list[Example], queries: list[Query], lr: float, steps: int,
-             per_query: bool) -> np.ndarray:
-        """Ladhak et al.: copy the last checkpoint, take `steps` AdamW steps on the erroneous outputs, and
-        separately on the corrected ones; score = loss_fixed(z) - loss_error(z)."""
-        from .features.capture import pad_batch, per_example_loss
-
-        if not all(q.positive for q in queries):
-            raise ValueError("cea needs a positive (corrected) output for every query")
-        train = self.tokenize(examples)
-        ckpt = self.all_checkpoints()[-1]
-        fmt = self.formatter
-        groups = [[i] for i in range(len(queries))] if per_query else [list(range(len(queries)))]
-        out = np.zeros((len(queries), len(examples)))
-        with applied(self.model, ckpt) as model:
-            params = [p for n, p in model.named_parameters() if ckpt.kind != "lora" or "lora_" in n]
-            snapshot = [p.detach().clone() for p in params]
-            device = next(model.parameters()).device
-            with bar("cea (2 x forward over training set per group)", 2 * len(groups), self.cfg.quiet) as adv:
-                for group in groups:
-                    losses = {}
-                    for side in ("negative", "positive"):
-                        tok = fmt.tokenize_pairs([(queries[i].prompt, getattr(queries[i], side)) for i in group])
-                        for p in params:
-                            p.requires_grad_(True)
-                        opt = torch.optim.AdamW(params, lr=lr)
-                        batch = pad_batch(tok.input_ids, tok.response_mask, self.pad_id, device)
-                        for _ in range(steps):
-                            opt.zero_grad(set_to_none=True)
-                            per_example_loss(model, *batch).mean().backward()
-                            opt.step()
-                        for p in params:
-                            p.requires_grad_(False)
-                        losses[side] = example_losses(model, train, self.pad_id, self.cfg.features.batch_size)
-                        with torch.no_grad():
-                            for p, s in zip(params, snapshot, strict=True):
-                                p.copy_(s)
-                        adv(1)
-                    out[group] = losses["positive"] - losses["negative"]
-        return out
 
 
 def load_attribution(out_dir: str | Path) -> Attribution:
     out = Path(out_dir)
     ranking = read_json(out / "ranking.json")
     scores = {m: np.load(out / f, allow_pickle=False) for m, f in ranking["score_files"].items()}
-    queries = [Query(q["id"], "", q["negative"], q.get("positive")) for q in ranking["queries"]]
-    return Attribution(ranking["train_ids"], queries, scores)
+    queries = [Query(q["id"], q.get("prompt", ""), q["negative"], q.get("positive")) for q in ranking["queries"]]
+    return Attribution(ranking["train_ids"], queries, scores, poisoned=set(ranking.get("poisoned", [])))
 
 
-__all__ = ["Attribution", "Attributor", "load_attribution", "say"]
+__all__ = ["Attribution", "Attributor", "load_attribution", "method_slug", "say"]

@@ -5,46 +5,82 @@
     dda attribute --workdir runs/x --queries q.jsonl --methods dda,bm25 --beta 0.4
     dda bench     --preset cpu-small --pairs England:China --seed 0 --out runs/bench
     dda demo
+
+Results go to stdout; progress, notes and errors to stderr. Bad input exits with status 2 and one message.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .config import DDAConfig, apply_overrides, load_config
-from .progress import console
+from . import __version__
+from .config import DDAConfig, apply_overrides, load_config, parse_set_options
+from .progress import console, quiet_libraries, results
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
                   help="Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA).")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `dda config`).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=2")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, notes or tables.")]
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Run directory (checkpoints, features).")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id, local dir, .gguf file or builtin:<alias>.")]
-DataOpt = Annotated[str | None, typer.Option("--data", help="JSONL/CSV/Parquet file, dataset dir, hub:<name>.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id (org/name), local dir, .gguf file or "
+                                                            "builtin:NAME (default builtin:smollm2-135m-instruct).")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="JSONL/CSV/Parquet file, dataset dir, hub:NAME.")]
+BETA_HELP = ("DDA debias weight: score = mean over checkpoints - beta x theta0 score. beta < 0 ADDS the theta0 "
+             "score (default -1, measured best here); the paper subtracts it (beta ~ 0.4).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dda {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA)."""
 
 
 def _config(config: Path | None, sets: list[str] | None, quiet: bool, **overrides) -> DDAConfig:
-    from .scoring.base import parse_value
-
+    """File, then the command's options, then --set: each value checked against its field's type and range."""
     cfg = load_config(config) if config else DDAConfig()
-    values = {k: v for k, v in overrides.items() if v is not None}
-    for item in sets or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got '{item}'")
-        key, raw = item.split("=", 1)
-        values[key.strip()] = parse_value(raw) if "," not in raw else [parse_value(x) for x in raw.split(",")]
-    values["quiet"] = quiet or None
-    return apply_overrides(cfg, values)
+    cfg = apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None}, "command-line option")
+    cfg = apply_overrides(cfg, parse_set_options(sets), "--set")
+    if quiet:
+        quiet_libraries()
+        cfg = apply_overrides(cfg, {"quiet": True})
+    return cfg
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[red]error:[/] {err}")
-    raise typer.Exit(2)
+@contextlib.contextmanager
+def _clean_errors(where: Path | None = None) -> Iterator[None]:
+    """Expected failures (bad input, refused settings, a full disk) end with one message and exit status 2."""
+    from .workdir import disk_full_message
+
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        _print_error(str(err))
+        raise typer.Exit(2) from None
+    except OSError as err:
+        message = disk_full_message(err, where or Path.cwd())
+        if message is None:
+            raise
+        _print_error(f"{err.strerror}" + (f": {err.filename}" if err.filename else "") + f"\n{message}")
+        raise typer.Exit(2) from None
+
+
+def _print_error(text: str) -> None:
+    from rich.text import Text
+
+    console.print(Text.assemble(("error: ", "red"), text))
 
 
 @app.command()
@@ -60,15 +96,13 @@ def finetune(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = No
     from .api import Attributor
     from .data import load_examples
 
-    try:
+    with _clean_errors(workdir):
         cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data, "train.epochs": epochs,
                                              "train.lr": lr, "train.method": method})
         att = Attributor(cfg, workdir)
-        ckpts = att.finetune(load_examples(cfg.data))
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+        ckpts = att.finetune(load_examples(att.cfg.data))
     if not quiet:
-        console.print(f"{len(ckpts)} checkpoints in {workdir}/checkpoints: {', '.join(c.name for c in ckpts)}")
+        console.print(f"{len(ckpts)} checkpoints in {att.workdir.checkpoints}: {', '.join(c.name for c in ckpts)}")
 
 
 @app.command()
@@ -82,21 +116,21 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Store per-example gradient features of the training set at theta0 and every checkpoint.
 
+    The workdir remembers the model, data, checkpoints and feature settings: `dda attribute` uses them.
+
     Example: `dda index -w runs/x --checkpoints my_adapters/ --data train.jsonl`
     """
     from .api import Attributor
     from .data import load_examples
 
-    try:
+    with _clean_errors(workdir):
         cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data,
                                              "features.projection": projection, "features.proj_dim": proj_dim,
                                              "features.module_dim": module_dim})
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
-        att.index(load_examples(cfg.data))
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+        att.index(load_examples(att.cfg.data))
     s = att.index_stats
     if not quiet:
         rate = f", {s['examples_per_s']:.2f} examples/s, {s['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in s \
@@ -109,31 +143,39 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
 def attribute(workdir: WorkdirOpt,
               queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
               config: ConfigOpt = None, model: ModelOpt = None,
-              methods: Annotated[str | None, typer.Option(help="Comma list, e.g. dda,dda(beta=0.4),bm25")] = None,
-              beta: Annotated[float | None, typer.Option(help="DDA debias weight.")] = None,
-              top_k: Annotated[int, typer.Option(help="Rows in the printed ranking.")] = 10,
+              methods: Annotated[str | None, typer.Option(
+                  help="Comma list: dda, dda(beta=0.4,debias_mode=cross), dda_no_debias, dda_no_denoise, "
+                       "dda_no_contrast, grad_dot, grad_cos, tracin, trak, bm25, cea.")] = None,
+              beta: Annotated[float | None, typer.Option(help=BETA_HELP)] = None,
+              top_k: Annotated[int | None, typer.Option(help="Rows per query in the printed ranking (default 10).")
+                               ] = None,
               out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
               prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
-              set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+              id_field: str = "id", set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Rank training documents by responsibility for each query's negative output (higher = more responsible).
+
+    Uses the model, data and feature settings the workdir was indexed with; every requested method is printed.
 
     Example: `dda attribute -w runs/x --queries q.jsonl --methods dda,tracin,bm25 --top-k 20`
     """
     from .api import Attributor
     from .data import load_queries
     from .demo import print_ranking
+    from .scoring import parse_method
 
-    try:
-        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta, "score.top_k": top_k})
-        qs = load_queries(str(queries), prompt_field, negative_field, positive_field)
+    out_dir = out or workdir / "attribution"
+    with _clean_errors(workdir):
+        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta, "score.top_k": top_k,
+                                             "score.methods": _split_methods(methods) if methods else None})
+        for spec in cfg.score.methods:
+            parse_method(spec)  # a bad method or parameter fails before any model loads
+        qs = load_queries(str(queries), prompt_field, negative_field, positive_field, id_field)
         att = Attributor(cfg, workdir)
-        method_list = _split_methods(methods) if methods else None
-        result = att.attribute(qs, method_list, out_dir=out or workdir / "attribution")
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
+        result = att.attribute(qs, list(cfg.score.methods), out_dir=out_dir)
     if not quiet:
-        print_ranking(result, next(iter(result.scores)), top_k)
-        console.print(f"scores of {len(result.scores)} methods in {out or workdir / 'attribution'}")
+        for method in result.scores:
+            print_ranking(result, method, att.cfg.score.top_k)
+        console.print(f"scores of {len(result.scores)} methods in {out_dir}")
 
 
 def _split_methods(text: str) -> list[str]:
@@ -168,18 +210,16 @@ def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-p
     """
     from .bench.hallucination import run_bench
     from .bench.summary import summarize_runs
-    from .scoring.base import parse_value
 
-    overrides = {}
-    for item in set_ or []:
-        key, _, raw = item.partition("=")
-        overrides[key.strip()] = parse_value(raw)
-    try:
-        seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else [seed]
-    except ValueError:
-        _fail(ValueError(f"--seeds '{seeds}': expected a comma list of integers"))
-    dirs = [out / f"seed-{s}" for s in seed_list] if seeds else [out]
-    try:
+    with _clean_errors(out):
+        overrides = parse_set_options(set_)
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()] if seeds else [seed]
+        except ValueError:
+            raise ValueError(f"--seeds '{seeds}': expected a comma list of integers") from None
+        if quiet:
+            quiet_libraries()
+        dirs = [out / f"seed-{s}" for s in seed_list] if seeds else [out]
         for s, run_dir in zip(seed_list, dirs, strict=True):
             metrics = run_bench(preset, pairs=pairs, seed=s, out=run_dir, model=model, data=data,
                                 methods=_split_methods(methods) if methods else None, quiet=quiet,
@@ -188,8 +228,6 @@ def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-p
         if seeds:
             summarize_runs(dirs, out)
             console.print(f"summary over seeds {seed_list}: {out}/summary.md")
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
 
 
 @app.command("bench-summary")
@@ -198,12 +236,10 @@ def bench_summary(runs: Annotated[list[Path], typer.Argument(help="Run directori
     """Combine benchmark runs (seeds, pairs, models): mean and spread of every method, mean β curves, checks."""
     from .bench.summary import summarize_runs
 
-    try:
+    with _clean_errors(out):
         summary = summarize_runs(runs, out)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
     for name, m in sorted(summary["methods"].items(), key=lambda kv: -kv[1]["auc"]):
-        console.print(f"{name:32s} AUC {m['auc']:.3f} ± {m['auc_std_over_runs']:.3f}")
+        results.print(f"{name:32s} AUC {m['auc']:.3f} ± {m['auc_std_over_runs']:.3f}")
     console.print(f"summary: {out}/summary.md")
 
 
@@ -217,7 +253,7 @@ def _print_bench(preset: str, metrics: dict, out: Path, quiet: bool) -> None:
             tab.add_column(col)
         for name, m in sorted(metrics["methods"].items(), key=lambda kv: -kv[1]["auc"]):
             tab.add_row(name, f"{m['auc']:.3f}", f"{m['ap']:.3f}", f"{m['recall@10']:.3f}")
-        console.print(tab)
+        results.print(tab)
         console.print(f"report: {out}/report.md")
 
 
@@ -232,11 +268,12 @@ def demo(workdir: Annotated[Path, typer.Option("--workdir", "-w")] = Path("runs/
 
 @app.command("config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Print the full config (defaults, or FILE with --set overrides) as YAML, ready to edit."""
-    import yaml
+    """Print the full config (defaults, or FILE with --set overrides) as YAML with each field documented."""
+    from .config import documented_yaml
 
-    cfg = _config(config, set_, False)
-    typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with _clean_errors():
+        cfg = _config(config, set_, False)
+    typer.echo(documented_yaml(cfg), nl=False)
 
 
 if __name__ == "__main__":

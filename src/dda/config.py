@@ -1,15 +1,22 @@
-"""One config tree drives both the CLI and the Python API; it is written beside every output.
+"""One config tree drives the CLI, the Python API and YAML files; it is written beside every output.
 
-Load from YAML with `load_config`, override with dotted keys (`apply_overrides(cfg, {"train.epochs": 2})`).
-Unknown keys are errors that name the file and the key, so a typo never silently falls back to a default.
+Every setting is defined once, here: its type (``Literal`` for choices), its default, its range and, in the
+docstring under it, its documentation, which `dda config` and the CLI's help print. Values from YAML, from
+``--set key=value`` and from the API go through one coercion step that checks each field against its type and
+range, so a bad value fails before any model loads, with the source and the dotted key named.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import functools
+import inspect
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -26,177 +33,388 @@ class ConfigError(ValueError):
     """A config value is invalid; the message names the source and the key."""
 
 
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None) -> Any:
+    """A field with a lower bound, checked by `coerce` (``ge``: >=, ``gt``: >)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt})
+
+
 @dataclass
 class ModelConfig:
-    name: str = DEFAULT_MODEL  # hub id, local directory, path to a .gguf file, or builtin:<alias>
-    gguf_file: str | None = None  # file name inside `name` when `name` is a directory/hub id
+    name: str = DEFAULT_MODEL
+    """Hub id, local directory, path to a .gguf file, or builtin:NAME (builtin:smollm2-135m-instruct)."""
+    gguf_file: str | None = None
+    """File name of a .gguf inside `name` when `name` is a directory or hub id."""
     revision: str | None = None
-    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on CUDA; or float32/bfloat16/float16
-    device: str = "auto"  # auto: cuda if available else cpu
-    threads: int | None = None  # torch intra-op threads on CPU (None: all cores)
+    """Hub revision (branch, tag or commit)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype; auto: float32 on CPU, bfloat16 on CUDA."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    threads: int | None = bounded(None, ge=1)
+    """torch intra-op threads on CPU (null: all cores)."""
 
 
 @dataclass
 class DataConfig:
-    path: str = DEFAULT_DATA  # .jsonl/.json/.csv/.parquet, a saved `datasets` dir, hub:<name>, builtin:xsum
-    split: str = "train"  # for `datasets` sources
+    path: str = DEFAULT_DATA
+    """.jsonl/.json/.csv/.parquet file, a saved `datasets` directory, hub:NAME, or builtin:xsum."""
+    split: str = "train"
+    """Split to read from a `datasets` source."""
     id_field: str = "id"
+    """Field holding a unique example id (row number when absent)."""
     prompt_field: str = "document"
+    """Field holding the prompt (the model's input)."""
     response_field: str = "summary"
-    template: str = "chat"  # chat (tokenizer's chat template) | plain | a str.format string with {prompt}
+    """Field holding the response (the loss covers these tokens only)."""
+    template: str = "chat"
+    """chat (the tokenizer's chat template), plain, or a str.format string with {prompt} and {instruction}."""
     instruction: str = SUMMARY_INSTRUCTION
-    max_prompt_tokens: int = 256
-    max_response_tokens: int = 64
-    limit: int | None = None
+    """System instruction placed before every prompt."""
+    max_prompt_tokens: int = bounded(256, ge=1)
+    """Prompts are cut to this many tokens before templating; the cut is counted and reported."""
+    max_response_tokens: int = bounded(64, ge=1)
+    """Responses are cut to this many tokens; the cut is counted and reported."""
+    limit: int | None = bounded(None, ge=1)
+    """Read only the first N examples (null: all)."""
 
 
 @dataclass
 class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = bounded(16, ge=1)
+    """LoRA rank."""
+    alpha: int = bounded(32, ge=1)
+    """LoRA alpha (scale alpha / r)."""
+    dropout: float = bounded(0.0, ge=0.0)
+    """Dropout on the LoRA input."""
     target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))
+    """Linear-layer name suffixes that get adapters."""
 
 
 @dataclass
 class TrainConfig:
-    method: str = "lora"  # lora | full
-    epochs: int = 3
-    lr: float = 5e-4
-    scheduler: str = "constant"  # constant | linear
-    warmup_steps: int = 0
-    batch_size: int = 8
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    method: Literal["lora", "full"] = "lora"
+    """lora (peft adapters) or full fine-tuning."""
+    epochs: int = bounded(3, ge=1)
+    """Epochs; one checkpoint is saved after each."""
+    lr: float = bounded(5e-4, gt=0.0)
+    """Peak learning rate (AdamW)."""
+    scheduler: Literal["constant", "linear"] = "constant"
+    """Learning-rate schedule after warm-up."""
+    warmup_steps: int = bounded(0, ge=0)
+    """Linear warm-up steps."""
+    batch_size: int = bounded(8, ge=1)
+    """Examples per optimiser step."""
+    weight_decay: float = bounded(0.0, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = bounded(1.0, ge=0.0)
+    """Gradient clipping norm (0: none)."""
     seed: int = 0
+    """Shuffle and dropout seed."""
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA settings (train.method=lora)."""
 
 
 @dataclass
 class FeatureConfig:
-    modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))  # Linear-layer name suffixes
-    # all | last:N | last:1/3 (a fraction of the depth) | first:N | comma list of indices. The last third is the
-    # default: on the hallucination benchmark it beat all layers by ~7 AUC points and the backward pass stops there.
+    modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))
+    """Linear-layer name suffixes whose weight gradients are features."""
     layers: str = "last:1/3"
-    projection: str = "kronecker"  # kronecker (two-sided, per module) | dense (JL, blockwise) | identity
-    proj_dim: int = 64  # kronecker: per side (module dim = proj_dim**2, then module_dim); dense: total dims
-    # kronecker only (other projections ignore it): compress each module's proj_dim**2 sketch to this many dims
-    # (two-stage sketch); 0 or None keeps proj_dim**2, and a module_dim >= proj_dim**2 changes nothing.
-    # The default 64 -> 256 stores what 16x16 did with closer dot products: Spearman vs exact 0.87 instead of
-    # 0.65 (speed benchmark, 1.09x the floor's time); hallucination AUC 94.1 / 92.0 instead of 92.6 / 88.6 on
-    # two dev seeds of cpu-small (64x64 unsketched: 94.8 / 93.7, at 16x the store).
-    module_dim: int | None = 256
+    """all | last:N | last:1/3 (a fraction of the depth) | first:N | comma list of layer indices. The backward
+    pass stops at the first selected layer; the last third also scored best on the benchmark (README)."""
+    projection: Literal["kronecker", "dense", "identity"] = "kronecker"
+    """kronecker (two-sided, per module), dense (JL of the whole gradient, blockwise) or identity (exact)."""
+    proj_dim: int = bounded(64, ge=1)
+    """kronecker: dims per side (module sketch proj_dim**2, then module_dim); dense: total dims."""
+    module_dim: int | None = bounded(256, ge=0)
+    """kronecker only: compress each module's proj_dim**2 sketch to this many dims (two-stage sketch); 0 or
+    null keeps proj_dim**2. Why the default: README, "How gradients are taken"."""
     seed: int = 0
-    batch_size: int = 8
-    dtype: str = "float32"  # storage dtype: float32 | float16
-    dense_block: int = 65536  # dense JL: input columns generated per block
-    # Which response tokens of a contrastive query carry its loss: "diff" (default), only the tokens where the
-    # negative and positive outputs differ (the hallucinated entity vs the correct one), or "all" (the paper).
-    # The tokens after a swap are the same words in a different context, so their gradient difference is noise
-    # to the question "what taught the model this entity"; on the hallucination benchmark "diff" raised DDA's
-    # AUC by 2-3 points on each of three dev seeds. Queries without a positive always use all their tokens.
-    query_tokens: str = "diff"
+    """Projection seed; train and query features must share it."""
+    batch_size: int = bounded(8, ge=1)
+    """Examples per forward/backward pass."""
+    dtype: Literal["float32", "float16"] = "float32"
+    """Storage dtype of the feature files."""
+    query_tokens: Literal["diff", "all"] = "diff"
+    """Response tokens of a contrastive query that carry its loss: diff (where negative and positive differ)
+    or all (the paper). Queries without a positive always use all their tokens. Why: README."""
 
 
 @dataclass
 class ScoreConfig:
-    methods: list[str] = field(
-        default_factory=lambda: ["dda", "grad_dot", "grad_cos", "tracin", "trak", "bm25"]
-    )
-    beta: float = -1.0  # subtracted times the theta0 score; < 0 adds it (measured best, see README)
-    # base: both gradients at theta0 | cross: train theta0, query theta_k | query0: train theta_k, query theta0
-    debias_mode: str = "base"
-    # auto (module when features allow) | none | std (each per-checkpoint score vector at unit std)
-    # | module (each module's gradient at unit norm before the dot product; see dda.scoring.gradient)
-    normalize: str = "auto"
-    checkpoints: list[str] | None = None  # which fine-tuned checkpoints to average (None: all)
-    trak_lambda: float = 1e-2  # ridge, relative to the mean diagonal of Phi^T Phi
-    cea_lr: float = 1e-4
-    cea_steps: int = 3
-    top_k: int = 10
+    methods: list[str] = field(default_factory=lambda: ["dda", "grad_dot", "grad_cos", "tracin", "trak", "bm25"])
+    """Methods to score, e.g. dda, dda(beta=0.4), tracin, trak, bm25, cea (`dda attribute --help`)."""
+    beta: float = -1.0
+    """DDA debias weight: score = mean over checkpoints - beta * theta0 score. beta < 0 ADDS the theta0 score
+    (measured best here, README); the paper subtracts it (beta ~ 0.4)."""
+    debias_mode: Literal["base", "cross", "query0"] = "base"
+    """theta0 term: base (both gradients at theta0), cross (train at theta0, query at theta_k) or query0 (train
+    at theta_k, query at theta0)."""
+    normalize: Literal["auto", "none", "std", "module"] = "auto"
+    """auto (module when features allow) | none | std (each per-checkpoint score vector at unit std) | module
+    (each module's gradient at unit norm before the dot product)."""
+    checkpoints: list[str] | None = None
+    """Fine-tuned checkpoints to average (null: all)."""
+    trak_lambda: float = bounded(1e-2, gt=0.0)
+    """TRAK ridge, relative to the mean diagonal of the Gram matrix."""
+    cea_lr: float = bounded(1e-4, gt=0.0)
+    """CEA: learning rate of its optimiser steps."""
+    cea_steps: int = bounded(3, ge=1)
+    """CEA: optimiser steps on the erroneous and on the corrected outputs."""
+    top_k: int = bounded(10, ge=1)
+    """Documents per query in rankings and printed tables."""
 
 
 @dataclass
 class DDAConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model theta0."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Training data and how it is templated and tokenized."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Fine-tuning (`dda finetune`)."""
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    """Per-example gradient features (`dda index`)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    """Scoring (`dda attribute`)."""
     seed: int = 0
+    """Global torch seed."""
     quiet: bool = False
+    """No progress output or tables."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+# ------------------------------------------------------------------------------------------- introspection
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """{field name: the docstring under it}, read from the class source (Bergson-style field docs)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def flat_fields(cls: type = DDAConfig, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field, str]]:
+    """{dotted key: (type, field, doc)} for every leaf setting."""
+    hints = get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(flat_fields(hints[f.name], key + "."))
+        else:
+            out[key] = (hints[f.name], f, field_docs(cls).get(f.name, ""))
+    return out
+
+
+def documented_yaml(cfg: DDAConfig) -> str:
+    """The config as YAML with each field's documentation as a comment above it."""
+    lines: list[str] = []
+
+    def walk(obj: Any, indent: str) -> None:
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            for chunk in _wrap(docs.get(f.name, ""), 110 - len(indent)):
+                lines.append(f"{indent}# {chunk}")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:")
+                walk(value, indent + "  ")
+            else:
+                dumped = yaml.safe_dump({f.name: value}, sort_keys=False, allow_unicode=True, width=10**6)
+                lines.extend(indent + ln for ln in dumped.rstrip("\n").split("\n"))
+
+    walk(cfg, "")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) if text else []
+
+
+# ---------------------------------------------------------------------------------------------- coercion
+
+
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if get_origin(tp) is list:
+        return f"list of {_type_name(get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | None = None) -> Any:
+    """`value` as type `tp`, or a ConfigError naming `where` and `key`. Strings (from --set or the CLI) are
+    parsed by the field's type, so 'a,b' stays one string for a str field and becomes a list for a list one."""
+    bad = ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r}")
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+            if type(None) in options:
+                return None
+            raise bad
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option, key, where, f)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices or (isinstance(value, str) and value.strip() in choices):
+            return value.strip() if isinstance(value, str) else value
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    if origin is list:
+        items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise bad
+        return [coerce(x, get_args(tp)[0], key, where) for x in items]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if tp is int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad
+        value = float(value)
+    elif tp is str and not isinstance(value, str):
+        raise bad
+    if f is not None:
+        ge, gt = f.metadata.get("ge"), f.metadata.get("gt")
+        if ge is not None and value < ge:
+            raise ConfigError(f"{where}: {key} must be >= {ge}, got {value!r}")
+        if gt is not None and value <= gt:
+            raise ConfigError(f"{where}: {key} must be > {gt}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: Any, where: str, prefix: str = "") -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        section = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where}: {section} must be a mapping of keys to values, got {type(values).__name__}")
+    hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
+        dotted = f"{prefix}{key}"
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key '{key}' (known: {', '.join(fields)})")
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING \
-            else fields[key].default
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value or {}, f"{where}.{key}")
+            raise ConfigError(f"{where}: unknown key '{dotted}'{_suggest(dotted)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, {} if value is None else value, where, dotted + ".")
         else:
-            kwargs[key] = value
+            kwargs[key] = coerce(value, tp, dotted, where, fields[key])
     return cls(**kwargs)
 
 
-def config_from_dict(values: dict[str, Any], source: str = "<dict>") -> DDAConfig:
-    cfg = _build(DDAConfig, values or {}, source)
-    validate(cfg, source)
-    return cfg
+def _suggest(dotted: str) -> str:
+    close = difflib.get_close_matches(dotted, list(flat_fields()) + [f.name for f in dataclasses.fields(DDAConfig)],
+                                      n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else " (`dda config` lists every key)"
+
+
+def config_from_dict(values: dict[str, Any] | None, source: str = "<dict>") -> DDAConfig:
+    return _build(DDAConfig, values if values is not None else {}, source)
 
 
 def load_config(path: str | Path) -> DDAConfig:
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    try:
+        values = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: invalid YAML: {err}") from err
-    return config_from_dict(values, str(path))
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(err, 'problem', None) or err}") from err
+    return config_from_dict({} if values is None else values, str(path))
 
 
-def apply_overrides(cfg: DDAConfig, overrides: dict[str, Any]) -> DDAConfig:
-    """Set dotted keys (e.g. "score.beta") on a copy of cfg; None values are skipped."""
+def apply_overrides(cfg: DDAConfig, overrides: dict[str, Any], source: str = "override") -> DDAConfig:
+    """Set dotted keys (e.g. "score.beta") on a copy of cfg; None values are skipped. String values are parsed
+    by the field's type (what `--set key=value` gives)."""
     values = cfg.to_dict()
+    known = flat_fields()
     for dotted, value in overrides.items():
         if value is None:
             continue
+        if dotted not in known and dotted not in values:
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest(dotted)}")
         node = values
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node[p]
-        if leaf not in node:
-            raise ConfigError(f"override: unknown key '{dotted}'")
         node[leaf] = value
-    return config_from_dict(values, "<overrides>")
+    return config_from_dict(values, source)
 
 
-def validate(cfg: DDAConfig, source: str) -> None:
-    checks = [
-        (cfg.train.method in ("lora", "full"), "train.method", "must be 'lora' or 'full'"),
-        (cfg.train.scheduler in ("constant", "linear"), "train.scheduler", "must be 'constant' or 'linear'"),
-        (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
-        (cfg.features.projection in ("kronecker", "dense", "identity"), "features.projection",
-         "must be kronecker, dense or identity"),
-        (cfg.features.proj_dim >= 1, "features.proj_dim", "must be >= 1"),
-        (cfg.features.module_dim is None or (isinstance(cfg.features.module_dim, int)
-                                             and cfg.features.module_dim >= 0), "features.module_dim",
-         "must be an integer >= 0 (0 or null: no second stage)"),
-        (cfg.features.dtype in ("float32", "float16"), "features.dtype", "must be float32 or float16"),
-        (cfg.features.query_tokens in ("all", "diff"), "features.query_tokens", "must be 'all' or 'diff'"),
-        (cfg.score.debias_mode in ("base", "cross", "query0"), "score.debias_mode", "must be base, cross or query0"),
-        (cfg.data.max_prompt_tokens >= 1, "data.max_prompt_tokens", "must be >= 1"),
-        (cfg.data.max_response_tokens >= 1, "data.max_response_tokens", "must be >= 1"),
-    ]
-    for ok, key, msg in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {key} {msg}")
+def parse_set_options(items: list[str] | None) -> dict[str, str]:
+    """['train.epochs=2', ...] -> {'train.epochs': '2'}; values stay strings until their field's type parses
+    them, so a comma inside a string setting is kept."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        out[key.strip()] = raw
+    return out
+
+
+def changed_from_default(cfg: DDAConfig) -> dict[str, Any]:
+    """{dotted key: value} of every setting that differs from the default."""
+    ours, default = _flatten(cfg.to_dict()), _flatten(DDAConfig().to_dict())
+    return {k: v for k, v in ours.items() if default.get(k) != v}
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def flatten(cfg: DDAConfig) -> dict[str, Any]:
+    return _flatten(cfg.to_dict())

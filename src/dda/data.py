@@ -123,27 +123,28 @@ def read_records(path: str, split: str = "train") -> tuple[list[dict[str, Any]],
     suffix = p.suffix.lower()
     rows: list[dict[str, Any]] = []
     if suffix in (".jsonl", ".ndjson"):
-        with open(p, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{p}, line {lineno}: invalid JSON ({err.msg})") from err
-                if not isinstance(obj, dict):
-                    raise DataError(f"{p}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
-                obj["_line"] = lineno
-                rows.append(obj)
+        for lineno, line in enumerate(_text_lines(p), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{p}, line {lineno}: invalid JSON ({err.msg})") from err
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            obj["_line"] = lineno
+            rows.append(obj)
     elif suffix == ".json":
-        obj = json.loads(p.read_text(encoding="utf-8"))
-        if not isinstance(obj, list):
+        try:
+            obj = json.loads("\n".join(_text_lines(p)))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{p}, line {err.lineno}: invalid JSON ({err.msg})") from err
+        if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
             raise DataError(f"{p}: expected a JSON list of objects")
         rows = [dict(r, _line=i + 1) for i, r in enumerate(obj)]
     elif suffix == ".csv":
-        with open(p, encoding="utf-8", newline="") as fh:
-            # line numbers count the header as line 1
-            rows = [dict(r, _line=i + 2) for i, r in enumerate(csv.DictReader(fh))]
+        # line numbers count the header as line 1
+        rows = [dict(r, _line=i + 2) for i, r in enumerate(csv.DictReader(_text_lines(p)))]
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -153,17 +154,34 @@ def read_records(path: str, split: str = "train") -> tuple[list[dict[str, Any]],
     return rows, str(p)
 
 
+def _text_lines(p: Path) -> list[str]:
+    """The file's lines as text; bytes that are not UTF-8 are an error naming the line."""
+    out = []
+    with open(p, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                out.append(raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as err:
+                raise DataError(f"{p}, line {lineno}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                                f"{err.start + 1}); re-save the file as UTF-8") from None
+    return out
+
+
 def _field(row: dict[str, Any], name: str, source: str, required: bool = True) -> str | None:
     where = f"{source}, line {row.get('_line', '?')}"
-    if name not in row or row[name] is None:
+    if name not in row:
         if not required:
             return None
         known = ", ".join(k for k in row if k != "_line")
         raise DataError(f"{where}: missing field '{name}' (fields present: {known})")
     value = row[name]
+    if value is None:
+        if not required:
+            return None
+        raise DataError(f"{where}: field '{name}' is null")
     if not isinstance(value, str):
         raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
-    if required and not value.strip():
+    if not value.strip():
         raise DataError(f"{where}: field '{name}' is empty")
     return value
 
@@ -189,15 +207,25 @@ def load_queries(path: str, prompt_field: str = "prompt", negative_field: str = 
                  positive_field: str = "positive", id_field: str = "id") -> list[Query]:
     rows, source = read_records(path)
     out = []
+    seen: dict[str, Any] = {}
     for i, row in enumerate(rows):
-        out.append(Query(
-            id=str(row.get(id_field, i)),
-            prompt=_field(row, prompt_field, source),
-            negative=_field(row, negative_field, source),
-            positive=_field(row, positive_field, source, required=False),
-        ))
+        where = f"{source}, line {row.get('_line', '?')}"
+        qid = str(row[id_field]) if row.get(id_field) is not None else str(i)
+        if qid in seen:
+            raise DataError(f"{where}: duplicate query id '{qid}' (first at line {seen[qid]})")
+        seen[qid] = row.get("_line", "?")
+        q = Query(id=qid, prompt=_field(row, prompt_field, source), negative=_field(row, negative_field, source),
+                  positive=_field(row, positive_field, source, required=False))
+        if q.positive is not None and q.positive.strip() == q.negative.strip():
+            raise DataError(f"{where}: '{negative_field}' and '{positive_field}' are the same text, so the "
+                            "contrast is zero; give the correct output as the positive, or drop the positive")
+        out.append(q)
     if not out:
         raise DataError(f"{source}: no queries")
+    if 0 < sum(q.positive is not None for q in out) < len(out):
+        missing = next(r.get("_line", "?") for r, q in zip(rows, out, strict=True) if q.positive is None)
+        raise DataError(f"{source}, line {missing}: no '{positive_field}', while other queries have one; "
+                        "contrastive methods need it on every query (or on none)")
     return out
 
 
@@ -216,21 +244,22 @@ class PromptFormatter:
     generation prompt always survive truncation.
     """
 
-    def __init__(self, tokenizer: Any, cfg: DataConfig):
+    def __init__(self, tokenizer: Any, cfg: DataConfig, context: int | None = None):
         self.tok = tokenizer
         self.cfg = cfg
+        self.context = context  # the model's context length: longer inputs get a shorter prompt, counted
         if cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
             raise DataError("data.template is 'chat' but the tokenizer has no chat template; use 'plain'")
         self.eos_id = tokenizer.eos_token_id
 
-    def _truncate_prompt(self, text: str) -> tuple[str, bool]:
+    def _truncate_prompt(self, text: str, limit: int) -> tuple[str, bool]:
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.cfg.max_prompt_tokens:
+        if len(ids) <= limit:
             return text, False
-        return self.tok.decode(ids[: self.cfg.max_prompt_tokens]), True
+        return self.tok.decode(ids[: max(limit, 0)]), True
 
-    def render_prompt(self, prompt: str) -> tuple[str, bool]:
-        text, cut = self._truncate_prompt(prompt)
+    def render_prompt(self, prompt: str, limit: int | None = None) -> tuple[str, bool]:
+        text, cut = self._truncate_prompt(prompt, self.cfg.max_prompt_tokens if limit is None else limit)
         t = self.cfg.template
         if t == "chat":
             msgs = [{"role": "system", "content": self.cfg.instruction}, {"role": "user", "content": text}]
@@ -241,8 +270,8 @@ class PromptFormatter:
             rendered = t.format(prompt=text, instruction=self.cfg.instruction)
         return rendered, cut
 
-    def prompt_ids(self, prompt: str) -> tuple[list[int], bool]:
-        rendered, cut = self.render_prompt(prompt)
+    def prompt_ids(self, prompt: str, limit: int | None = None) -> tuple[list[int], bool]:
+        rendered, cut = self.render_prompt(prompt, limit)
         add_special = self.cfg.template != "chat"  # chat templates carry their own special tokens
         return self.tok(rendered, add_special_tokens=add_special)["input_ids"], cut
 
@@ -258,6 +287,14 @@ class PromptFormatter:
         for prompt, response in pairs:
             p_ids, p_cut = self.prompt_ids(prompt)
             r_ids, r_cut = self.response_ids(response)
+            over = len(p_ids) + len(r_ids) - (self.context or len(p_ids) + len(r_ids))
+            if over > 0:
+                text_len = len(self.tok(prompt, add_special_tokens=False)["input_ids"])
+                p_ids, _ = self.prompt_ids(prompt, min(text_len, self.cfg.max_prompt_tokens) - over)
+                p_cut = True
+                if len(p_ids) + len(r_ids) > self.context:
+                    raise DataError(f"the template and response alone take {len(p_ids) + len(r_ids)} tokens, more "
+                                    f"than the model's context ({self.context}); lower data.max_response_tokens")
             input_ids.append(p_ids + r_ids)
             masks.append([False] * len(p_ids) + [True] * len(r_ids))
             n_p += p_cut

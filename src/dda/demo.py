@@ -85,7 +85,7 @@ def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int
 def print_ranking(result, method: str, k: int) -> None:
     from rich.table import Table
 
-    from .progress import console
+    from .progress import results as console
 
     for qi, q in enumerate(result.queries):
         tab = Table(title=f"query {q.id} — {method}: {q.negative[:90]}")

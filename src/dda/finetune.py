@@ -21,8 +21,8 @@ import torch
 from .config import TrainConfig
 from .data import Tokenized
 from .features.capture import pad_batch, per_example_loss
-from .io import read_json, stable_hash, write_json, write_yaml
-from .models import Checkpoint, discover_checkpoints
+from .io import atomic_path, read_json, stable_hash, write_json, write_yaml
+from .models import Checkpoint, discover_checkpoints, epoch_key, model_fingerprint
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -41,9 +41,8 @@ def _save_optimizer(opt: torch.optim.Optimizer, params: list[torch.Tensor], path
     for i, p in enumerate(params):
         for key, value in opt.state.get(p, {}).items():
             tensors[f"{i}.{key}"] = (value if torch.is_tensor(value) else torch.tensor(value)).detach().cpu()
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, params: list[torch.Tensor], path: Path) -> None:
@@ -57,17 +56,14 @@ def _load_optimizer(opt: torch.optim.Optimizer, params: list[torch.Tensor], path
 
 
 def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path, pad_id: int,
-             run_config: dict | None = None, progress: Callable[[int, int, float], None] | None = None
-             ) -> list[Checkpoint]:
+             run_config: dict | None = None, base_name: str | None = None,
+             progress: Callable[[int, int, float], None] | None = None) -> list[Checkpoint]:
     """Train `model` on `data`; returns the checkpoints (one per epoch). The base model object is left as
     theta0 for LoRA (the adapter is unloaded at the end); full fine-tuning modifies it, so reload theta0."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if run_config is not None:
-        write_yaml(out_dir / "config.yaml", run_config)
+    base_model = {"name": base_name, "fingerprint": model_fingerprint(model)}
     device = next(model.parameters()).device
-    done_epochs = [c for c in (discover_checkpoints(out_dir) if any(out_dir.glob("epoch-*")) else [])
-                   if (Path(c.path) / "dda_checkpoint.json").exists()]
+    done_epochs = completed_epochs(out_dir)
     # Resuming is only sound for the same data and settings (the epoch count may grow).
     settings = dataclasses.asdict(cfg)
     settings.pop("epochs")
@@ -79,6 +75,8 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
                              "use another directory or delete them")
         if len(done_epochs) >= cfg.epochs:
             return done_epochs[: cfg.epochs]
+    if run_config is not None:  # only once the checks above passed: a refused run writes nothing
+        write_yaml(out_dir / "config.yaml", run_config)
     if cfg.method == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -148,10 +146,17 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
                 "epoch": epoch, "lr": float(np.mean(lrs)), "lr_last": lrs[-1], "mean_loss": float(np.mean(losses)),
                 "steps": step, "seconds": round(time.perf_counter() - t0, 2), "method": cfg.method,
                 "examples": n, "mean_tokens": float(lengths.mean()), "run_fingerprint": run_fp,
+                "base_model": base_model,
             })
     finally:
         train_model.eval()
         if cfg.method == "lora":
             train_model.unload()  # leaves `model` as theta0
-    return [c for c in discover_checkpoints(out_dir) if (Path(c.path) / "dda_checkpoint.json").exists()]
+    return completed_epochs(out_dir)
+
+
+def completed_epochs(out_dir: Path) -> list[Checkpoint]:
+    """The epochs whose dda_checkpoint.json (written last) exists; a half-written epoch is redone."""
+    dirs = sorted((d for d in out_dir.glob("epoch-*") if (d / "dda_checkpoint.json").exists()), key=epoch_key)
+    return [discover_checkpoints(d)[0] for d in dirs]
 

@@ -100,15 +100,46 @@ def _gguf_to_local(gguf_path: Path) -> Path:
 
 
 def resolve_model_source(cfg: ModelConfig) -> tuple[str, str | None]:
-    """Return (path-or-hub-id, gguf_file) for transformers; GGUF files become a cached local dir."""
+    """Return (path-or-hub-id, gguf_file) for transformers; GGUF files become a cached local dir.
+
+    Anything that looks like a path is resolved locally and never sent to the hub: a missing path, a file that
+    is no .gguf, or a directory with no model in it is refused at once, saying what was looked for where."""
     name = cfg.name
     if name.startswith("builtin:"):
         return str(_gguf_to_local(_builtin_gguf(name.split(":", 1)[1]))), None
-    if name.endswith(".gguf") and Path(name).exists():
-        return str(_gguf_to_local(Path(name))), None
-    if cfg.gguf_file and Path(name).is_dir():
-        return str(_gguf_to_local(Path(name) / cfg.gguf_file)), None
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return str(_gguf_to_local(path)), None
+        raise ModelError(f"model.name {name}: a file but not a .gguf; give a model directory (config.json and "
+                         "weights), a .gguf file, a hub id (org/name) or builtin:NAME")
+    if path.is_dir():
+        if cfg.gguf_file:
+            if not (path / cfg.gguf_file).is_file():
+                raise ModelError(f"model.gguf_file: {path / cfg.gguf_file} not found")
+            return str(_gguf_to_local(path / cfg.gguf_file)), None
+        if (path / "config.json").is_file():
+            return str(path), None
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return str(_gguf_to_local(ggufs[0])), None
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+        hint = "; several .gguf files: name one with model.gguf_file" if ggufs else ""
+        raise ModelError(f"model.name {name}: a directory but not a model: looked for config.json (a transformers "
+                         f"model) or one .gguf file in {path.resolve()}, found {found}{hint}")
+    if _looks_like_path(name):
+        raise ModelError(f"model.name {name}: no such file or directory ({path.resolve()}); a hub id looks like "
+                         "org/name and a builtin model like builtin:smollm2-135m-instruct")
     return name, cfg.gguf_file
+
+
+def _looks_like_path(name: str) -> bool:
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    if Path(name).suffix.lower() in (".gguf", ".safetensors", ".bin", ".pt", ".json"):
+        return True
+    first = name.split("/", 1)[0]
+    return "/" in name and Path(first).is_dir()  # 'models/llama' where ./models exists: a local path
 
 
 def load_tokenizer(cfg: ModelConfig, source: tuple[str, str | None] | None = None) -> Any:
@@ -185,7 +216,7 @@ class Checkpoint:
 BASE = Checkpoint("base")
 
 
-def _epoch_key(path: Path) -> tuple[int, str]:
+def epoch_key(path: Path) -> tuple[int, str]:
     m = re.search(r"(\d+)$", path.name)
     return (int(m.group(1)) if m else 10**9, path.name)
 
@@ -193,21 +224,104 @@ def _epoch_key(path: Path) -> tuple[int, str]:
 def discover_checkpoints(root: str | Path) -> list[Checkpoint]:
     """Find checkpoints under `root` (or `root` itself): LoRA adapter dirs or full safetensors dirs.
 
-    A dir written by `dda finetune` holds `dda_checkpoint.json` with the epoch and the lr in force.
+    A dir written by `dda finetune` (or the trainer callback) holds `dda_checkpoint.json` with the epoch and the
+    lr in force, written last. Where any checkpoint has it, a sibling without it was left half-written by a kill
+    and is skipped (never used with a made-up learning rate); a truncated weight file is refused.
     """
     root = Path(root)
     if not root.exists():
         raise ModelError(f"{root}: checkpoint path not found")
     candidates = [root] if _is_checkpoint_dir(root) else sorted(
-        (d for d in root.iterdir() if d.is_dir() and _is_checkpoint_dir(d)), key=_epoch_key)
+        (d for d in root.iterdir() if d.is_dir() and _is_checkpoint_dir(d)), key=epoch_key)
     if not candidates:
         raise ModelError(f"{root}: no checkpoints (expected adapter_config.json or *.safetensors)")
+    ours = any((d / "dda_checkpoint.json").exists() for d in candidates)
     out = []
     for d in candidates:
+        if ours and not (d / "dda_checkpoint.json").exists():
+            warnings.warn(f"{d}: no dda_checkpoint.json (left half-written by a killed run?); skipped", stacklevel=2)
+            continue
+        check_weight_files(d)
         info = read_json(d / "dda_checkpoint.json") if (d / "dda_checkpoint.json").exists() else {}
         kind = "lora" if (d / "adapter_config.json").exists() else "full"
         out.append(Checkpoint(d.name, str(d), kind, info.get("lr"), info.get("epoch")))
+    if not out:
+        raise ModelError(f"{root}: no complete checkpoints")
     return out
+
+
+def check_weight_files(d: Path) -> None:
+    """Refuse a checkpoint dir whose weights are missing or truncated (a safetensors file is its header's
+    length, the JSON header, then the tensors; the header says where the last one ends)."""
+    import json
+    import struct
+
+    files = weight_files(d)
+    if not files:
+        raise ModelError(f"{d}: no weight file (*.safetensors)")
+    for f in files:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            try:
+                header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
+            except ValueError:
+                header = None
+        end = max((int(v["data_offsets"][1]) for k, v in (header or {}).items() if k != "__metadata__"), default=0)
+        if header is None or 8 + n + end > size:
+            raise ModelError(f"{f}: truncated or not a safetensors file ({size} bytes); the run that wrote it was "
+                             "probably killed: rerun it (dda finetune resumes) or remove this checkpoint")
+
+
+def check_checkpoint_fits(model: Any, ckpt: Checkpoint, model_name: str) -> None:
+    """Refuse a checkpoint made for another base model, naming both, before any gradient is taken."""
+    if ckpt.path is None:
+        return
+    d = Path(ckpt.path)
+    info = read_json(d / "dda_checkpoint.json") if (d / "dda_checkpoint.json").exists() else {}
+    base = info.get("base_model") or {}
+    if base.get("fingerprint") and base["fingerprint"] != model_fingerprint(model):
+        raise ModelError(f"{d}: made from base model {base.get('name')!r} (fingerprint {base['fingerprint']}), but "
+                         f"the model is {model_name!r} (fingerprint {model_fingerprint(model)}); use the model the "
+                         "checkpoints were trained from")
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
+    for f in weight_files(d):
+        with safe_open(str(f), framework="pt") as fh:
+            for key in fh.keys():  # noqa: SIM118 (safe_open is no dict)
+                shape = tuple(fh.get_slice(key).get_shape())
+                problem = _shape_problem(key, shape, modules, params, ckpt.kind)
+                if problem:
+                    trained = ""
+                    if (d / "adapter_config.json").exists():
+                        trained = f" (adapter_config.json: base_model_name_or_path = " \
+                                  f"{read_json(d / 'adapter_config.json').get('base_model_name_or_path')!r})"
+                    raise ModelError(f"{d}: does not fit the model {model_name!r}{trained}: {problem}")
+
+
+def _shape_problem(key: str, shape: tuple[int, ...], modules: dict[str, Any], params: dict[str, Any],
+                   kind: str) -> str | None:
+    if kind == "full":
+        if key not in params:
+            return f"weight {key} is not in the model"
+        if tuple(params[key].shape) != shape:
+            return f"{key} has shape {shape}, the model's {tuple(params[key].shape)}"
+        return None
+    m = re.match(r"(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.\w+)?\.weight$", key)
+    if not m:
+        return None
+    name, side = m.group(1), m.group(2)
+    mod = modules.get(name)
+    if mod is None or not hasattr(mod, "in_features"):
+        return f"adapter for {name}, which is not a Linear layer of the model"
+    want = mod.in_features if side == "A" else mod.out_features
+    got = shape[1] if side == "A" else shape[0]
+    if want != got:
+        return f"lora_{side} of {name} has shape {shape}; the layer is {mod.out_features}x{mod.in_features}"
+    return None
 
 
 def weight_files(d: Path) -> list[Path]:
@@ -246,7 +360,10 @@ def applied(model: Any, ckpt: Checkpoint) -> Iterator[Any]:
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ModelError(f"{ckpt.path}: weights do not match the model: {str(err).splitlines()[-1].strip()}") from None
     if unexpected:
         raise ModelError(f"{ckpt.path}: weights do not match the model (unexpected: {unexpected[:3]})")
     try:

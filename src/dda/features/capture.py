@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .projection import KroneckerProjector, Projector
+from .projection import Projector
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
@@ -132,7 +132,6 @@ class GradientFeaturizer:
         mods = dict(self.model.named_modules())
         feats: dict[str, torch.Tensor] = {}
         keep = attn.unsqueeze(-1).to(torch.float32)
-        two_sided = isinstance(self.projector, KroneckerProjector)
         handles = []
         hook_seconds = {"forward": 0.0, "backward": 0.0}
 
@@ -140,16 +139,11 @@ class GradientFeaturizer:
             def hook(_mod, inputs, output):
                 t0 = time.perf_counter()
                 x = inputs[0].detach()
-                x = (x * keep.to(x.dtype))
-                if two_sided:  # project the input now: the (B,T,k) copy is all the backward hook needs
-                    x = self.projector.project_input(name, x)
+                x = self.projector.capture_input(name, x * keep.to(x.dtype))
 
                 def grad_hook(g: torch.Tensor) -> None:
                     t1 = time.perf_counter()
-                    if two_sided:
-                        feats[name] = self.projector.project(name, g, x, x_projected=True).float()
-                    else:
-                        feats[name] = self.projector.project(name, g, x).float()
+                    feats[name] = self.projector.project_captured(name, g, x).float()
                     hook_seconds["backward"] += time.perf_counter() - t1
 
                 output.register_hook(grad_hook)

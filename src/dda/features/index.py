@@ -18,7 +18,7 @@ from ..config import FeatureConfig
 from ..data import Tokenized
 from ..models import Checkpoint, applied, model_fingerprint
 from .capture import GradientFeaturizer, freeze, pad_batch, select_modules
-from .projection import make_projector
+from .projection import projector_from_config
 from .store import FeatureStore
 
 ProgressFn = Callable[[int], None]
@@ -36,9 +36,7 @@ class Indexer:
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         freeze(model)
         self.modules = select_modules(model, cfg.modules, cfg.layers)
-        # module_dim is the second stage of the kronecker sketch; 0/None (or another projection) means none.
-        module_dim = (cfg.module_dim or None) if cfg.projection == "kronecker" else None
-        self.projector = make_projector(cfg.projection, cfg.proj_dim, cfg.seed, module_dim)
+        self.projector = projector_from_config(cfg)
         self.base_fingerprint = model_fingerprint(model)
         self.device = next(model.parameters()).device
         self._ckpt_fp: dict[str, str] = {}

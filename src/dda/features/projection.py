@@ -23,6 +23,8 @@ import hashlib
 
 import torch
 
+from ..config import FeatureConfig
+
 
 def _seed_for(seed: int, *parts: object) -> int:
     key = ":".join(str(p) for p in (seed, *parts)).encode()
@@ -35,33 +37,63 @@ def gaussian(rows: int, cols: int, seed: int, device: torch.device, dtype: torch
     return mat.to(device=device, dtype=dtype)
 
 
+PROJECTIONS: dict[str, type[Projector]] = {}
+
+
+def register_projection(cls: type[Projector]) -> type[Projector]:
+    """A new projection is one class with this decorator: `features.projection=<its kind>` then selects it."""
+    PROJECTIONS[cls.kind] = cls
+    return cls
+
+
 class Projector:
-    """Base: per-module projection of (g, x) pairs into feature vectors."""
+    """Per-module projection of (g, x) pairs into feature vectors: the whole interface the featurizer uses.
+
+    The featurizer calls `capture_input` in the forward hook (what it returns is all it keeps of x) and
+    `project_captured` in the backward hook; `project` is both in one step."""
 
     kind = "base"
     combine = "concat"  # concat module features, or sum them (dense JL of the concatenation)
 
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig) -> Projector:
+        raise NotImplementedError
+
     def module_dim(self, d_out: int, d_in: int) -> int:
+        raise NotImplementedError
+
+    def capture_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, d_in) -> what the backward hook needs of it (x itself unless the projection reduces it)."""
+        return x
+
+    def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
+        """g: (B, T, d_out) and `capture_input`'s output -> (B, module_dim)."""
         raise NotImplementedError
 
     def project(self, name: str, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """g: (B, T, d_out), x: (B, T, d_in) -> (B, module_dim)."""
-        raise NotImplementedError
+        return self.project_captured(name, g, self.capture_input(name, x))
 
     def describe(self) -> dict:
         return {"kind": self.kind}
 
 
+@register_projection
 class IdentityProjector(Projector):
     kind = "identity"
+
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig) -> Projector:
+        return cls()
 
     def module_dim(self, d_out: int, d_in: int) -> int:
         return d_out * d_in
 
-    def project(self, name: str, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bto,bti->boi", g, x).reshape(g.shape[0], -1)
+    def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bto,bti->boi", g, captured).reshape(g.shape[0], -1)
 
 
+@register_projection
 class KroneckerProjector(Projector):
     kind = "kronecker"
 
@@ -70,6 +102,10 @@ class KroneckerProjector(Projector):
             raise ValueError(f"module_dim must be >= 1 or None, not {module_dim}")
         self.k, self.seed, self.m = k, seed, module_dim
         self._cache: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig) -> Projector:
+        return cls(cfg.proj_dim, cfg.seed, cfg.module_dim or None)  # 0/None: no second stage
 
     def _side(self, name: str, side: str, d: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (name, side, d, device, dtype)
@@ -92,13 +128,13 @@ class KroneckerProjector(Projector):
                                         sketch.device, sketch.dtype)
         return sketch @ self._cache[key].T
 
-    def project_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def capture_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        # project the input in the forward hook: the (B, T, k) copy is all the backward hook needs
         return x @ self._side(name, "in", x.shape[-1], x.device, x.dtype).T
 
-    def project(self, name: str, g: torch.Tensor, x: torch.Tensor, x_projected: bool = False) -> torch.Tensor:
-        xp = x if x_projected else self.project_input(name, x)
+    def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
         gp = g @ self._side(name, "out", g.shape[-1], g.device, g.dtype).T
-        return self._compress(name, torch.einsum("bto,bti->boi", gp, xp).reshape(g.shape[0], -1))
+        return self._compress(name, torch.einsum("bto,bti->boi", gp, captured).reshape(g.shape[0], -1))
 
     def describe(self) -> dict:
         out = {"kind": self.kind, "k": self.k, "seed": self.seed}
@@ -107,6 +143,7 @@ class KroneckerProjector(Projector):
         return out
 
 
+@register_projection
 class DenseProjector(Projector):
     kind = "dense"
     combine = "sum"
@@ -115,11 +152,15 @@ class DenseProjector(Projector):
         self.k, self.seed = k, seed
         self.block_rows = max(256, block_elems // k)
 
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig) -> Projector:
+        return cls(cfg.proj_dim, cfg.seed)
+
     def module_dim(self, d_out: int, d_in: int) -> int:
         return self.k
 
-    def project(self, name: str, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        full = torch.einsum("bto,bti->boi", g, x).reshape(g.shape[0], -1)
+    def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
+        full = torch.einsum("bto,bti->boi", g, captured).reshape(g.shape[0], -1)
         out = torch.zeros(g.shape[0], self.k, device=g.device, dtype=torch.float32)
         for b, start in enumerate(range(0, full.shape[1], self.block_rows)):
             stop = min(start + self.block_rows, full.shape[1])
@@ -132,13 +173,13 @@ class DenseProjector(Projector):
         return {"kind": self.kind, "k": self.k, "seed": self.seed, "block_rows": self.block_rows}
 
 
+def projector_from_config(cfg: FeatureConfig) -> Projector:
+    if cfg.projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection '{cfg.projection}' ({', '.join(PROJECTIONS)})")
+    return PROJECTIONS[cfg.projection].from_config(cfg)
+
+
 def make_projector(kind: str, k: int, seed: int, module_dim: int | None = None) -> Projector:
     if module_dim is not None and kind != "kronecker":
         raise ValueError(f"module_dim applies to the kronecker projection only, not '{kind}'")
-    if kind == "kronecker":
-        return KroneckerProjector(k, seed, module_dim)
-    if kind == "dense":
-        return DenseProjector(k, seed)
-    if kind == "identity":
-        return IdentityProjector()
-    raise ValueError(f"unknown projection '{kind}' (kronecker, dense, identity)")
+    return projector_from_config(FeatureConfig(projection=kind, proj_dim=k, seed=seed, module_dim=module_dim))

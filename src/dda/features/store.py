@@ -1,4 +1,4 @@
-"""On-disk feature store: one directory per (checkpoint, example set, projection).
+"""On-disk feature store (FeatureStore): one directory per (checkpoint, example set, projection).
 
     features.npy   (n, dim) memory-mapped .npy, float32 or float16
     done.npy       (n,) bool, a row is set only after its features are flushed: a killed run resumes
@@ -10,6 +10,9 @@ ever unpickled (numpy with allow_pickle=False, JSON).
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +39,26 @@ def module_blocks(meta: dict[str, Any]) -> list[int] | None:
     return None
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: a memmap over a sparse file that meets a full disk dies of SIGBUS on
+    a later page write, while a reserved one fails here, with ENOSPC, before any work."""
+    with open(path, "r+b") as fh:
+        try:
+            os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return  # the file system cannot reserve; the free-space check above still ran
+            raise
+
+
 class StoreMismatchError(ValueError):
     pass
 
 
 class FeatureStore:
+    """Per-example features of one example set at one checkpoint: an (n, dim) memmap, per-row done flags and
+    the metadata that decides whether stored rows may be reused. Row i is example i of the indexed list."""
+
     def __init__(self, root: Path, meta: dict[str, Any], features: np.ndarray, done: np.ndarray):
         self.root, self.meta, self.features, self.done = root, meta, features, done
 
@@ -63,8 +81,15 @@ class FeatureStore:
             raise FileNotFoundError(f"{root}: no feature store here (meta.json missing)")
         meta = {"format_version": FORMAT_VERSION, **meta, "complete": False}
         root.mkdir(parents=True, exist_ok=True)
+        need = meta["n_rows"] * (meta["dim"] * np.dtype(meta["dtype"]).itemsize + 1) + (1 << 16)
+        free = shutil.disk_usage(root).free
+        if need > free:
+            raise OSError(errno.ENOSPC, f"{root}: a store of {meta['n_rows']} x {meta['dim']} {meta['dtype']} "
+                          f"needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free space or choose a "
+                          "smaller features.proj_dim / module_dim / layers")
         feats = open_memmap(root / "features.npy", mode="w+", dtype=np.dtype(meta["dtype"]),
                             shape=(meta["n_rows"], meta["dim"]))
+        _reserve(root / "features.npy")
         done = open_memmap(root / "done.npy", mode="w+", dtype=np.bool_, shape=(meta["n_rows"],))
         feats.flush()
         done.flush()

@@ -8,6 +8,7 @@ grad l(z) . grad l(negative) means training on z made the negative output more l
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,11 +63,25 @@ class FeatureSet:
 
 
 @dataclass
+class ModelAccess:
+    """What a model-backed scorer (CEA) may use: the model at theta0, the last checkpoint, and the training set
+    tokenized as it was indexed. The API builds it only for scorers that declare they need the model."""
+
+    model: Any
+    formatter: Any  # dda.data.PromptFormatter
+    pad_id: int
+    checkpoint: Checkpoint
+    train: Any  # dda.data.Tokenized
+    batch_size: int
+    quiet: bool = False
+
+
+@dataclass
 class ScoringContext:
     features: FeatureSet | None
     train_texts: list[str]
     queries: list[Query]
-    cea: Callable[[dict[str, Any]], np.ndarray] | None = None  # model-backed scorer, supplied by the API
+    model: ModelAccess | None = None  # for scorers registered with needs=("model",)
     default_checkpoints: list[str] | None = None
 
 
@@ -113,14 +128,36 @@ def row_norms(train: np.ndarray, block_bytes: int = 1 << 26) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ method registry
 
 ScoreFn = Callable[..., np.ndarray]
-REGISTRY: dict[str, ScoreFn] = {}
+NEEDS = ("features", "model", "text")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A registered method: its function and what it needs from the context (gradient features, the model,
+    the texts). The API computes only what the requested scorers need."""
+
+    name: str
+    fn: ScoreFn
+    needs: frozenset[str]
+
+    @property
+    def params(self) -> dict[str, inspect.Parameter]:
+        return {k: p for k, p in inspect.signature(self.fn).parameters.items() if k != "ctx"}
+
+
+REGISTRY: dict[str, Scorer] = {}
 # Named variants: the paper's ablations are parameter values of one scorer, not copies of code.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
-def register(name: str, **presets: dict[str, Any]) -> Callable[[ScoreFn], ScoreFn]:
+def register(name: str, needs: tuple[str, ...] = ("features",), **presets: dict[str, Any]
+             ) -> Callable[[ScoreFn], ScoreFn]:
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"scorer {name}: unknown needs {sorted(unknown)} (known: {NEEDS})")
+
     def deco(fn: ScoreFn) -> ScoreFn:
-        REGISTRY[name] = fn
+        REGISTRY[name] = Scorer(name, fn, frozenset(needs))
         for preset_name, params in presets.items():
             PRESETS[preset_name] = (name, params)
         return fn
@@ -148,7 +185,9 @@ def parse_value(text: str) -> Any:
 
 
 def parse_method(spec: str) -> tuple[str, str, dict[str, Any]]:
-    """'dda(beta=0.4,debias_mode=cross)' -> (label, scorer name, params). Presets expand to their scorer."""
+    """'dda(beta=0.4,debias_mode=cross)' -> (label, scorer name, params). Presets expand to their scorer.
+
+    Parameters are bound against the scorer's signature here, so a typo fails before any gradient is taken."""
     m = _SPEC_RE.match(spec.strip())
     if not m:
         raise ValueError(f"bad method spec '{spec}' (expected name or name(key=value,...))")
@@ -166,21 +205,39 @@ def parse_method(spec: str) -> tuple[str, str, dict[str, Any]]:
                 raise ValueError(f"bad parameter '{part}' in '{spec}' (expected key=value)")
             k, v = part.split("=", 1)
             params[k.strip()] = parse_value(v)
+    accepted = REGISTRY[name].params
+    bad = set(params) - set(accepted)
+    if bad:
+        raise ValueError(f"method '{spec.strip()}': unknown parameters {sorted(bad)} (accepted: {sorted(accepted)})")
+    for k, v in params.items():
+        _check_param(spec.strip(), k, v, accepted[k].default)
     return spec.strip(), name, params
+
+
+def _check_param(label: str, key: str, value: Any, default: Any) -> None:
+    """A number where the default is a number, and so on: 'dda(beta=abc)' fails at parse time."""
+    if default is None or default is inspect.Parameter.empty or value is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool) or (isinstance(value, str) and value in ("none", "std", "module", "auto"))
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"method '{label}': {key}={value!r} should be like its default {default!r}")
+
+
+def method_needs(specs: list[str]) -> set[str]:
+    return set().union(*(REGISTRY[parse_method(s)[1]].needs for s in specs)) if specs else set()
 
 
 def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None = None) -> np.ndarray:
     label, name, params = parse_method(spec)
-    fn = REGISTRY[name]
-    import inspect
-
-    accepted = set(inspect.signature(fn).parameters) - {"ctx"}
-    merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
+    scorer = REGISTRY[name]
+    merged = {k: v for k, v in (defaults or {}).items() if k in scorer.params}
     merged.update(params)
-    bad = set(params) - accepted
-    if bad:
-        raise ValueError(f"method '{label}': unknown parameters {sorted(bad)} (accepted: {sorted(accepted)})")
-    scores = np.asarray(fn(ctx, **merged), dtype=np.float64)
+    scores = np.asarray(scorer.fn(ctx, **merged), dtype=np.float64)
     if scores.shape != (len(ctx.queries), len(ctx.train_texts)):
         raise RuntimeError(f"method '{label}' returned shape {scores.shape}, expected "
                            f"{(len(ctx.queries), len(ctx.train_texts))}")

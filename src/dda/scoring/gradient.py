@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import ScoreConfig
 from .base import FeatureSet, ScoringContext, dot_scores, register, row_norms
 
 
@@ -68,9 +69,13 @@ def _scorer(fs: FeatureSet, normalize: bool | str | None):
 
 @register("dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False},
           dda_no_contrast={"contrastive": False})
-def dda(ctx: ScoringContext, beta: float = 0.0, contrastive: bool = True, debias: bool = True,
-        denoise: bool = True, debias_mode: str = "base", normalize: bool | str | None = "auto",
-        checkpoints: list[str] | str | None = None) -> np.ndarray:
+def dda(ctx: ScoringContext, beta: float = ScoreConfig.beta, contrastive: bool = True, debias: bool = True,
+        denoise: bool = True, debias_mode: str = ScoreConfig.debias_mode,
+        normalize: bool | str | None = ScoreConfig.normalize, checkpoints: list[str] | str | None = None) -> np.ndarray:
+    """DDA: the contrastive score averaged over fine-tuned checkpoints (denoise), minus beta times the theta0
+    score (debias; beta < 0 adds it). Ablations: dda_no_debias, dda_no_denoise (last checkpoint only),
+    dda_no_contrast (the negative output's gradient alone). See the module docstring for debias_mode and
+    normalize."""
     fs = _need(ctx)
     cks = fs.finetuned(checkpoints or ctx.default_checkpoints)
     if not denoise:
@@ -118,7 +123,7 @@ def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None) -> n
 
 
 @register("trak")
-def trak(ctx: ScoringContext, trak_lambda: float = 1e-2, checkpoints: list[str] | str | None = None,
+def trak(ctx: ScoringContext, trak_lambda: float = ScoreConfig.trak_lambda, checkpoints: list[str] | str | None = None,
          contrastive: bool = False) -> np.ndarray:
     """TRAK: phi_q^T (Phi^T Phi + lambda I)^-1 Phi^T per checkpoint, averaged over checkpoints.
 

@@ -1,4 +1,4 @@
-"""Text and model-based scorers that sit beside the gradient ones behind the same interface."""
+"""Text scorers that sit beside the gradient ones behind the same interface."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from .base import ScoringContext, register
 
 
-@register("bm25")
+@register("bm25", needs=("text",))
 def bm25(ctx: ScoringContext, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
     """BM25 (bm25s) of each training text (prompt + response) against the query's negative output."""
     import bm25s
@@ -20,13 +20,3 @@ def bm25(ctx: ScoringContext, k1: float = 1.5, b: float = 0.75) -> np.ndarray:
         q_tokens = bm25s.tokenize([q.negative], stopwords="en", show_progress=False, return_ids=False)[0]
         out[qi] = retriever.get_scores(q_tokens)
     return out
-
-
-@register("cea")
-def cea(ctx: ScoringContext, cea_lr: float = 1e-4, cea_steps: int = 3, per_query: bool = False) -> np.ndarray:
-    """Contrastive error attribution (Ladhak et al. 2023): loss(z) after a few optimiser steps on the
-    corrected outputs minus loss(z) after the same steps on the erroneous ones. A document the error
-    model fits better than the fixed model scores high."""
-    if ctx.cea is None:
-        raise ValueError("cea needs the model; run it through dda.api.Attributor")
-    return ctx.cea({"lr": cea_lr, "steps": cea_steps, "per_query": per_query})
