@@ -80,7 +80,7 @@ def _clean_errors(where: Path | None = None) -> Iterator[None]:
 def _print_error(text: str) -> None:
     from rich.text import Text
 
-    console.print(Text.assemble(("error: ", "red"), text))
+    console.print(Text.assemble(("error: ", "red"), text), soft_wrap=True)  # paths stay whole for copy-paste
 
 
 @app.command()
