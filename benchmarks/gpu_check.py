@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The prepared GPU check: capture correctness on the device, and index cost at 0.5B and 7B shapes.
 
-    PYTHONPATH=src python3 benchmarks/gpu_check.py --out runs/gpu-check     # one GPU, about 2-4 minutes
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out runs/gpu-check     # one GPU: ~2 min, <= 8 min
     PYTHONPATH=src python3 benchmarks/gpu_check.py --device cpu --tiny      # tiny shapes on a CPU, seconds
 
 Nothing is fetched and no weights are read: every model is a Llama built from a LlamaConfig with random weights
@@ -103,8 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="model dtype of section (b) (default bfloat16; --tiny: float32, a CPU's fast path)")
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512; --tiny 32)")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default 8; --tiny 2)")
-    ap.add_argument("--batches", type=int, default=None, help="timed batches per row (default 10; --tiny 2)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed batches first (default 2; --tiny 1)")
+    ap.add_argument("--batches", type=int, default=None, help="timed batches per row (default 16; --tiny 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed batches first (default 3; --tiny 1)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="deadline for the whole run, from start")
     ap.add_argument("--skip-checks", action="store_true", help="section (b) only")
     ap.add_argument("--skip-throughput", action="store_true", help="section (a) only")
@@ -117,8 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.dtype = args.dtype or ("float32" if tiny else "bfloat16")
     args.seq_len = args.seq_len or (32 if tiny else 512)
     args.batch_size = args.batch_size or (2 if tiny else 8)
-    args.batches = args.batches or (2 if tiny else 10)
-    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 2)
+    args.batches = args.batches or (2 if tiny else 16)
+    args.warmup = args.warmup if args.warmup is not None else (1 if tiny else 3)
     return args
 
 
