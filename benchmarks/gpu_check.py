@@ -69,8 +69,9 @@ LORA_R = 16
 
 # Tolerances of section (a), and why. Float32 paths differ only in summation order (a batched per-example
 # product against one weight-gradient GEMM per example): relative errors ~1e-6 expected. A half-precision model
-# differs from the float32 one by its own arithmetic through every layer (tests/test_precision.py measures
-# relative errors <= 0.009 (bf16) and 0.001 (fp16) on tiny models; deeper and wider models add more).
+# differs from the float32 one by its own arithmetic through every layer: on a CPU, at CHECK_SHAPE and these
+# lengths, bf16 gave cosine 0.99995 (relative error 0.0105) and fp16 0.999999 (0.0013); GPU kernels (flash
+# attention, other GEMM tilings) may differ, so the bounds leave room: 0.99 (the bound) and 0.999.
 FP32_REL_TOL = 1e-4
 HALF_COS_TOL = {"bfloat16": 0.99, "float16": 0.999}
 
