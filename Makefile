@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench bench-tiny bench-speed bench-scoring clean
+.PHONY: setup demo test lint bench bench-tiny bench-speed bench-scoring gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench-speed: setup
 bench-scoring: setup
 	$(BIN)/python benchmarks/scoring_scale.py --sketch-dim 256,512 --candidates 256,1024 --planted 0.5 \
 		--out runs/scoring/result.json
+
+# one GPU, nothing fetched, no weights (random Llamas); a bare python3 with torch + transformers, no venv
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check:
+	PYTHONPATH=src $(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

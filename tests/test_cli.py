@@ -177,7 +177,8 @@ def test_query_cache_is_keyed_by_the_positive_too(indexed, tmp_path):
     assert code == 0, err
     code, _, err = run("attribute", "-w", w, "--queries", b, "--methods", "dda", "--out", tmp_path / "b", "-q")
     assert code == 0, err
-    assert not np.allclose(np.load(tmp_path / "a" / "scores" / "dda.npy"), np.load(tmp_path / "b" / "scores" / "dda.npy"))
+    a_scores, b_scores = (np.load(tmp_path / d / "scores" / "dda.npy") for d in ("a", "b"))
+    assert not np.allclose(a_scores, b_scores)
 
 
 def test_checkpoints_of_another_model_are_refused(indexed, tmp_path, small_config):

@@ -15,6 +15,11 @@ the layer output at token t, x: the layer input). Projections act on (g, x) so G
 
 Every matrix is a pure function of (seed, module name, side), so theta0 and every checkpoint project into
 the same space. Entries are N(0, 1/k): E[<Pu, Pv>] = <u, v>.
+
+Precision: g and x arrive in the model's dtype (bfloat16/float16 on a GPU). Every projection casts them to
+float32 first and keeps its matrices in float32, so the sum over tokens and both sketch stages accumulate in
+float32 and a bf16 model projects with the very matrices a float32 one uses (one feature space whatever the
+model dtype). For a float32 model the casts are no-ops: its features are bitwise what they were.
 """
 
 from __future__ import annotations
@@ -24,6 +29,13 @@ import hashlib
 import torch
 
 from ..config import FeatureConfig
+
+ACCUMULATE = torch.float32  # dtype of every projection matrix, product and sum over tokens
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """`t` in the accumulation dtype; the same tensor (no copy) when it already is."""
+    return t.to(ACCUMULATE)
 
 
 def _seed_for(seed: int, *parts: object) -> int:
@@ -90,7 +102,7 @@ class IdentityProjector(Projector):
         return d_out * d_in
 
     def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bto,bti->boi", g, captured).reshape(g.shape[0], -1)
+        return torch.einsum("bto,bti->boi", _acc(g), _acc(captured)).reshape(g.shape[0], -1)
 
 
 @register_projection
@@ -130,11 +142,11 @@ class KroneckerProjector(Projector):
 
     def capture_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
         # project the input in the forward hook: the (B, T, k) copy is all the backward hook needs
-        return x @ self._side(name, "in", x.shape[-1], x.device, x.dtype).T
+        return _acc(x) @ self._side(name, "in", x.shape[-1], x.device, ACCUMULATE).T
 
     def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
-        gp = g @ self._side(name, "out", g.shape[-1], g.device, g.dtype).T
-        return self._compress(name, torch.einsum("bto,bti->boi", gp, captured).reshape(g.shape[0], -1))
+        gp = _acc(g) @ self._side(name, "out", g.shape[-1], g.device, ACCUMULATE).T
+        return self._compress(name, torch.einsum("bto,bti->boi", gp, _acc(captured)).reshape(g.shape[0], -1))
 
     def describe(self) -> dict:
         out = {"kind": self.kind, "k": self.k, "seed": self.seed}
@@ -160,13 +172,13 @@ class DenseProjector(Projector):
         return self.k
 
     def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
-        full = torch.einsum("bto,bti->boi", g, captured).reshape(g.shape[0], -1)
-        out = torch.zeros(g.shape[0], self.k, device=g.device, dtype=torch.float32)
+        full = torch.einsum("bto,bti->boi", _acc(g), _acc(captured)).reshape(g.shape[0], -1)
+        out = torch.zeros(g.shape[0], self.k, device=g.device, dtype=ACCUMULATE)
         for b, start in enumerate(range(0, full.shape[1], self.block_rows)):
             stop = min(start + self.block_rows, full.shape[1])
             # Entries N(0, 1/k): the block is generated (k, rows) so the scale matches `gaussian`.
-            block = gaussian(self.k, stop - start, _seed_for(self.seed, name, "dense", b), g.device, torch.float32)
-            out += full[:, start:stop].float() @ block.T
+            block = gaussian(self.k, stop - start, _seed_for(self.seed, name, "dense", b), g.device, ACCUMULATE)
+            out += full[:, start:stop] @ block.T
         return out
 
     def describe(self) -> dict:
