@@ -28,6 +28,7 @@ import torch
 from .config import DDAConfig
 from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
 from .features.index import Indexer, example_losses
+from .features.sharded import read_store  # [distributed]
 from .features.store import FeatureStore, module_blocks
 from .io import read_json, write_json, write_npy, write_text, write_yaml
 from .models import BASE, Checkpoint, applied, discover_checkpoints, load_model
@@ -171,7 +172,17 @@ class Attributor:
         return out
 
     def index(self, examples: list[Example]) -> dict[str, FeatureStore]:
-        """Features of every training example at theta0 and at each checkpoint (reused if already stored)."""
+        """Features of every training example at theta0 and at each checkpoint (reused if already stored).
+
+        Launched by torchrun / accelerate (WORLD_SIZE > 1), each process indexes its own shard (dda.distributed)."""
+        # [distributed] begin: sharded indexing when launched as one of several processes
+        from .distributed import device_type, index_sharded, launch_env, process_group
+
+        env = launch_env()
+        if env.distributed:
+            with process_group(env, device_type(self)) as group:
+                return index_sharded(self, examples, group)
+        # [distributed] end
         data = self.tokenize(examples)
         save_examples(self.workdir / "data" / "train.jsonl", examples)
         t0 = time.perf_counter()
@@ -230,7 +241,7 @@ class Attributor:
         if not need_features:
             return None
         cks = self.all_checkpoints()
-        stores = {c.name: FeatureStore.read(self.workdir / "features" / "train" / c.name) for c in cks}
+        stores = {c.name: read_store(self.workdir / "features" / "train" / c.name) for c in cks}  # [distributed]
         q = self.query_features(queries)
         return FeatureSet(cks, {name: st.features for name, st in stores.items()}, q["neg"], q.get("pos", {}),
                           contrast_neg=q.get("contrast_neg", {}),
