@@ -179,6 +179,24 @@ def test_one_process_reuses_a_two_process_store(runs):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_one_process_finishes_a_two_process_layout(runs, tmp_path):
+    """Only shard 0 of a 2-shard layout exists (as if rank 1 never ran): a 1-process run computes shard 1 only, and
+    the logical store equals the 1-process reference."""
+    att = Attributor(_config(runs), tmp_path)
+    att.use_checkpoints(runs / "ckpts")
+    examples = load_examples(_config(runs).data)
+    data = att.tokenize(examples)
+    root = tmp_path / "features" / "train"
+    for ckpt in att.all_checkpoints():
+        [specs] = att.indexer.featurize_shards(ckpt, [(data, root / ckpt.name)], rank=0, world_size=2)
+    assert not (root / "base" / "shard-00001-of-00002").exists()
+    stores = att.index(examples)
+    assert att.index_stats["computed_rows"] == specs[1].rows * len(CHECKPOINTS)
+    for ckpt in CHECKPOINTS:
+        assert isinstance(stores[ckpt], ShardedStore)
+        np.testing.assert_allclose(_features(tmp_path, ckpt), _features(runs / "ws1", ckpt), rtol=RTOL, atol=ATOL)
+
+
 def test_killed_rank_resumes_only_its_shard(runs, tmp_path):
     """Rank 1 SIGKILLs itself after its first stored batch; rank 0 finishes its shards, then fails at the barrier
     (its peer is gone). The same command again computes only rank 1's missing rows.
