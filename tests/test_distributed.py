@@ -246,7 +246,8 @@ def test_sharded_rows_read_like_one_array():
     rows = ShardedRows([full[:4], full[4:4], full[4:9], full[9:]])  # an empty shard in the middle
     assert rows.shape == (10, 3) and rows.dtype == np.float32 and len(rows) == 10
     for key in (slice(None), slice(2, 7), slice(3, 3), slice(8, 100), slice(1, 9, 3), 5, -1,
-                np.array([9, 0, 4, 4]), np.arange(10) % 3 == 0, (slice(2, 6), 1)):
+                np.array([9, 0, 4, 4]), np.arange(10) % 3 == 0, (slice(2, 6), 1), (4, 2),
+                (np.array([1, 8]), slice(0, 2))):
         np.testing.assert_array_equal(rows[key], full[key])
     np.testing.assert_array_equal(np.asarray(rows, dtype=np.float64), full.astype(np.float64))
     blocks = list(rows.iter_blocks(3))

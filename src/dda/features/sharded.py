@@ -237,8 +237,8 @@ class ShardedRows:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple):
-            rows, cols = key[0], key[1:]
-            return self[rows][(slice(None), *cols)]
+            head = self[key[0]]
+            return head[key[1:]] if isinstance(key[0], (int, np.integer)) else head[(slice(None), *key[1:])]
         if isinstance(key, (int, np.integer)):
             i = int(key) + (self.shape[0] if key < 0 else 0)
             if not 0 <= i < self.shape[0]:
