@@ -256,6 +256,14 @@ def test_sharded_rows_read_like_one_array():
     assert [(a, b) for a, b, _ in blocks] == [(0, 3), (3, 4), (4, 7), (7, 9), (9, 10)]
     with pytest.raises(IndexError):
         rows[10]
+    # what scorers do with a store: blockwise dot products, streaming top-k, candidate rows by index
+    from dda.scoring.base import dot_scores
+    from dda.scoring.topk import topk_scores
+
+    q = rng.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_allclose(dot_scores(rows, q, block_bytes=3 * 4 * 3), q @ full.T, rtol=1e-6)
+    for got, want in zip(topk_scores(rows, q, k=4, block_rows=3), topk_scores(full, q, k=4), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
 def test_token_budget_batches_back_off_on_cuda_oom():
