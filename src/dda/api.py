@@ -28,6 +28,7 @@ from .config import DDAConfig
 from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
 from .features.capture import GradientFeaturizer
 from .features.index import Indexer
+from .features.sharded import read_store
 from .features.store import FeatureStore, check_compatible, module_blocks
 from .io import read_json, stable_hash, write_json, write_npy, write_text, write_yaml
 from .models import BASE, Checkpoint, check_checkpoint_fits, discover_checkpoints, load_model
@@ -232,8 +233,17 @@ class Attributor:
         return left, notes
 
     def index(self, examples: list[Example]) -> dict[str, FeatureStore]:
-        """Features of every training example at theta0 and at each checkpoint (reused if already stored)."""
+        """Features of every training example at theta0 and at each checkpoint (reused if already stored).
+
+        Launched by torchrun / accelerate (WORLD_SIZE > 1), each process indexes its own shard (dda.distributed)."""
+        from .distributed import device_type, index_sharded, launch_env, process_group
+
         data_hash = examples_hash(examples)
+        env = launch_env()
+        if env.distributed:
+            self.workdir.check_data(data_hash, len(examples))  # every process reads; rank 0 writes at the end
+            with process_group(env, device_type(self)) as group:
+                return index_sharded(self, examples, group, data_hash)
         with self.workdir.lock("index"):
             self.workdir.check_data(data_hash, len(examples))
             data = self.tokenize(examples)
@@ -304,7 +314,7 @@ class Attributor:
 
     def feature_set(self, queries: list[Query]) -> FeatureSet:
         cks = self.all_checkpoints()
-        stores = {c.name: FeatureStore.read(self.workdir.train_store(c.name)) for c in cks}
+        stores = {c.name: read_store(self.workdir.train_store(c.name)) for c in cks}
         q = self.query_features(queries)
         return FeatureSet(cks, {name: st.features for name, st in stores.items()}, q["neg"], q.get("pos", {}),
                           contrast_neg=q.get("contrast_neg", {}),

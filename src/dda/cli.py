@@ -113,20 +113,28 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
           proj_dim: Annotated[int | None, typer.Option(help="Per side (kronecker) or total (dense).")] = None,
           module_dim: Annotated[int | None, typer.Option(
               help="Kronecker: compress each module's proj_dim^2 sketch to this many dims (0: none).")] = None,
+          batch_tokens: Annotated[int | None, typer.Option(
+              help="Batch by padded tokens instead of rows (0: auto, from 65,536 on CUDA); halved on CUDA OOM.")]
+          = None,
           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Store per-example gradient features of the training set at theta0 and every checkpoint.
 
     The workdir remembers the model, data, checkpoints and feature settings: `dda attribute` uses them.
 
     Example: `dda index -w runs/x --checkpoints my_adapters/ --data train.jsonl`
+
+    Several processes: `torchrun --nproc-per-node N -m dda index ...` (or `accelerate launch`, or multi-node
+    torchrun) gives each process a shard of the training set; the shards are read as one store.
     """
     from .api import Attributor
     from .data import load_examples
+    from .distributed import launch_env
 
+    quiet = quiet or launch_env().rank != 0  # one process reports
     with _clean_errors(workdir):
         cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data,
                                              "features.projection": projection, "features.proj_dim": proj_dim,
-                                             "features.module_dim": module_dim})
+                                             "features.module_dim": module_dim, "features.batch_tokens": batch_tokens})
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
@@ -161,8 +169,11 @@ def attribute(workdir: WorkdirOpt,
     from .api import Attributor
     from .data import load_queries
     from .demo import print_ranking
+    from .distributed import launch_env
     from .scoring import parse_method
 
+    if launch_env().rank != 0:  # launched as several processes: query features and scores on rank 0
+        return
     out_dir = out or workdir / "attribution"
     with _clean_errors(workdir):
         cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta, "score.top_k": top_k,

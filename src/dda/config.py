@@ -131,7 +131,10 @@ class FeatureConfig:
     seed: int = 0
     """Projection seed; train and query features must share it."""
     batch_size: int = bounded(8, ge=1)
-    """Examples per forward/backward pass."""
+    """Examples per forward/backward pass (when batch_tokens is null)."""
+    batch_tokens: int | None = bounded(None, ge=0)
+    """Batch by padded tokens (rows x longest row) instead of batch_size rows; 0 = auto (65,536 on CUDA, rows on
+    CPU). On CUDA out-of-memory the batch is halved, retried and kept lower."""
     dtype: Literal["float32", "float16"] = "float32"
     """Storage dtype of the feature files."""
     query_tokens: Literal["diff", "all"] = "diff"

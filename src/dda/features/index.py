@@ -17,8 +17,10 @@ import torch
 from ..config import FeatureConfig
 from ..data import Tokenized
 from ..models import Checkpoint, applied, model_fingerprint
+from .batching import BatchLimit, run_batches
 from .capture import GradientFeaturizer, freeze, pad_batch, select_modules
 from .projection import projector_from_config
+from .sharded import ShardedStore, ShardSpec, check_shard, choose_layout, token_lengths
 from .store import FeatureStore
 
 ProgressFn = Callable[[int], None]
@@ -46,6 +48,14 @@ class Indexer:
         self.phase_seconds = {"forward": 0.0, "backward": 0.0, "projection": 0.0, "store_write": 0.0, "other": 0.0}
         self.tokens = 0
         self.rows = 0
+        # Batch size: rows (cfg.batch_size), or padded tokens per batch when batch_tokens is set (0: auto, a
+        # large start on CUDA); halved on a CUDA OOM and kept lower from then on.
+        self.batch_limit = BatchLimit.resolve(cfg.batch_size, cfg.batch_tokens, self.device)
+        self.after_batch: Callable[[], None] | None = None  # called after each stored batch (test hook)
+
+    def use_batch_tokens(self, batch_tokens: int | None) -> None:
+        """Size batches by padded tokens (0: auto) instead of rows; None: rows by cfg.batch_size."""
+        self.batch_limit = BatchLimit.resolve(self.cfg.batch_size, batch_tokens, self.device)
 
     def store_meta(self, ckpt: Checkpoint, data: Tokenized, dim: int,
                    blocks: list[int] | None = None) -> dict[str, Any]:
@@ -67,54 +77,93 @@ class Indexer:
         }
 
     def featurize(self, ckpt: Checkpoint, data: Tokenized, root: str | Path,
-                  progress: ProgressFn | None = None) -> FeatureStore:
+                  progress: ProgressFn | None = None) -> FeatureStore | ShardedStore:
         """Features of `data` at `ckpt` into the store at `root` (created, resumed or reused)."""
         return self.featurize_sets(ckpt, [(data, Path(root))], progress)[0]
 
     def featurize_sets(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]],
-                       progress: ProgressFn | None = None) -> list[FeatureStore]:
-        """Several example sets at one checkpoint: the checkpoint is applied once for all of them."""
-        stores = []
-        with applied(self.model, ckpt) as model:
-            freeze(model)
-            featurizer = GradientFeaturizer(model, self.modules, self.projector)
-            for data, root in sets:
-                stores.append(self._fill(ckpt, featurizer, data, Path(root), progress))
-        return stores
+                       progress: ProgressFn | None = None) -> list[FeatureStore | ShardedStore]:
+        """Several example sets at one checkpoint: the checkpoint is applied once for all of them.
 
-    def _fill(self, ckpt: Checkpoint, featurizer: GradientFeaturizer, data: Tokenized, root: Path,
-              progress: ProgressFn | None) -> FeatureStore:
-        store = FeatureStore.open(root, self.store_meta(ckpt, data, featurizer.dim, featurizer.blocks))
+        A store left by a multi-process run (shard directories) is reused or finished as it is."""
+        out: list[FeatureStore | ShardedStore] = []
+        for (_, root), (specs, stores) in zip(sets, self._fill_layouts(ckpt, sets, 0, 1, progress), strict=True):
+            out.append(stores[0] if specs[0].count == 1 else ShardedStore(Path(root), stores))
+        return out
+
+    def featurize_shards(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]], rank: int, world_size: int,
+                         progress: ProgressFn | None = None) -> list[list[ShardSpec]]:
+        """One process of a `world_size`-process run: fill the shards i with i % world_size == rank of each set's
+        layout (`sharded.choose_layout`); returns each set's layout. The checkpoint is applied only when one of
+        this process's shards still has rows to compute."""
+        return [specs for specs, _ in self._fill_layouts(ckpt, sets, rank, world_size, progress)]
+
+    def _fill_layouts(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]], rank: int, world_size: int,
+                      progress: ProgressFn | None) -> list[tuple[list[ShardSpec], list[FeatureStore]]]:
+        # Store dims from the base model: the tracked modules have the same shapes at every checkpoint.
+        shape_only = GradientFeaturizer(self.model, self.modules, self.projector)
+        plans = []
+        for data, root in sets:
+            specs = choose_layout(Path(root), token_lengths(data), world_size)
+            meta = self.store_meta(ckpt, data, shape_only.dim, shape_only.blocks)
+            mine = []
+            for spec in (s for s in specs if s.index % world_size == rank):
+                store = FeatureStore.open(spec.path(Path(root)), spec.store_meta(meta))  # refuses other settings
+                check_shard(store.meta, spec, spec.path(Path(root)))
+                mine.append((spec, store))
+            plans.append((data, specs, mine))
+        if any(not store.complete for _, _, mine in plans for _, store in mine):
+            with applied(self.model, ckpt) as model:  # applied only when something is left to compute
+                freeze(model)
+                featurizer = GradientFeaturizer(model, self.modules, self.projector)
+                for data, _, mine in plans:
+                    for spec, store in mine:
+                        self._fill(featurizer, data, spec, store, progress)
+        elif progress:
+            progress(sum(spec.rows for _, _, mine in plans for spec, _ in mine))
+        return [(specs, [store for _, store in mine]) for _, specs, mine in plans]
+
+    def _fill(self, featurizer: GradientFeaturizer, data: Tokenized, spec: ShardSpec, store: FeatureStore,
+              progress: ProgressFn | None) -> None:
+        """Rows [spec.start, spec.stop) of `data` into `store` (the shard store of `spec`), resuming its done rows."""
         if store.complete:
             if progress:
-                progress(len(data))
-            return store
-        lengths = np.array([len(s) for s in data.input_ids])
+                progress(spec.rows)
+            return
+        part = spec.subset(data)  # the shard's rows; store row i is part's row i
+        lengths = token_lengths(part)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        done_before = len(data) - len(store.pending())
-        if progress and done_before:
-            progress(done_before)
-        for batch in length_sorted_batches(lengths, store.pending(), self.cfg.batch_size):
+        pending = store.pending()
+        if progress and spec.rows - len(pending):
+            progress(spec.rows - len(pending))
+
+        def compute(batch: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
-            ids, attn, resp = pad_batch([data.input_ids[i] for i in batch],
-                                        [data.response_mask[i] for i in batch], pad_id, self.device)
+            ids, attn, resp = pad_batch([part.input_ids[i] for i in batch],
+                                        [part.response_mask[i] for i in batch], pad_id, self.device)
             before = dict(featurizer.phase_seconds)
-            feats = featurizer(ids, attn, resp).cpu().numpy()
-            t_write = time.perf_counter()
-            store.write(batch, feats)
-            t_end = time.perf_counter()
+            feats = featurizer(ids, attn, resp).cpu().numpy()  # (B, dim) projected features: never a full gradient
             spent = {k: featurizer.phase_seconds[k] - before[k] for k in before}
             for k, v in spent.items():
                 self.phase_seconds[k] += v
-            self.phase_seconds["store_write"] += t_end - t_write
-            self.phase_seconds["other"] += (t_write - t0) - sum(spent.values())
-            self.seconds += t_end - t0
+            self.phase_seconds["other"] += (time.perf_counter() - t0) - sum(spent.values())
+            self.seconds += time.perf_counter() - t0
+            return feats
+
+        def done(batch: np.ndarray, feats: np.ndarray) -> None:
+            t0 = time.perf_counter()
+            store.write(batch, feats)
+            self.phase_seconds["store_write"] += time.perf_counter() - t0
+            self.seconds += time.perf_counter() - t0
             self.tokens += int(lengths[batch].sum())
             self.rows += len(batch)
             if progress:
                 progress(len(batch))
+            if self.after_batch is not None:
+                self.after_batch()
+
+        run_batches(lengths, pending, self.batch_limit, compute, done)
         store.finish()
-        return store
 
 
 @torch.no_grad()
