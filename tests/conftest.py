@@ -67,3 +67,13 @@ def tokenizer():
 @pytest.fixture(params=["llama", "qwen2", "mistral"])
 def family(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random Llama and its tokenizer saved as a model directory, as a user's own model would be."""
+    d = tmp_path_factory.mktemp("tiny-llama")
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

@@ -44,15 +44,6 @@ def _queries(n: int = 2) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="session")
 def small_config(tmp_path_factory) -> Path:
     import yaml
 
