@@ -279,9 +279,10 @@ def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | Non
             if option is type(None):
                 continue
             try:
-                return coerce(value, option, key, where, f)
+                parsed = coerce(value, option, key, where)
             except ConfigError:
                 continue
+            return _check_bounds(parsed, key, where, f)
         raise bad
     if origin is Literal:
         choices = get_args(tp)
@@ -318,7 +319,11 @@ def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | Non
         value = float(value)
     elif tp is str and not isinstance(value, str):
         raise bad
-    if f is not None:
+    return _check_bounds(value, key, where, f)
+
+
+def _check_bounds(value: Any, key: str, where: str, f: dataclasses.Field | None) -> Any:
+    if f is not None and isinstance(value, (int, float)):
         ge, gt = f.metadata.get("ge"), f.metadata.get("gt")
         if ge is not None and value < ge:
             raise ConfigError(f"{where}: {key} must be >= {ge}, got {value!r}")
