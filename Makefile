@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench bench-tiny bench-speed bench-scoring gpu-check clean
+.PHONY: setup demo test test-fast lint bench bench-tiny bench-speed bench-scoring gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest
+
+# the suite without the real-model run, subprocesses and process groups
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
 	$(BIN)/dda bench --preset cpu-small --pairs England:China --seed 0 --out runs/bench-cpu-small

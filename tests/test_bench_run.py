@@ -17,6 +17,8 @@ import pytest
 from dda.bench.canary import contains_word
 from dda.bench.presets import get_preset
 
+pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
+
 REQUIRED_METHODS = ("dda", "tracin", "trak", "bm25", "grad_dot", "cea", "dda_no_debias", "dda_no_denoise",
                     "dda_no_contrast")
 

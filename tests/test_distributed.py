@@ -28,6 +28,8 @@ from dda.features.batching import BatchLimit, RowTooLargeError, run_batches
 from dda.features.sharded import ShardedRows, ShardedStore, plan_shards, read_store, token_lengths
 from dda.features.store import FeatureStore
 
+pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
+
 WORDS = ("England China France team match police court government minister news report people year club "
          "season player coach city council school hospital president election vote market bank price").split()
 N_TRAIN = 12

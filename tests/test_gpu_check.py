@@ -39,6 +39,7 @@ def test_script_settings_are_dda_defaults():
     assert cfg.projection == "kronecker"
 
 
+@pytest.mark.slow
 def test_tiny_run_without_dda_extras_or_peft(tmp_path):
     """The whole check (capture checks + one tiny model) with the CLI's dependencies and peft unimportable."""
     blocked = [*NOT_ON_THE_GPU_MACHINE, "peft"]
@@ -71,6 +72,7 @@ def test_tiny_run_without_dda_extras_or_peft(tmp_path):
     assert "PASS  fp32 hooks, identity projection vs autograd" in proc.stdout  # the PASS/FAIL lines
 
 
+@pytest.mark.slow
 def test_lora_floor_row_with_peft(tmp_path):
     gc = _load_script()
     assert gc.main(["--device", "cpu", "--tiny", "--models", "tiny-a", "--batches", "1", "--warmup", "0",

@@ -16,6 +16,8 @@ from test_cli import _docs, _write_jsonl, run
 
 from dda.workdir import Workdir, WorkdirError
 
+pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
+
 SETTINGS = ["--set", "features.layers=all", "--set", "features.proj_dim=4", "--set", "features.batch_size=1",
             "--set", "data.max_prompt_tokens=16", "--set", "data.max_response_tokens=8", "--set",
             "train.lora.target_modules=q_proj,v_proj", "--set", "train.epochs=1", "--set", "train.batch_size=8"]

@@ -379,13 +379,11 @@ def load_config(path: str | Path) -> DDAConfig:
 
 
 def apply_overrides(cfg: DDAConfig, overrides: dict[str, Any], source: str = "override") -> DDAConfig:
-    """Set dotted keys (e.g. "score.beta") on a copy of cfg; None values are skipped. String values are parsed
-    by the field's type (what `--set key=value` gives)."""
+    """Set dotted keys (e.g. "score.beta") on a copy of cfg (None sets an optional field to null). String values
+    are parsed by the field's type (what `--set key=value` gives)."""
     values = cfg.to_dict()
     known = flat_fields()
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         if dotted not in known and dotted not in values:
             raise ConfigError(f"{source}: unknown key '{dotted}'{_suggest(dotted)}")
         node = values
