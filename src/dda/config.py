@@ -300,23 +300,16 @@ def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | Non
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise bad
-    if tp is int:
+    if tp in (int, float):
         if isinstance(value, str):
             try:
-                value = int(value.strip())
+                value = tp(value.strip())
             except ValueError:
                 raise bad from None
-        if isinstance(value, bool) or not isinstance(value, int):
+        accepted = (int,) if tp is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, accepted) or value != value:  # NaN != NaN
             raise bad
-    elif tp is float:
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise bad
-        value = float(value)
+        value = tp(value)
     elif tp is str and not isinstance(value, str):
         raise bad
     return _check_bounds(value, key, where, f)
