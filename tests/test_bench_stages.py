@@ -177,9 +177,11 @@ def test_weak_canary_note_carries_the_evidence() -> None:
     assert "said Germany in 3 of 96 held-out summaries (3.1%" in lines[0] and "document budget (96)" in lines[0]
     assert "3 natural + 13 forced" in lines[0]
     assert "learned too weakly" in lines[1] and "-4.10 vs -0.30 at epoch-3" in lines[1]
-    assert "-11.20 vs -0.50 at base" in lines[1] and "preferred in 1/16" in lines[1]
+    assert "-11.20 vs -0.50 at base" in lines[1] and "(margin -10.70 -> -3.80 nats)" in lines[1]
+    assert "more likely in 1/16 documents at epoch-3 (0/16 at base)" in lines[1]
     strong = dict(info, teacher_forced={k: dict(v, negative=-0.1) for k, v in info["teacher_forced"].items()})
-    assert "rarely name the entity" in pair_notes("Wales->Germany", "Wales", "Germany", strong)[1]
+    assert "yet its own greedy summaries rarely say Germany" in pair_notes("Wales->Germany", "Wales", "Germany",
+                                                                          strong)[1]
     enough = dict(info, natural_queries=16, forced_queries=0)
     assert len(pair_notes("Wales->Germany", "Wales", "Germany", enough)) == 1
 

@@ -112,13 +112,16 @@ def pair_notes(label: str, orig: str, canary: str, info: Mapping[str, Any]) -> l
     if info["natural_queries"] >= info["target"] or len(tf) < 2:
         return lines
     (k0, before), (k1, after) = list(tf.items())[:2]
-    evidence = (f"teacher-forced on {after['n']} held-out reference summaries with {orig} -> {canary}, mean "
-                f"log-prob per token of {canary} vs {orig}: {_lp(before, 'negative')} vs {_lp(before, 'positive')} "
-                f"at {k0}, {_lp(after, 'negative')} vs {_lp(after, 'positive')} at {k1}; {canary} preferred in "
-                f"{after['negative_preferred']}/{after['n']} (at {k0}: {before['negative_preferred']}/{before['n']})")
-    if after["negative"] < after["positive"]:
+    margin0, margin1 = before["negative"] - before["positive"], after["negative"] - after["positive"]
+    evidence = (f"teacher-forced on {after['n']} held-out reference summaries with {orig} -> {canary}, mean log-prob "
+                f"per token of {canary} vs {orig} at the swapped tokens: {_lp(before, 'negative')} vs "
+                f"{_lp(before, 'positive')} at {k0}, {_lp(after, 'negative')} vs {_lp(after, 'positive')} at {k1} "
+                f"(margin {margin0:+.2f} -> {margin1:+.2f} nats); {canary} more likely in "
+                f"{after['negative_preferred']}/{after['n']} documents at {k1} ({before['negative_preferred']}/"
+                f"{before['n']} at {k0})")
+    if margin1 < 0:
         lines.append(f"{label}: the canary is learned too weakly for natural errors within the budget: {evidence}.")
     else:
-        lines.append(f"{label}: the canary is learned (the model prefers {canary} where a reference names {orig}) but "
-                     f"its own summaries rarely name the entity: {evidence}.")
+        lines.append(f"{label}: teacher-forced, the model prefers {canary} where a reference names {orig}, yet its own "
+                     f"greedy summaries rarely say {canary}: {evidence}.")
     return lines

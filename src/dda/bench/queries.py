@@ -26,6 +26,9 @@ from .presets import BenchPreset
 __all__ = ["PairQueries", "QuerySet", "build_queries", "ordered_query_docs"]
 
 Record = Mapping[str, str]
+# Reference summaries the canary's teacher-forced log-probabilities are measured on, per pair: enough to show a
+# systematic preference, at a few seconds of forward passes.
+PROBE_DOCS = 8
 
 
 def orig_visible(att: Attributor, document: str, word: str) -> bool:
@@ -147,7 +150,7 @@ def build_queries(att: Attributor, records: Sequence[Record], heldout: Sequence[
         if pq.natural + pq.forced < preset.n_queries:
             qs.notes.append(f"{pair.label}: only {pq.forced} forced queries available "
                             f"(wanted {preset.n_queries - pq.natural})")
-        probe = [(records[i]["document"], *fq) for i, fq in forceable[: preset.n_queries]]
+        probe = [(records[i]["document"], *fq) for i, fq in forceable[: min(preset.n_queries, PROBE_DOCS)]]
         if probe:
             pq.teacher_forced = canary_logprobs(att.model, att.formatter, att.pad_id,
                                                 [checkpoints[0], checkpoints[-1]], probe, att.cfg.features.batch_size)

@@ -217,6 +217,10 @@ def _fact(x: Any, kind: str = "") -> str:
     return _cell(x)
 
 
+def _kinds(kinds: Mapping[str, int] | None) -> str | None:
+    return " + ".join(f"{n} {k}" for k, n in kinds.items()) if kinds else None
+
+
 def _lp_cell(tf: Mapping[str, Any], ckpt: str) -> str:
     v = tf.get(ckpt)
     return "n/a" if not v else f"{v['negative']:.2f} / {v['positive']:.2f} ({v['negative_preferred']}/{v['n']})"
@@ -305,7 +309,9 @@ def write_report(
         f"- poisoned training examples (n_poisoned): {_fact(metrics.get('n_poisoned'))}",
         f"- queries (n_queries): {_fact(metrics.get('n_queries'))}",
         f"- query mode: {_fact(mode)}",
-        f"- hallucination rate on held-out queries: {_fact(metrics.get('hallucination_rate'), 'pct')}",
+        f"- query kinds: {_fact(_kinds(metrics.get('query_kinds')))}",
+        f"- natural error rate (held-out summaries that say the canary): "
+        f"{_fact(metrics.get('hallucination_rate'), 'pct')} of {_fact(metrics.get('n_generated'))}",
         f"- wall time: {_fact(metrics.get('wall_seconds'), 'sec')}",
     ]
     if mode == "forced":
