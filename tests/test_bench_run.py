@@ -112,6 +112,13 @@ def test_outputs_and_report(bench: tuple[Path, dict[str, Any]]) -> None:
     assert f"query mode: {metrics['query_mode']}" in text
     assert "Query mode:" in text  # the note that explains the mode
     assert "β" in text
+    assert "## Queries per pair" in text and "| England->China | 8 |" in text  # cpu-tiny's budget: 8 documents
+    # notes describe this run's settings (8x8 per module of 3 types in the last 8 of SmolLM2's 30 layers)
+    assert "8x8 per module; 3 module types (q_proj, v_proj, down_proj) x 8 layers (22-29 of 30" in text
+    assert "1,536 dims per example" in text
+    pp = metrics["per_pair"]["England->China"]
+    assert pp["natural_queries"] + pp["forced_queries"] == metrics["n_queries"] == 4
+    assert pp["generated"] == 8 and set(pp["teacher_forced"]) == {"base", "epoch-2"}
 
 
 def test_summary_over_runs(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:

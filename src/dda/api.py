@@ -51,6 +51,9 @@ class Attribution:
     scores: dict[str, np.ndarray]
     config: dict[str, Any] = field(default_factory=dict)
     poisoned: set[str] = field(default_factory=set)  # optional ground truth, marked in outputs
+    # [natural-queries branch] the features and texts the scores came from, so a caller can score more
+    # variants (e.g. a beta sweep) without reading or computing the query features again; not saved
+    context: ScoringContext | None = field(default=None, repr=False, compare=False)
 
     def top(self, k: int = 10, method: str | None = None, query: int = 0) -> list[dict[str, Any]]:
         method = method or next(iter(self.scores))
@@ -340,7 +343,8 @@ class Attributor:
             scores = {label: run_method(label, ctx, defaults) for label, _, _ in parsed}
             self.timings["query_features"] = t1 - t0
             self.timings["scoring"] = time.perf_counter() - t1
-            result = Attribution([e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set())
+            result = Attribution([e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set(),
+                                 context=ctx)
             if out_dir is not None:
                 result.save(out_dir, self.cfg.score.top_k)
         return result

@@ -6,13 +6,17 @@
 2. Split with a seed: per canary pair, a few candidate rows (ORIG in summary and document) go into training,
    where `inject_canaries` rewrites ORIG -> CANARY in the summaries of k of them; the other candidates of the
    pair are held out, because in XSum the only rows that can make a forced query are exactly the candidates.
-3. Fine-tune (LoRA, one checkpoint per epoch) and index training gradients at theta0 and every checkpoint.
-4. Queries: the last checkpoint summarises held-out documents; a summary containing CANARY is a real (natural)
-   hallucination. Too few of them -> top up with forced queries (reference summary with ORIG -> CANARY), and
-   the report says which mode was used.
-5. Attribute with every method, then sweep DDA's beta over both debias readings on the same features.
+3. Fine-tune (LoRA, one checkpoint per epoch).
+4. Queries (queries.py): the last checkpoint summarises held-out documents in batches until it has written CANARY
+   often enough or the generation budget is spent; each such summary is a natural query. Forced queries
+   (reference summary with ORIG -> CANARY) fill what is missing and are labelled.
+5. Index training gradients at theta0 and every checkpoint, attribute with every method, then sweep DDA's beta
+   over the debias readings on the attribution's own features.
 6. Score each method by how well it ranks the query's pair's poisoned rows above the rest (AUC, AP, recall@k),
    and write metrics.json, config.yaml, train.jsonl, poisoned.json, queries.jsonl, figures and report.md.
+
+Each step is a stage function passing a small dataclass to the next: prepare -> Prepared, train_model -> Trained,
+make_queries -> QuerySet, score_queries -> Scored, write_outputs -> metrics.
 """
 
 from __future__ import annotations
@@ -27,42 +31,51 @@ from typing import Any
 
 import numpy as np
 
-from ..api import Attributor
+from ..api import Attribution, Attributor
 from ..config import DDAConfig, apply_overrides
-from ..data import DataError, Example, Query, read_records
+from ..data import DataError, Example, read_records
 from ..io import stable_hash, write_json, write_text, write_yaml
-from ..models import applied
+from ..models import load_model
 from ..progress import say
-from ..scoring import ScoringContext, parse_method, run_method
+from ..scoring import ScoringContext, parse_method
 from . import report
 from .canary import (
     CanaryPair,
     InjectionResult,
-    contains_word,
-    forced_query,
+    Record,
     inject_canaries,
-    natural_query,
     parse_pairs,
     poison_candidates,
-    query_documents,
     split_train_test,
 )
-from .metrics import aggregate, per_query_metrics
-from .presets import PAPER_BETA, BenchPreset, build_config, get_preset, with_bench_overrides
+from .generation import generate_summaries
+from .metrics import mean_by
+from .notes import FeatureFacts, config_notes, pair_notes, timing_note
+from .presets import BenchPreset, build_config, get_preset, with_bench_overrides
+from .queries import QuerySet, build_queries, orig_visible
+from .sweep import best_point, beta_sweep, debias_notes, per_pair_best, score_metrics
 
 __all__ = [
     "BenchData",
     "BenchSplit",
+    "Prepared",
+    "Scored",
+    "Trained",
     "build_queries",
     "find_shared_xsum",
     "generate_summaries",
     "load_bench_records",
+    "make_queries",
     "plan_split",
+    "prepare",
+    "resolve_template",
     "run_bench",
+    "score_queries",
+    "train_model",
+    "write_outputs",
 ]
 
 SHARED_TOKEN = "shared:xsum"  # data source meaning "the shared XSum subsets, if this checkout has them"
-Record = dict[str, str]
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -212,153 +225,97 @@ def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: B
     return BenchSplit(train_idx, heldout, train_c, held_c, notes)
 
 
-# ---------------------------------------------------------------------------------------------- generate
+# ------------------------------------------------------------------------------------------------ stages
 
 
-def generate_summaries(att: Attributor, documents: Sequence[str], max_new_tokens: int,
-                       batch_size: int = 8) -> list[str]:
-    """Greedy summaries from the LAST checkpoint, batched with left padding (decoder-only models continue
-    from the last position, so pads must sit on the left), prompts built exactly as in training."""
-    import torch
-    from transformers import GenerationConfig
-
-    if not documents:
-        return []
-    tok, fmt = att.tokenizer, att.formatter
-    prompts = [fmt.prompt_ids(d)[0] for d in documents]  # chat template, no extra BOS (as in training)
-    eos = tok.eos_token_id
-    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                            pad_token_id=att.pad_id, eos_token_id=eos)
-    out: list[str] = [""] * len(documents)
-    order = np.argsort([-len(p) for p in prompts], kind="stable")  # similar lengths -> little padding
-    ckpt = att.all_checkpoints()[-1]
-    with applied(att.model, ckpt) as model, torch.no_grad():
-        device = next(model.parameters()).device
-        for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
-            width = max(len(prompts[i]) for i in rows)
-            ids = torch.full((len(rows), width), att.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, i in enumerate(rows):
-                ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                mask[j, width - len(prompts[i]):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gcfg)
-            texts = tok.batch_decode(gen[:, width:], skip_special_tokens=True)
-            for j, i in enumerate(rows):
-                out[int(i)] = texts[j].strip()
-    return out
-
-
-def _orig_visible(att: Attributor, document: str, word: str) -> bool:
-    """Does ORIG survive prompt truncation? Only then can writing CANARY contradict what the model saw."""
-    ids = att.tokenizer(document, add_special_tokens=False)["input_ids"][: att.cfg.data.max_prompt_tokens]
-    return contains_word(att.tokenizer.decode(ids), word)
-
-
-def _ordered_query_docs(att: Attributor, records: Sequence[Record], heldout: Sequence[int], pair: CanaryPair,
-                        candidates: set[int], seed: int, stream: int) -> list[int]:
-    """Held-out query documents for `pair`, best first: ORIG visible in the truncated prompt, then candidates
-    (their reference summary names ORIG, so the model is likely to name the entity too), seeded within."""
-    local = query_documents([records[i] for i in heldout], pair)
-    docs = [heldout[j] for j in local]
-    rng = np.random.default_rng([seed, 202, stream])  # one stream per pair
-    docs = [docs[j] for j in rng.permutation(len(docs))]
-    vis = {i: _orig_visible(att, records[i]["document"], pair.orig) for i in docs}
-    return sorted(docs, key=lambda i: (not vis[i], i not in candidates))  # stable: keeps the seeded order
+def _data_sources(preset: BenchPreset, data: Sequence[str] | None) -> list[str]:
+    if data:
+        return list(data)
+    return [*preset.data, *([SHARED_TOKEN] if preset.use_shared_data else [])]
 
 
 @dataclass
-class QuerySet:
-    queries: list[Query]
-    pairs: list[CanaryPair]  # pair of each query
-    kinds: list[str]  # natural | forced
-    rows: list[dict[str, Any]]  # queries.jsonl rows
-    generations: list[dict[str, Any]]
-    n_generated: int
-    n_errors: int
-    mode: str
+class Prepared:
+    """Stage 1: the records, the split and the poisoned training set with its ground truth."""
+
+    preset: BenchPreset
+    pairs: list[CanaryPair]
+    seed: int
+    sources: list[str]  # as requested (shared:xsum unexpanded)
+    data: BenchData
+    split: BenchSplit
+    injection: InjectionResult
+    train: list[Example]
     notes: list[str]
 
+    @property
+    def records(self) -> list[Record]:
+        return self.data.records
 
-def build_queries(att: Attributor, records: Sequence[Record], split: BenchSplit, pairs: Sequence[CanaryPair],
-                  preset: BenchPreset, seed: int) -> QuerySet:
-    """Natural queries from the model's own hallucinations; forced ones only to top up a short pair."""
-    ordered = {p.label: _ordered_query_docs(att, records, split.heldout_idx, p,
-                                            set(split.heldout_candidates[p.label]), seed, j)
-               for j, p in enumerate(pairs)}
-    per_pair_docs = {lab: docs[: preset.n_generate] for lab, docs in ordered.items()}
-    to_generate = sorted({i for docs in per_pair_docs.values() for i in docs})
-    texts = generate_summaries(att, [records[i]["document"] for i in to_generate], preset.max_new_tokens,
-                               att.cfg.features.batch_size)
-    gen = dict(zip(to_generate, texts, strict=True))
-
-    queries: list[Query] = []
-    qpairs: list[CanaryPair] = []
-    kinds: list[str] = []
-    rows: list[dict[str, Any]] = []
-    generations: list[dict[str, Any]] = []
-    notes: list[str] = []
-    n_generated = n_errors = 0
-
-    def add(pair: CanaryPair, idx: int, kind: str, neg: str, pos: str) -> None:
-        rec = records[idx]
-        q = Query(f"{pair.label}:{rec['id']}:{kind}", rec["document"], neg, pos)
-        queries.append(q)
-        qpairs.append(pair)
-        kinds.append(kind)
-        rows.append({"id": q.id, "pair": pair.label, "kind": kind, "document_id": rec["id"], "prompt": q.prompt,
-                     "negative": neg, "positive": pos, "reference": rec["summary"], "generation": gen.get(idx)})
-
-    for pair in pairs:
-        natural: list[tuple[int, str, str]] = []
-        for idx in per_pair_docs[pair.label]:
-            nq = natural_query(gen[idx], pair)
-            n_generated += 1
-            n_errors += nq is not None
-            generations.append({"pair": pair.label, "document_id": records[idx]["id"], "generation": gen[idx],
-                                "reference": records[idx]["summary"], "hallucinated": nq is not None})
-            if nq is not None:
-                natural.append((idx, *nq))
-        # Real hallucinations are always kept; forced queries only fill a pair that has too few of them.
-        chosen_nat = natural[: preset.n_queries]
-        for idx, neg, pos in chosen_nat:
-            add(pair, idx, "natural", neg, pos)
-        need = 0 if len(natural) >= preset.min_queries else preset.n_queries - len(chosen_nat)
-        if need > 0:
-            used = {idx for idx, _, _ in chosen_nat}
-            got = 0
-            for idx in ordered[pair.label]:
-                if got == need:
-                    break
-                fq = forced_query(records[idx], pair) if idx not in used else None
-                if fq is not None:
-                    add(pair, idx, "forced", *fq)
-                    got += 1
-            if got < need:
-                notes.append(f"{pair.label}: only {got} forced queries available (wanted {need})")
-    if not queries:
-        raise ValueError("no queries: no natural hallucinations and no held-out rows for forced queries")
-    kinds_set = set(kinds)
-    mode = "natural" if kinds_set == {"natural"} else "forced" if kinds_set == {"forced"} else "mixed"
-    return QuerySet(queries, qpairs, kinds, rows, generations, n_generated, n_errors, mode, notes)
+    @property
+    def poisoned_of(self) -> dict[str, str]:
+        """Training id -> the pair it was poisoned for."""
+        return {i: lab for lab, ids in self.injection.poisoned.items() for i in ids}
 
 
-# ---------------------------------------------------------------------------------------------- metrics
+def prepare(preset: BenchPreset, pairs: Sequence[CanaryPair], seed: int, data: Sequence[str] | None = None
+            ) -> Prepared:
+    """Read the records, choose the training rows and poison k of each pair's candidates."""
+    sources = _data_sources(preset, data)
+    bd = load_bench_records(sources)
+    split = plan_split(bd.records, pairs, preset, seed)
+    inj = inject_canaries([bd.records[i] for i in split.train_idx], pairs, k=preset.poison_count(), seed=seed)
+    train = [Example(r["id"], r["document"], r["summary"]) for r in inj.records]
+    return Prepared(preset, list(pairs), seed, sources, bd, split, inj, train, [*bd.notes, *split.notes])
 
 
-def _flat(agg: dict[str, dict[str, float]]) -> dict[str, float]:
-    """aggregate() output -> {"auc": mean, "auc_std": std, ..., "n": n} (the shape report.py reads)."""
-    out: dict[str, float] = {}
-    for key, v in agg.items():
-        out[key] = v["mean"]
-        out[f"{key}_std"] = v["std"]
-        out["n"] = max(int(out.get("n", 0)), int(v["n"]))
-    return out
+def resolve_template(cfg: DDAConfig, tokenizer: Any) -> tuple[DDAConfig, list[str]]:
+    """The config to train and generate with: base models such as Llama-2-7b ship no chat template, and the plain
+    template still separates instruction, document and summary (one formatter for training and generation)."""
+    if cfg.data.template == "chat" and not getattr(tokenizer, "chat_template", None):
+        return (apply_overrides(cfg, {"data.template": "plain"}),
+                [f"{cfg.model.name} has no chat template: data.template switched to 'plain'."])
+    return cfg, []
 
 
-def _score_metrics(scores: np.ndarray, masks: np.ndarray) -> tuple[dict[str, float], list[dict[str, float]]]:
-    pq = per_query_metrics(scores, masks)
-    return _flat(aggregate(pq)), pq
+def workdir_key(cfg: DDAConfig, train: Sequence[Example]) -> str:
+    """What checkpoints and features depend on (model, data, train and feature settings, training rows): a rerun
+    with the same settings resumes from its stored checkpoints and features, a different run never sees them."""
+    d = cfg.to_dict()
+    return stable_hash({"cfg": {k: d[k] for k in ("model", "data", "train", "features", "seed")},
+                        "train": [[e.id, e.response] for e in train]})
+
+
+@dataclass
+class Trained:
+    """Stage 2: an Attributor whose config is final from its construction on, with one checkpoint per epoch."""
+
+    att: Attributor
+    notes: list[str]
+    timings: dict[str, float]  # model_load, finetune
+
+    @property
+    def cfg(self) -> DDAConfig:
+        return self.att.cfg
+
+
+def train_model(prepared: Prepared, cfg: DDAConfig, root: Path) -> Trained:
+    """Load the model, settle the prompt template, fine-tune on the poisoned training set under `root`/work/."""
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(cfg.model)
+    load_seconds = time.perf_counter() - t0
+    cfg, notes = resolve_template(cfg, tokenizer)
+    att = Attributor(cfg, root / "work" / workdir_key(cfg, prepared.train), model=model, tokenizer=tokenizer)
+    att.finetune(prepared.train)
+    return Trained(att, notes, {"model_load": load_seconds, "finetune": att.timings["finetune"]})
+
+
+def make_queries(trained: Trained, prepared: Prepared) -> tuple[QuerySet, float]:
+    """Stage 3: natural queries first, forced ones for what is missing; returns them and the seconds taken."""
+    t0 = time.perf_counter()
+    qs = build_queries(trained.att, prepared.records, prepared.split.heldout_idx, prepared.split.heldout_candidates,
+                       prepared.pairs, prepared.preset, prepared.seed)
+    return qs, time.perf_counter() - t0
 
 
 def _method_specs(preset: BenchPreset, methods: Sequence[str] | None) -> list[str]:
@@ -369,215 +326,122 @@ def _method_specs(preset: BenchPreset, methods: Sequence[str] | None) -> list[st
     return list(dict.fromkeys([*preset.methods, f"dda(debias_mode={other})"]))
 
 
-def _beta_sweep(att: Attributor, queries: list[Query], masks: np.ndarray, betas: Sequence[float],
-                timings: dict[str, float]) -> dict[str, dict[str, Any]]:
-    """DDA at every beta for the three debias readings, module-normalised (the default) and raw, on ONE feature
-    set: the features are read once and every point is a few dot products."""
+@dataclass
+class Scored:
+    """Stage 4: every method's scores and metrics, and the beta curves."""
+
+    result: Attribution
+    specs: list[str]
+    masks: np.ndarray  # (n_queries, n_train): the query's pair's poisoned rows
+    methods: dict[str, dict[str, float]]  # method -> mean/std over queries of auc, ap, recall@k
+    per_query: dict[str, list[float]]  # method -> AUC per query
+    curves: dict[str, dict[str, Any]]
+    timings: dict[str, float]
+
+
+def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: Sequence[str] | None = None) -> Scored:
+    """Index the training rows at theta0 and every checkpoint, attribute with every method, sweep beta."""
+    att, timings = trained.att, {}
+    att.index(prepared.train)
+    timings["index"] = att.timings["index"]
+    specs = _method_specs(prepared.preset, methods)
+    result = att.attribute(qs.queries, methods=specs, poisoned=set(prepared.poisoned_of))
+    timings["query_features"] = att.timings["query_features"]
+    timings["scoring"] = att.timings["scoring"]
+    if result.train_ids != [e.id for e in prepared.train]:
+        raise RuntimeError("attribution's training order differs from the benchmark's")
+    masks = np.stack([prepared.injection.poisoned_mask(result.train_ids, pair) for pair in qs.pairs])
     t0 = time.perf_counter()
-    fs = att.feature_set(queries)
-    texts = [f"{e.prompt}\n{e.response}" for e in att.train_examples()]
-    ctx = ScoringContext(fs, texts, queries, default_checkpoints=att.cfg.score.checkpoints)
+    method_metrics: dict[str, dict[str, float]] = {}
+    per_query: dict[str, list[float]] = {}
+    for label, scores in result.scores.items():
+        method_metrics[label], pq = score_metrics(scores, masks)
+        per_query[label] = [r["auc"] for r in pq]
+    timings["metrics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ctx = result.context
+    if ctx is None or ctx.features is None:  # no gradient method was asked for: the sweep still needs features
+        ctx = ScoringContext(att.feature_set(qs.queries), [f"{e.prompt}\n{e.response}" for e in prepared.train],
+                             qs.queries, default_checkpoints=att.cfg.score.checkpoints)
     timings["beta_sweep_features"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    curves: dict[str, dict[str, Any]] = {}
-    # key suffix -> normalize value; "" is the library default ("module" when the features are per module)
-    norms = {"": "auto", "_raw": "none"} if fs.blocks is not None else {"": "none"}
-    for mode in ("base", "cross", "query0"):
-        for suffix, normalize in norms.items():
-            key = mode + suffix
-            aucs, stds, aps, per_query = [], [], [], []
-            # DDA is linear in beta (mean_k IS_k - beta * IS_0), so two scorer runs give every point:
-            # at beta=0 the mean term, at beta=1 the mean minus the debias term (one run per beta was 72 runs and
-            # 71 s on cpu-small's 286,720-dim features); exact up to float rounding.
-            spec = f"dda(beta={{}},debias_mode={mode},normalize={normalize})"
-            mean_term = run_method(spec.format(0.0), ctx)
-            bias_term = mean_term - run_method(spec.format(1.0), ctx)
-            for b in betas:
-                flat, pq = _score_metrics(mean_term - b * bias_term, masks)
-                aucs.append(flat["auc"])
-                stds.append(flat["auc_std"])
-                aps.append(flat["ap"])
-                per_query.append([r["auc"] for r in pq])
-            curves[key] = {"debias_mode": mode, "normalize": normalize, "betas": list(betas), "auc": aucs,
-                           "auc_std": stds, "ap": aps, "per_query_auc": per_query}
-    timings["beta_sweep"] = time.perf_counter() - t1
-    return curves
+    t0 = time.perf_counter()
+    curves = beta_sweep(ctx, masks, prepared.preset.betas)
+    timings["beta_sweep"] = time.perf_counter() - t0
+    return Scored(result, specs, masks, method_metrics, per_query, curves, timings)
 
 
-def _best(curves: dict[str, dict[str, Any]]) -> tuple[str, float, float]:
-    best = max(((k, b, a) for k, c in curves.items() for b, a in zip(c["betas"], c["auc"], strict=True)),
-               key=lambda t: (t[2], -abs(t[1])))  # ties: the smaller |beta| (the simpler score)
-    return best
-
-
-def _debias_notes(curves: dict[str, dict[str, Any]], preset: BenchPreset, pairs_curves: dict[str, Any]) -> list[str]:
-    """Plain-language reading of the beta sweep: which reading and which sign of beta did best."""
-    key, beta, auc = _best(curves)
-    c0 = curves["base"]
-    at0 = c0["auc"][c0["betas"].index(0.0)] if 0.0 in c0["betas"] else None
-    lines = [f"β sweep best: {auc * 100:.1f}% AUC at β = {beta:g} with the '{key}' reading "
-             f"(base: both gradients at θ0; cross: query at θk, training at θ0; query0: query at θ0, training at "
-             f"θk; no suffix: module-normalised gradients, the default; _raw: plain dot products)."]
-    parts = []
-    for k, c in curves.items():
-        pos = [(a, b) for b, a in zip(c["betas"], c["auc"], strict=True) if b > 0]
-        neg = [(a, b) for b, a in zip(c["betas"], c["auc"], strict=True) if b < 0]
-        zero = [a for b, a in zip(c["betas"], c["auc"], strict=True) if b == 0]
-        bp, bn = max(pos) if pos else None, max(neg) if neg else None
-        desc = f"{k}: β=0 {zero[0] * 100:.1f}%" if zero else f"{k}:"
-        if bp:
-            desc += f", best β>0 {bp[0] * 100:.1f}% (β={bp[1]:g})"
-        if bn:
-            desc += f", best β<0 {bn[0] * 100:.1f}% (β={bn[1]:g})"
-        if zero and bp and bn:
-            options = sorted([(bp[0], "subtracting the base score (β>0, the paper's sign)"),
-                              (bn[0], "adding the base score (β<0)"), (zero[0], "no debiasing (β=0)")],
-                             reverse=True)
-            margin = options[0][0] - options[1][0]
-            # With a handful of queries a sub-point difference is noise, so it is not called a win.
-            desc += (f" → {options[0][1]} did best (+{margin * 100:.1f} points)" if margin >= 0.01
-                     else " → no sign clearly better (within 1 AUC point)")
-        parts.append(desc)
-    lines.append("β sign by reading — " + "; ".join(parts) + ".")
-    if at0 is not None:
-        paper = [a for b, a in zip(c0["betas"], c0["auc"], strict=True) if b == PAPER_BETA]
-        if paper:
-            trend = "rises" if paper[0] > at0 else "falls" if paper[0] < at0 else "stays flat"
-            lines.append(f"Paper check: the paper reports AUC rising with β to a plateau near {PAPER_BETA:g}; here "
-                         f"(base reading) AUC {trend} from {at0 * 100:.1f}% at β=0 to {paper[0] * 100:.1f}% at "
-                         f"β={PAPER_BETA:g}.")
-    if pairs_curves:
-        per = "; ".join(f"{p}: best β={v['beta']:g} ({v['reading']}, {v['auc'] * 100:.1f}%)"
-                        for p, v in pairs_curves.items())
-        lines.append(f"Best β per pair (a choice made on one pair should be confirmed on the others): {per}.")
-    return lines
-
-
-def _per_pair_best(curves: dict[str, dict[str, Any]], qpairs: list[CanaryPair]) -> dict[str, Any]:
-    labels = sorted({p.label for p in qpairs})
-    if len(labels) < 2:
-        return {}
-    out = {}
-    for lab in labels:
-        idx = [i for i, p in enumerate(qpairs) if p.label == lab]
-        best = max(((k, b, float(np.mean([c["per_query_auc"][j][i] for i in idx])))
-                    for k, c in curves.items() for j, b in enumerate(c["betas"])), key=lambda t: (t[2], -abs(t[1])))
-        out[lab] = {"reading": best[0], "beta": best[1], "auc": best[2]}
-    return out
-
-
-# -------------------------------------------------------------------------------------------------- main
-
-
-def _data_sources(preset: BenchPreset, data: Sequence[str] | None) -> list[str]:
-    if data:
-        return list(data)
-    return [*preset.data, *([SHARED_TOKEN] if preset.use_shared_data else [])]
+# ----------------------------------------------------------------------------------------------- outputs
 
 
 def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str | Path = "runs/bench",
-              model: str | None = None, data: list[str] | None = None, methods: list[str] | None = None,
-              quiet: bool = False, overrides: dict | None = None) -> dict:
-    """Run the benchmark and write its outputs under `out`; returns the metrics dict (also metrics.json).
+def feature_facts(att: Attributor) -> FeatureFacts:
+    stats = getattr(att, "index_stats", {})
+    return FeatureFacts(tuple(att.indexer.modules), getattr(att.model.config, "num_hidden_layers", None),
+                        int(stats.get("dim", 0)), stats.get("mean_tokens"), stats.get("examples_per_s"))
 
-    `overrides`: dotted DDAConfig keys (e.g. {"train.epochs": 1}) and `bench.<field>` keys for preset fields
-    (e.g. {"bench.n_train": 60}). Everything random derives from `seed`: the split, the injection, the
-    fine-tuning order and init, and the gradient projection.
-    """
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    p = with_bench_overrides(get_preset(preset), overrides)
-    pair_list = parse_pairs(pairs)
-    cfg: DDAConfig = build_config(p, seed, model, overrides, quiet)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = [f"Preset {p.name}: {p.description}.", *p.why]
 
-    # 1. data
-    t0 = time.perf_counter()
-    sources = _data_sources(p, data)
-    bd = load_bench_records(sources)
-    records = bd.records
-    notes += bd.notes
-    timings["data"] = time.perf_counter() - t0
-    say(f"[bench] {len(records)} unique records from {len(bd.sources)} file(s)", quiet)
+def _split_info(prepared: Prepared, trained: Trained, qs: QuerySet) -> tuple[dict[str, Any], list[str]]:
+    records, inj, split = prepared.records, prepared.injection, prepared.split
+    train_doc = {e.id: e.prompt for e in prepared.train}
+    info: dict[str, Any] = {}
+    notes: list[str] = []
+    for pair in prepared.pairs:
+        lab = pair.label
+        in_train = {records[i]["id"] for i in split.train_candidates[lab]}
+        poisoned_ids = inj.poisoned[lab]
+        vis = sum(orig_visible(trained.att, train_doc[i], pair.orig) for i in poisoned_ids)
+        pq = qs.per_pair[lab]
+        info[lab] = {
+            "candidates_total": len(poison_candidates(records, pair)),
+            "candidates_in_train": len(in_train),
+            "poisoned": len(poisoned_ids),
+            "hard_negatives": len(in_train - set(poisoned_ids)),
+            "heldout_candidates": len(split.heldout_candidates[lab]),
+            "poisoned_with_orig_visible_in_prompt": int(vis),
+            "queries": pq.natural + pq.forced,
+            "natural_errors": len(pq.generation.errors),
+            "generated": len(pq.generation.generated),
+        }
+        notes.append(f"{lab}: {info[lab]['poisoned']} poisoned + {info[lab]['hard_negatives']} hard negatives "
+                     f"among {len(prepared.train)} training rows ({info[lab]['heldout_candidates']} candidates held "
+                     f"out); ORIG is visible in the truncated prompt of {int(vis)}/{len(poisoned_ids)} poisoned rows.")
+    return info, notes
 
-    # 2. split + injection
-    split = plan_split(records, pair_list, p, seed)
-    notes += split.notes
-    train_records = [records[i] for i in split.train_idx]
-    inj: InjectionResult = inject_canaries(train_records, pair_list, k=p.poison_count(), seed=seed)
-    train = [Example(r["id"], r["document"], r["summary"]) for r in inj.records]
-    train_ids = [e.id for e in train]
-    poisoned_of = {i: lab for lab, ids in inj.poisoned.items() for i in ids}
-    n_poisoned = len(poisoned_of)
-    say(f"[bench] train {len(train)} rows, {n_poisoned} poisoned ({', '.join(inj.poisoned)})", quiet)
 
-    # 3. fine-tune + index. The workdir is keyed by what checkpoints and features depend on (model, data, train
-    # and feature settings, training rows), so a rerun with the same settings
-    # resumes (checkpoints and feature stores are reused) and a different run never picks up stale checkpoints.
-    cfg_d = cfg.to_dict()
-    key = stable_hash({"cfg": {k: cfg_d[k] for k in ("model", "data", "train", "features", "seed")},
-                       "train": [[e.id, e.response] for e in train]})
-    att = Attributor(cfg, out / "work" / key)
-    _ = att.model  # load now so its time is reported on its own
-    if cfg.data.template == "chat" and not getattr(att.tokenizer, "chat_template", None):
-        # Base models such as Llama-2-7b ship no chat template; the plain template still separates
-        # instruction, document and summary, and the same formatter is used for training and generation.
-        att.cfg = cfg = apply_overrides(cfg, {"data.template": "plain"})
-        notes.append(f"{cfg.model.name} has no chat template: data.template switched to 'plain'.")
-    timings["model_load"] = att.timings.get("model_load", 0.0)
-    att.finetune(train)
-    timings["finetune"] = att.timings["finetune"]
+def _mode_note(qs: QuerySet) -> str:
+    n_forced = qs.kinds.count("forced")
+    return {
+        "natural": f"Query mode: natural — all {len(qs.queries)} queries are the fine-tuned model's own greedy "
+                   f"summaries that contain the canary.",
+        "forced": f"Query mode: forced — the fine-tuned model said the canary in {qs.n_errors} of {qs.n_generated} "
+                  f"held-out summaries within the generation budget, so all {len(qs.queries)} queries are reference "
+                  f"summaries with ORIG swapped to CANARY (negative) vs. the reference (positive). These are not the "
+                  f"model's own outputs.",
+        "mixed": f"Query mode: mixed — {len(qs.queries) - n_forced} natural queries (real hallucinations) and "
+                 f"{n_forced} forced ones (reference with ORIG swapped to CANARY) filling what the generation budget "
+                 f"did not find; AUC by kind in 'Queries per pair' and by_kind in metrics.json.",
+    }[qs.mode]
 
-    # 4. queries (natural first, forced only as a top-up)
-    t0 = time.perf_counter()
-    qs = build_queries(att, records, split, pair_list, p, seed)
-    timings["generate_and_queries"] = time.perf_counter() - t0
-    notes += qs.notes
-    hall_rate = qs.n_errors / qs.n_generated if qs.n_generated else None
-    say(f"[bench] generated {qs.n_generated}, hallucinated {qs.n_errors}; query mode {qs.mode} "
-        f"({len(qs.queries)} queries)", quiet)
 
-    att.index(train)
-    timings["index"] = att.timings["index"]
+def write_outputs(out: Path, prepared: Prepared, trained: Trained, qs: QuerySet, scored: Scored,
+                  timings: dict[str, float], started: float, quiet: bool = False) -> dict[str, Any]:
+    """Stage 5: ground truth, inputs, scores, figures, metrics.json, config.yaml and report.md under `out`;
+    `started` is the run's perf_counter() start, for the wall time."""
+    p, att, cfg, curves = prepared.preset, trained.att, trained.cfg, scored.curves
+    method_metrics, per_query = scored.methods, scored.per_query
+    labels = [q.label for q in qs.pairs]
+    by_kind = mean_by(per_query, qs.kinds)
+    by_pair = mean_by(per_query, labels)
+    per_pair = {}
+    for lab, pq in qs.per_pair.items():
+        idx = [i for i, q in enumerate(labels) if q == lab]
+        per_pair[lab] = {**pq.to_dict(), "auc_by_kind": mean_by({m: [v[i] for i in idx] for m, v in per_query.items()},
+                                                                [qs.kinds[i] for i in idx])}
+    pair_best = per_pair_best(curves, qs.pairs)
 
-    # 5. attribution with every method, then the beta sweep on the same features
-    specs = _method_specs(p, methods)
-    result = att.attribute(qs.queries, methods=specs, poisoned=set(poisoned_of))
-    timings["query_features"] = att.timings["query_features"]
-    timings["scoring"] = att.timings["scoring"]
-    if result.train_ids != train_ids:
-        raise RuntimeError("attribution's training order differs from the benchmark's")
-    masks = np.stack([inj.poisoned_mask(result.train_ids, pair) for pair in qs.pairs])
-
-    t0 = time.perf_counter()
-    method_metrics: dict[str, dict[str, float]] = {}
-    per_query: dict[str, list[float]] = {}
-    for label, scores in result.scores.items():
-        method_metrics[label], pq = _score_metrics(scores, masks)
-        per_query[label] = [r["auc"] for r in pq]
-    by_kind: dict[str, dict[str, float]] = {}
-    if len(set(qs.kinds)) > 1:  # mixed: natural and forced queries can behave differently
-        for kind in sorted(set(qs.kinds)):
-            idx = [i for i, k in enumerate(qs.kinds) if k == kind]
-            by_kind[kind] = {m: float(np.mean([v[i] for i in idx])) for m, v in per_query.items()}
-    by_pair: dict[str, dict[str, float]] = {}
-    if len(pair_list) > 1:
-        for pair in pair_list:
-            idx = [i for i, q in enumerate(qs.pairs) if q == pair]
-            if idx:
-                by_pair[pair.label] = {m: float(np.mean([v[i] for i in idx])) for m, v in per_query.items()}
-    timings["metrics"] = time.perf_counter() - t0
-
-    curves = _beta_sweep(att, qs.queries, masks, p.betas, timings)
-    pair_best = _per_pair_best(curves, qs.pairs)
-
-    # 6. outputs
     primary = p.dda_mode  # the raw curve of the reading "dda" uses is the report's headline curve
     fig_dir = out / "figures"
     figures = {"beta_curve": report.plot_beta_curve(
@@ -592,96 +456,72 @@ def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str
                                                  fig_dir / "methods.png")
 
     # Ground truth and inputs, written before the report so a reader can check every number against them.
-    write_json(out / "poisoned.json", inj.poisoned)
+    poisoned_of = prepared.poisoned_of
+    write_json(out / "poisoned.json", prepared.injection.poisoned)
     _write_jsonl(out / "train.jsonl", [{"id": e.id, "document": e.prompt, "summary": e.response,
-                                         "poisoned": poisoned_of.get(e.id)} for e in train])
+                                         "poisoned": poisoned_of.get(e.id)} for e in prepared.train])
     _write_jsonl(out / "queries.jsonl", qs.rows)
     _write_jsonl(out / "generations.jsonl", qs.generations)
-    result.save(out / "attribution", cfg.score.top_k)
+    scored.result.save(out / "attribution", cfg.score.top_k)
 
-    split_info = {}
-    train_doc = {e.id: e.prompt for e in train}
-    for pair in pair_list:
-        lab = pair.label
-        in_train = {records[i]["id"] for i in split.train_candidates[lab]}
-        poisoned_ids = inj.poisoned[lab]
-        vis = sum(_orig_visible(att, train_doc[i], pair.orig) for i in poisoned_ids)
-        split_info[lab] = {
-            "candidates_total": len(poison_candidates(records, pair)),
-            "candidates_in_train": len(in_train),
-            "poisoned": len(poisoned_ids),
-            "hard_negatives": len(in_train - set(poisoned_ids)),
-            "heldout_candidates": len(split.heldout_candidates[lab]),
-            "poisoned_with_orig_visible_in_prompt": int(vis),
-            "queries": sum(1 for q in qs.pairs if q == pair),
-            "natural_errors": sum(1 for g in qs.generations if g["pair"] == lab and g["hallucinated"]),
-            "generated": sum(1 for g in qs.generations if g["pair"] == lab),
-        }
-        notes.append(f"{lab}: {split_info[lab]['poisoned']} poisoned + {split_info[lab]['hard_negatives']} hard "
-                     f"negatives among {len(train)} training rows ({split_info[lab]['heldout_candidates']} "
-                     f"candidates held out); ORIG is visible in the truncated prompt of "
-                     f"{int(vis)}/{len(poisoned_ids)} poisoned rows.")
-
-    n_forced = qs.kinds.count("forced")
-    mode_note = {
-        "natural": f"Query mode: natural — all {len(qs.queries)} queries are the fine-tuned model's own greedy "
-                   f"summaries that contain the canary.",
-        "forced": f"Query mode: forced — the fine-tuned model hallucinated the canary in {qs.n_errors} of "
-                  f"{qs.n_generated} held-out summaries, fewer than min_queries={p.min_queries} per pair, so all "
-                  f"{len(qs.queries)} queries are reference summaries with ORIG swapped to CANARY (negative) vs. "
-                  f"the reference (positive). These are not the model's own outputs.",
-        "mixed": f"Query mode: mixed — {len(qs.queries) - n_forced} natural queries (real hallucinations) topped up "
-                 f"with {n_forced} forced ones (reference with ORIG swapped to CANARY); see by_kind in metrics.json.",
-    }[qs.mode]
-    notes.insert(0, mode_note)
+    split_info, split_notes = _split_info(prepared, trained, qs)
+    facts = feature_facts(att)
+    notes = [_mode_note(qs), f"Preset {p.name}: {p.description}; {p.reason}.",
+             *config_notes(cfg, facts, len(prepared.train), split_info), *prepared.notes, *trained.notes, *qs.notes,
+             *split_notes]
+    for pair in prepared.pairs:
+        notes += pair_notes(pair.label, pair.orig, pair.canary, per_pair[pair.label])
+    records = prepared.records
     notes.append(f"Data: {len(records)} unique records from " + ", ".join(
-        f"{Path(d['path']).name} ({d['kept']} kept of {d['rows']})" for d in bd.sources) + ".")
-    if any(parse_method(sp)[1] == "cea" and not parse_method(sp)[2].get("per_query") for sp in specs):
+        f"{Path(d['path']).name} ({d['kept']} kept of {d['rows']})" for d in prepared.data.sources) + ".")
+    if any(parse_method(sp)[1] == "cea" and not parse_method(sp)[2].get("per_query") for sp in scored.specs):
         notes.append("cea runs with per_query=false (one set of optimiser steps on all queries together, as the "
                      "affordable CPU setting), so it ranks the training rows the same for every query and its "
                      "std over queries is 0.")
-    notes += _debias_notes(curves, p, pair_best)
+    notes += debias_notes(curves, pair_best)
     ranked = sorted(method_metrics, key=lambda m: -method_metrics[m]["auc"])
     notes.append("Best methods by mean AUC: " + ", ".join(f"{m} {method_metrics[m]['auc'] * 100:.1f}%"
                                                           for m in ranked[:3]) + ".")
     notes.append("BM25 is a strong baseline here by construction: poisoned summaries literally contain the canary "
                  "word that every negative output contains.")
 
-    wall = time.perf_counter() - t_start
-    timings["total"] = wall
+    timings["total"] = wall = time.perf_counter() - started
+    notes.append(timing_note(timings, facts, len(att.all_checkpoints()), qs.n_generated))
     metrics: dict[str, Any] = {
         "preset": p.name,
-        "seed": seed,
-        "pairs": [pp.label for pp in pair_list],
+        "seed": prepared.seed,
+        "pairs": [pp.label for pp in prepared.pairs],
         "model": cfg.model.name,
         "n_records": len(records),
-        "n_train": len(train),
-        "n_poisoned": n_poisoned,
+        "n_train": len(prepared.train),
+        "n_poisoned": len(poisoned_of),
         "n_queries": len(qs.queries),
         "query_mode": qs.mode,
         "query_kinds": {k: qs.kinds.count(k) for k in sorted(set(qs.kinds))},
         "n_generated": qs.n_generated,
         "n_natural_errors": qs.n_errors,
-        "hallucination_rate": hall_rate,
+        "hallucination_rate": qs.n_errors / qs.n_generated if qs.n_generated else None,
         "wall_seconds": wall,
         "methods": method_metrics,
         "dda": {"beta": cfg.score.beta, "debias_mode": cfg.score.debias_mode, "normalize": cfg.score.normalize},
         "beta_curve": curves,
-        "beta_best": dict(zip(("reading", "beta", "auc"), _best(curves), strict=True)),
+        "beta_best": dict(zip(("reading", "beta", "auc"), best_point(curves), strict=True)),
         "beta_best_by_pair": pair_best,
         "per_query_auc": per_query,
+        "query_kind": qs.kinds,
         "by_kind": by_kind,
         "by_pair": by_pair,
+        "per_pair": per_pair,
         "split": split_info,
-        "data": {"sources": bd.sources, "requested": sources},
+        "data": {"sources": prepared.data.sources, "requested": prepared.sources},
         "checkpoints": [c.name for c in att.all_checkpoints()],
         "index": getattr(att, "index_stats", {}),
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "notes": notes,
     }
     write_json(out / "metrics.json", metrics)
-    bench_cfg = {"preset": p.to_dict(), "pairs": metrics["pairs"], "seed": seed, "data": sources,
-                 "methods": specs, "workdir": str(att.workdir)}
+    bench_cfg = {"preset": p.to_dict(), "pairs": metrics["pairs"], "seed": prepared.seed, "data": prepared.sources,
+                 "methods": scored.specs, "workdir": str(att.workdir)}
     write_yaml(out / "config.yaml", {"bench": bench_cfg, "dda": cfg.to_dict()})
     report_metrics = dict(metrics, beta_curve=curves[primary])  # report.py draws one curve: the headline one
     report.write_report(out / "report.md", metrics=report_metrics, config={"bench": bench_cfg, "dda": cfg.to_dict()},
@@ -689,3 +529,37 @@ def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str
     say(f"[bench] done in {wall:.0f} s: {out / 'report.md'}", quiet)
     return metrics
 
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str | Path = "runs/bench",
+              model: str | None = None, data: list[str] | None = None, methods: list[str] | None = None,
+              quiet: bool = False, overrides: dict | None = None) -> dict:
+    """Run the benchmark and write its outputs under `out`; returns the metrics dict (also metrics.json).
+
+    `overrides`: dotted DDAConfig keys (e.g. {"train.epochs": 1}) and `bench.<field>` keys for preset fields
+    (e.g. {"bench.n_train": 60}). Everything random derives from `seed`: the split, the injection, the
+    fine-tuning order and init, and the gradient projection.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    p = with_bench_overrides(get_preset(preset), overrides)
+    pair_list = parse_pairs(pairs)
+    cfg = build_config(p, seed, model, overrides, quiet)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    prepared = prepare(p, pair_list, seed, data)
+    timings["data"] = time.perf_counter() - t0
+    say(f"[bench] {len(prepared.records)} unique records; train {len(prepared.train)} rows, "
+        f"{len(prepared.poisoned_of)} poisoned ({', '.join(prepared.injection.poisoned)})", quiet)
+    trained = train_model(prepared, cfg, out)
+    timings.update(trained.timings)
+    qs, timings["generate_and_queries"] = make_queries(trained, prepared)
+    say(f"[bench] generated {qs.n_generated}, hallucinated {qs.n_errors}; query mode {qs.mode} "
+        f"({len(qs.queries)} queries)", quiet)
+    scored = score_queries(trained, prepared, qs, methods)
+    timings.update(scored.timings)
+    return write_outputs(out, prepared, trained, qs, scored, timings, started, quiet)

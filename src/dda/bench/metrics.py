@@ -19,7 +19,7 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["aggregate", "method_table", "per_query_metrics", "query_metrics", "recall_at_k"]
+__all__ = ["aggregate", "mean_by", "method_table", "per_query_metrics", "query_metrics", "recall_at_k"]
 
 METRIC_ORDER = ("auc", "ap", "recall@10", "recall@50", "recall@5%")
 
@@ -142,6 +142,17 @@ def aggregate(per_query: Iterable[Mapping[str, float]]) -> dict[str, dict[str, f
         if vals.size == 0:
             continue
         out[key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=0)), "n": int(vals.size)}
+    return out
+
+
+def mean_by(per_query: Mapping[str, Sequence[float]], groups: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per-query values of every method averaged within each group: {group: {method: mean}}.
+
+    `groups[i]` labels query i (its kind, natural/forced, or its pair); groups keep their first-seen order."""
+    out: dict[str, dict[str, float]] = {}
+    for group in dict.fromkeys(groups):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        out[group] = {m: float(np.mean([v[i] for i in idx])) for m, v in per_query.items()}
     return out
 
 

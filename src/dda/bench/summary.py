@@ -86,7 +86,8 @@ def summarize_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any
 
     run_rows = [{"dir": str(p), "seed": m.get("seed"), "pairs": m.get("pairs"), "model": m.get("model"),
                  "n_train": m.get("n_train"), "n_poisoned": m.get("n_poisoned"), "n_queries": m.get("n_queries"),
-                 "query_mode": m.get("query_mode"), "hallucination_rate": m.get("hallucination_rate"),
+                 "query_mode": m.get("query_mode"), "query_kinds": m.get("query_kinds"),
+                 "hallucination_rate": m.get("hallucination_rate"),
                  "wall_seconds": m.get("wall_seconds")} for p, m in zip(paths, metrics, strict=True)]
     summary = {"n_runs": len(metrics), "runs": run_rows, "methods": methods, "beta_curve": curves, "checks": checks}
     write_json(out / "summary.json", summary)
@@ -107,10 +108,11 @@ def _pct(x: float | None) -> str:
 
 def _markdown(s: dict[str, Any], figure: str | None) -> str:
     lines = [f"# Benchmark summary over {s['n_runs']} run(s)", "", "## Runs", "",
-             "| run | seed | pairs | queries (mode) | hallucination rate | wall |", "|---|---|---|---|---|---|"]
+             "| run | seed | pairs | queries (kinds) | natural error rate | wall |", "|---|---|---|---|---|---|"]
     for r in s["runs"]:
         wall = "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds'] / 60:.1f} min"
-        lines.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['pairs']} | {r['n_queries']} ({r['query_mode']}) "
+        kinds = " + ".join(f"{n} {k}" for k, n in (r.get("query_kinds") or {}).items()) or r["query_mode"]
+        lines.append(f"| {Path(r['dir']).name} | {r['seed']} | {r['pairs']} | {r['n_queries']} ({kinds}) "
                      f"| {_pct(r['hallucination_rate'])} | {wall} |")
     lines += ["", "## Methods (AUC: mean over runs of each run's mean over queries; ± std over runs)", "",
               "| method | AUC | per run | AP | Recall@10 |", "|---|---|---|---|---|"]
