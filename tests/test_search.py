@@ -166,3 +166,20 @@ def test_index_backends(tmp_path, backend):
     # rebuilding replaces the index atomically
     build_index(cat, out, backend, built_for, sources, sketch_dim=8, nlist=2 if backend == "faiss" else None)
     assert open_index(out).meta["params"]["sketch_dim"] == 8 and len(list(root.iterdir())) == 1
+
+
+@pytest.mark.parametrize("n,d", [(40, 12), (12, 40)])
+def test_trak_reads_blocks_and_solves_min_n_d(tmp_path, n, d):
+    """TRAK streams the store in blocks (here a few rows or columns at a time) and equals the direct formula."""
+    from dda.scoring.gradient import trak_scores
+
+    rng = np.random.default_rng(n)
+    np.save(tmp_path / "phi.npy", rng.standard_normal((n, d)).astype(np.float32), allow_pickle=False)
+    phi = np.load(tmp_path / "phi.npy", mmap_mode="r", allow_pickle=False)
+    q = rng.standard_normal((3, d))
+    p64 = np.asarray(phi, dtype=np.float64)
+    m = min(n, d)
+    lam = 0.05 * np.trace(p64.T @ p64) / m
+    direct = q @ np.linalg.solve(p64.T @ p64 + lam * np.eye(d), p64.T)
+    for block_bytes in (8 * 5 * max(n, d), 1 << 26):
+        np.testing.assert_allclose(trak_scores(phi, q, 0.05, block_bytes=block_bytes), direct, rtol=1e-8, atol=1e-10)
