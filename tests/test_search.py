@@ -183,3 +183,75 @@ def test_trak_reads_blocks_and_solves_min_n_d(tmp_path, n, d):
     direct = q @ np.linalg.solve(p64.T @ p64 + lam * np.eye(d), p64.T)
     for block_bytes in (8 * 5 * max(n, d), 1 << 26):
         np.testing.assert_allclose(trak_scores(phi, q, 0.05, block_bytes=block_bytes), direct, rtol=1e-8, atol=1e-10)
+
+
+def test_search_cli_end_to_end(tmp_path):
+    """Tiny Llama saved as a model dir; fine-tune + index through the API, then `dda build-index` and `dda search`
+    from the CLI: the exact backend equals `attribute`'s full dda scores, the index backends find the same top."""
+    from conftest import make_model, make_tokenizer
+    from typer.testing import CliRunner
+
+    from dda import Attributor, Example, apply_overrides
+    from dda.cli import app
+    from dda.config import DDAConfig
+    from dda.io import write_yaml
+
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    cfg = apply_overrides(DDAConfig(), {
+        "model.name": str(tmp_path / "model"), "train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-2,
+        "train.lora.r": 4, "train.lora.target_modules": ["q_proj", "v_proj"], "features.modules": ["q_proj", "v_proj"],
+        "features.proj_dim": 4, "features.layers": "all", "data.max_prompt_tokens": 16,
+        "data.max_response_tokens": 8, "quiet": True})
+    write_yaml(tmp_path / "cfg.yaml", cfg.to_dict())
+    rng = np.random.default_rng(0)
+    words = "England China France team match police court government minister news report people".split()
+    train = [Example(f"ex{i}", " ".join(rng.choice(words, 12)), " ".join(rng.choice(words, 4))) for i in range(12)]
+    wd = tmp_path / "run"
+    att = Attributor(cfg, wd)
+    att.finetune(train)
+    att.index(train)
+    queries = [Query("q0", train[2].prompt, train[2].response, train[6].response),
+               Query("q1", train[5].prompt, "China team", "England team")]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": q.id, "prompt": q.prompt, "negative": q.negative,
+                                                          "positive": q.positive}) + "\n" for q in queries))
+    full = att.attribute(queries, ["dda"]).scores["dda"]
+    runner = CliRunner()
+    base_args = ["-w", str(wd), "--queries", str(tmp_path / "q.jsonl"), "--k", "5",
+                 "--config", str(tmp_path / "cfg.yaml"), "--quiet"]
+
+    def search(*extra: str) -> dict:
+        res = runner.invoke(app, ["search", *base_args, *extra])
+        assert res.exit_code == 0, res.output
+        out = Path(extra[extra.index("--out") + 1])
+        assert (out / "config.yaml").exists()
+        return json.loads((out / "search.json").read_text())
+
+    exact = search("--out", str(tmp_path / "s-exact"))
+    for qi, q in enumerate(exact["queries"]):
+        assert [r["rank"] for r in q["top"]] == [1, 2, 3, 4, 5]
+        order = np.argsort(-full[qi], kind="stable")[:5]
+        np.testing.assert_allclose([r["score"] for r in q["top"]], full[qi][order], rtol=1e-4, atol=1e-6)
+        assert [r["train_id"] for r in q["top"]] == [train[r["row"]].id for r in q["top"]]
+    res = runner.invoke(app, ["search", *base_args, "--backend", "sketch"])
+    assert res.exit_code == 2 and "build-index" in res.output
+    res = runner.invoke(app, ["search", *base_args, "--method", "trak"])
+    assert res.exit_code == 2 and "cannot be folded" in res.output
+    backends = ["sketch", "faiss"] if _has_faiss() else ["sketch"]
+    for backend in backends:
+        res = runner.invoke(app, ["build-index", "-w", str(wd), "--backend", backend, "--sketch-dim", "16",
+                                  "--config", str(tmp_path / "cfg.yaml"), "--quiet"])
+        assert res.exit_code == 0, res.output
+        got = search("--backend", backend, "--candidates", "12", "--out", str(tmp_path / f"s-{backend}"))
+        for a, b in zip(got["queries"], exact["queries"], strict=True):
+            assert [r["row"] for r in a["top"]] == [r["row"] for r in b["top"]]
+    assert len(list((wd / "features" / "index").iterdir())) == len(backends)
+
+
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
