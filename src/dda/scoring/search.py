@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,7 +242,9 @@ class ConcatenatedRows:
         off = 0
         for p in self.parts:
             d = p.shape[1]
-            out[:, off: off + d] = read(p)  # float16 -> float32 on assignment
+            with warnings.catch_warnings():  # a read-only memmap view is only read here
+                warnings.simplefilter("ignore", UserWarning)
+                t[:, off: off + d].copy_(torch.from_numpy(np.asarray(read(p))))  # float16 -> float32, vectorised
             if release is not None:
                 release(p)
             if self.blocks is not None:
