@@ -349,6 +349,99 @@ class Attributor:
                 result.save(out_dir, self.cfg.score.top_k)
         return result
 
+    # ------------------------------------------------------------------------------ search (top-k at scale)
+    def train_stores(self) -> dict[str, FeatureStore]:
+        """The complete training-feature store of theta0 and every checkpoint (read-only memmaps)."""
+        return {c.name: read_store(self.workdir.train_store(c.name)) for c in self.all_checkpoints()}
+
+    def _search_plan(self, method: str, stores: dict[str, FeatureStore]) -> tuple[Any, list[int] | None]:
+        from .scoring.search import plan_fold
+
+        blocks = module_blocks(stores[BASE.name].meta)
+        defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+        return plan_fold(method, self.all_checkpoints(), blocks is not None, defaults,
+                         self.cfg.score.checkpoints), blocks
+
+    def build_search_index(self, backend: str = "sketch", method: str = "dda", sketch_dim: int = 256,
+                           nlist: int | None = None, seed: int = 0, out_dir: str | Path | None = None) -> Path:
+        """Index the concatenated training rows `method` reads (sketch or faiss), in
+        WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores."""
+        from .scoring.search import build_index, concatenated_rows, index_name, store_sources
+
+        stores = self.train_stores()
+        plan, blocks = self._search_plan(method, stores)
+        sources = store_sources({k: s.meta for k, s in stores.items()})
+        fs = FeatureSet(self.all_checkpoints(), {k: s.features for k, s in stores.items()}, {}, blocks=blocks)
+        rows = concatenated_rows(plan, fs)
+        out = Path(out_dir) if out_dir else self.workdir.search_index / index_name(
+            backend, plan, rows.blocks, sources)
+        t0 = time.perf_counter()
+        with bar(f"{backend} index of {rows.shape[0]} x {rows.shape[1]} ({'+'.join(plan.layout)})", rows.shape[0],
+                 self.cfg.quiet) as adv:
+            done = [0]
+
+            def advance(stop: int) -> None:
+                adv(stop - done[0])
+                done[0] = stop
+
+            build_index(rows, out, backend, plan, sources, sketch_dim=sketch_dim, seed=seed, nlist=nlist,
+                        run_config=self.cfg.to_dict(), on_block=advance)
+        self.timings["build_index"] = time.perf_counter() - t0
+        return out
+
+    def search(self, queries: list[Query], k: int = 100, method: str = "dda", backend: str = "exact",
+               index_dir: str | Path | None = None, candidates: int = 1024, nprobe: int = 32,
+               out_dir: str | Path | None = None, build: bool = False, sketch_dim: int = 256) -> Any:
+        """Top-k training rows per query of a foldable method (dda, grad_dot, grad_cos, tracin) without any
+        (n_queries x n_train) array: exact streaming scan, or an index's candidates re-ranked exactly.
+        Returns a `dda.scoring.search.SearchResult`; with `out_dir`, search.json + config.yaml are written."""
+        from .scoring.search import (
+            BACKENDS,
+            SearchResult,
+            find_index,
+            folded_topk,
+            ids_at_rows,
+            open_index,
+            store_sources,
+            train_blocks,
+        )
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+        train_path = self.workdir.train_data
+        if not train_path.exists():
+            raise FileNotFoundError(f"{train_path}: no indexed training data; run index() first")
+        stores = self.train_stores()
+        plan, blocks = self._search_plan(method, stores)  # fails on an unfoldable method before any compute
+        sources = store_sources({k: s.meta for k, s in stores.items()})
+        index = None
+        if backend != "exact":
+            index_root = self.workdir.search_index
+            dim = int(stores[plan.layout[0]].meta["dim"])
+            index = open_index(index_dir) if index_dir else find_index(
+                index_root, backend, plan, train_blocks(plan, blocks, dim), sources)
+            if index is None and build:
+                index = open_index(self.build_search_index(backend, method, sketch_dim=sketch_dim))
+            if index is None:
+                raise ValueError(f"no {backend} index for '{plan.method}' under {index_root}; run "
+                                 f"`dda build-index --backend {backend} --method '{method}'` or pass --build")
+        t0 = time.perf_counter()
+        q = self.query_features(queries)
+        fs = FeatureSet(self.all_checkpoints(), {k: s.features for k, s in stores.items()}, q["neg"],
+                        q.get("pos", {}), contrast_neg=q.get("contrast_neg", {}), blocks=blocks)
+        t1 = time.perf_counter()
+        scores, rows = folded_topk(fs, plan, k, backend, index, sources, candidates, nprobe)
+        self.timings["query_features"] = t1 - t0
+        self.timings["search"] = time.perf_counter() - t1
+        settings = {"method": plan.method, "backend": backend, "k": k, "fold": plan.describe(),
+                    "index": str(index.root) if index else None, "candidates": candidates if index else None,
+                    "nprobe": nprobe if backend == "faiss" else None, "seconds": round(self.timings["search"], 3)}
+        result = SearchResult(plan.method, backend, [qq.id for qq in queries], scores, rows,
+                              ids_at_rows(train_path, rows.ravel()), settings)
+        if out_dir is not None:
+            result.save(out_dir, self.cfg.to_dict())
+        return result
+
 
 def load_attribution(out_dir: str | Path) -> Attribution:
     out = Path(out_dir)

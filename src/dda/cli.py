@@ -69,6 +69,9 @@ def _clean_errors(where: Path | None = None) -> Iterator[None]:
     except (ValueError, FileNotFoundError) as err:
         _print_error(str(err))
         raise typer.Exit(2) from None
+    except ImportError as err:
+        _print_error(f"{err}: an optional dependency is missing (faiss: pip install 'dda[faiss]')")
+        raise typer.Exit(2) from None
     except OSError as err:
         message = disk_full_message(err, where or Path.cwd())
         if message is None:
@@ -285,6 +288,79 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     with _clean_errors():
         cfg = _config(config, set_, False)
     typer.echo(documented_yaml(cfg), nl=False)
+
+
+
+# ------------------------------------------------------------------------------------ search (top-k at scale)
+BackendOpt = Annotated[str, typer.Option(help="exact (streaming scan), sketch or faiss (index + exact re-ranking).")]
+MethodOpt = Annotated[str, typer.Option(help="A foldable method: dda[(beta=..,debias_mode=..)], grad_dot, grad_cos, "
+                                             "tracin.")]
+CheckpointsOpt = Annotated[Path | None, typer.Option(help="Checkpoints the store was indexed with, if not "
+                                                          "WORKDIR/checkpoints.")]
+SketchDimOpt = Annotated[int, typer.Option(help="Index: dims of the Gaussian projection of each row.")]
+
+
+@app.command("build-index")
+def build_index_command(workdir: WorkdirOpt, backend: Annotated[str, typer.Option(help="sketch or faiss.")] = "sketch",
+                        method: MethodOpt = "dda", sketch_dim: SketchDimOpt = 256,
+                        nlist: Annotated[int | None, typer.Option(help="faiss: inverted lists (default ~sqrt(n)).")
+                                         ] = None,
+                        seed: int = 0, checkpoints: CheckpointsOpt = None, out: Annotated[Path | None, typer.Option(
+                            help="Index dir (default WORKDIR/features/index/<backend>-<key>).")] = None,
+                        config: ConfigOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Build a search index of the stored training rows once (one streaming pass), for `dda search`.
+
+    Example: `dda build-index -w runs/x --backend sketch --sketch-dim 256`
+    """
+    from .api import Attributor
+
+    with _clean_errors(workdir):
+        cfg = _config(config, set_, quiet)
+        att = Attributor(cfg, workdir)
+        if checkpoints:
+            att.use_checkpoints(checkpoints)
+        path = att.build_search_index(backend, method, sketch_dim=sketch_dim, nlist=nlist, seed=seed, out_dir=out)
+    if not quiet:
+        console.print(f"{backend} index in {path} ({att.timings['build_index']:.1f} s)")
+
+
+@app.command()
+def search(workdir: WorkdirOpt,
+           queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
+           k: Annotated[int, typer.Option(help="Rows per query.")] = 100, backend: BackendOpt = "exact",
+           method: MethodOpt = "dda", index: Annotated[Path | None, typer.Option(
+               help="Index dir (default: the newest matching one under WORKDIR/features/index).")] = None,
+           build: Annotated[bool, typer.Option(help="Build the index first if there is none.")] = False,
+           candidates: Annotated[int, typer.Option(help="sketch/faiss: rows re-ranked exactly per query.")] = 1024,
+           nprobe: Annotated[int, typer.Option(help="faiss: inverted lists scanned per query.")] = 32,
+           sketch_dim: SketchDimOpt = 256, checkpoints: CheckpointsOpt = None,
+           out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/search).")] = None,
+           config: ConfigOpt = None, model: ModelOpt = None,
+           beta: Annotated[float | None, typer.Option(help="DDA debias weight.")] = None,
+           prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
+           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Top-k training documents per query over a store of any size, memory flat (no queries x rows matrix).
+
+    Example: `dda search -w runs/x --queries q.jsonl --k 100 --backend sketch --build`
+    """
+    from .api import Attributor
+    from .data import load_queries
+
+    out_dir = out or workdir / "search"
+    with _clean_errors(workdir):
+        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta})
+        qs = load_queries(str(queries), prompt_field, negative_field, positive_field)
+        att = Attributor(cfg, workdir)
+        if checkpoints:
+            att.use_checkpoints(checkpoints)
+        result = att.search(qs, k, method, backend, index_dir=index, candidates=candidates, nprobe=nprobe,
+                            out_dir=out_dir, build=build, sketch_dim=sketch_dim)
+    if not quiet:
+        for qi, qid in enumerate(result.query_ids):
+            best = ", ".join(f"{r['train_id']} ({r['score']:.3g})" for r in result.top(qi)[:5])
+            results.print(f"{qid}: {best}")
+        console.print(f"top-{k} of {len(qs)} queries ({backend}, {result.settings['seconds']} s) in "
+                      f"{out_dir}/search.json")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
     checkpoints/epoch-K/   fine-tuned checkpoints (`dda finetune`), or the source named in workdir.json
     features/train/<ckpt>/               training features at theta0 ('base') and each checkpoint
     features/queries/<key>/<kind>/<ckpt>/  query features, keyed by everything they depend on
+    features/index/<backend>-<key>/      search indexes (sketch, faiss) over the concatenated training rows
     attribution/           scores and rankings (`dda attribute`)
     .lock                  pid, host and command of the process using the workdir
 """
@@ -94,6 +95,11 @@ class Workdir:
         masks of every side, the query_tokens mode); model, checkpoint and projection are checked by the
         store's own metadata."""
         return stable_hash(parts)
+
+    @property
+    def search_index(self) -> Path:
+        """Sketch and FAISS indexes over the concatenated training rows (`dda build-index`)."""
+        return self.root / "features" / "index"
 
     @property
     def attribution(self) -> Path:

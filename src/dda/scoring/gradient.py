@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import ScoreConfig
 from .base import FeatureSet, ScoringContext, dot_scores, register, row_norms
+from .topk import release_pages
 
 
 def _need(ctx: ScoringContext) -> FeatureSet:
@@ -131,18 +132,37 @@ def trak(ctx: ScoringContext, trak_lambda: float = ScoreConfig.trak_lambda, chec
     the solve is min(n, d)-sized. lambda is relative to the mean diagonal of the Gram matrix.
     """
     fs = _need(ctx)
-    out = 0.0
     cks = fs.finetuned(checkpoints)
-    for c in cks:
-        phi = np.asarray(fs.train[c.name], dtype=np.float64)
-        q = _query(fs, c.name, contrastive).astype(np.float64)
-        n, d = phi.shape
-        if n <= d:
-            gram = phi @ phi.T
-            lam = trak_lambda * max(np.trace(gram) / n, 1e-30)
-            out = out + np.linalg.solve(gram + lam * np.eye(n), phi @ q.T).T
-        else:
-            gram = phi.T @ phi
-            lam = trak_lambda * max(np.trace(gram) / d, 1e-30)
-            out = out + (np.linalg.solve(gram + lam * np.eye(d), q.T).T @ phi.T)
-    return out / len(cks)
+    return sum(trak_scores(fs.train[c.name], _query(fs, c.name, contrastive), trak_lambda) for c in cks) / len(cks)
+
+
+def trak_scores(phi: np.ndarray, q: np.ndarray, trak_lambda: float, block_bytes: int = 1 << 26) -> np.ndarray:
+    """q (Phi^T Phi + lambda I)^-1 Phi^T, (n_q, n) float64, with Phi (n, d) read in blocks of `block_bytes`
+    (float64): the store is never copied whole. The solve is min(n, d)-sized: d x d Gram from row blocks, or,
+    when n <= d, (Phi Phi^T + lambda I)^-1 Phi q^T with the n x n Gram from column blocks (row-major pages are
+    still read about once when a block is a page or wider). lambda: trak_lambda times the Gram's mean diagonal."""
+    n, d = phi.shape
+    q = np.asarray(q, dtype=np.float64)
+    if n <= d:
+        cols = max(1, block_bytes // (8 * n))
+        gram, rhs = np.zeros((n, n)), np.zeros((n, len(q)))
+        for c0 in range(0, d, cols):
+            part = np.asarray(phi[:, c0: c0 + cols], dtype=np.float64)
+            gram += part @ part.T
+            rhs += part @ q[:, c0: c0 + cols].T
+            release_pages(phi, 0, n)
+        gram[np.diag_indices(n)] += trak_lambda * max(np.trace(gram) / n, 1e-30)
+        return np.linalg.solve(gram, rhs).T
+    rows = max(1, block_bytes // (8 * d))
+    gram = np.zeros((d, d))
+    for r0 in range(0, n, rows):
+        part = np.asarray(phi[r0: r0 + rows], dtype=np.float64)
+        gram += part.T @ part
+        release_pages(phi, r0, min(n, r0 + rows))
+    gram[np.diag_indices(d)] += trak_lambda * max(np.trace(gram) / d, 1e-30)
+    w = np.linalg.solve(gram, q.T).T  # (n_q, d)
+    out = np.empty((len(q), n))
+    for r0 in range(0, n, rows):
+        out[:, r0: r0 + rows] = w @ np.asarray(phi[r0: r0 + rows], dtype=np.float64).T
+        release_pages(phi, r0, min(n, r0 + rows))
+    return out

@@ -94,7 +94,17 @@ def sketch_topk(train: np.ndarray, sketch: np.ndarray, meta: dict, queries: np.n
     r = sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])
     q_sk = (torch.from_numpy(q) @ r).numpy()
     _, cand = topk_scores(sketch, q_sk, max(k, candidates), block_rows=block_rows, half=True)
-    rows = np.unique(cand)  # sorted: the store is read front to back
+    return exact_rerank(train, q, cand, k)
+
+
+def exact_rerank(train: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of `queries @ train.T` among the candidate rows of all queries pooled (negative ids, faiss's
+    "no result", are dropped). Returns (scores, indices) like `topk_scores`."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    rows = np.unique(candidates[candidates >= 0])  # sorted: the store is read front to back
+    if len(rows) == 0:
+        return np.empty((len(q), 0), dtype=np.float32), np.empty((len(q), 0), dtype=np.int64)
     exact = torch.from_numpy(q) @ torch.from_numpy(np.asarray(read_rows(train, rows), dtype=np.float32)).T
     kk = min(k, train.shape[0], len(rows))
     vals, pos = torch.topk(exact, kk, dim=1)

@@ -35,9 +35,13 @@ def release_pages(arr: np.ndarray, start: int, stop: int) -> None:
     made through the mapping) stay in the page cache, so this never changes what the array holds. Private
     copy-on-write maps (mode 'c') are skipped: there it would discard changes.
     """
+    if hasattr(arr, "release_rows"):  # a store sharded over several memmaps releases each shard's pages
+        arr.release_rows(start, stop)
+        return
     if _LIBC is None or not isinstance(arr, np.memmap) or getattr(arr, "mode", "c") not in ("r", "r+", "readonly",
                                                                                             "readwrite"):
         return
+    start, stop = max(0, start), min(stop, arr.shape[0])  # never advise pages outside this array's mapping
     if stop <= start:
         return
     row_bytes = arr.strides[0]
