@@ -129,10 +129,28 @@ class GradientFeaturizer:
         return emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
 
     def __call__(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+        feats = self._capture(ids, attn, resp, positions=False)
+        if self.projector.combine == "sum":
+            return torch.stack([feats[n] for n in self.names]).sum(0)
+        return torch.cat([feats[n] for n in self.names], dim=1)
+
+    def per_position(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): each token position's term of the features (g_t x_t^T projected); summed over T it is
+        the row `__call__` returns. Pads get zeros. Prompt positions are not zero: attention carries the
+        response tokens' losses back to them, and their inputs x_t enter the weight gradient."""
+        feats = self._capture(ids, attn, resp, positions=True)
+        if self.projector.combine == "sum":
+            return torch.stack([feats[n] for n in self.names]).sum(0)
+        return torch.cat([feats[n] for n in self.names], dim=2)
+
+    def _capture(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
+                 positions: bool) -> dict[str, torch.Tensor]:
+        """One forward and one backward; {module: (B, dim)} features, or (B, T, dim) with `positions`."""
         mods = dict(self.model.named_modules())
         feats: dict[str, torch.Tensor] = {}
         keep = attn.unsqueeze(-1).to(torch.float32)
         two_sided = isinstance(self.projector, KroneckerProjector)
+        project = self.projector.project_positions if positions else self.projector.project
         handles = []
         hook_seconds = {"forward": 0.0, "backward": 0.0}
 
@@ -147,9 +165,9 @@ class GradientFeaturizer:
                 def grad_hook(g: torch.Tensor) -> None:
                     t1 = time.perf_counter()
                     if two_sided:
-                        feats[name] = self.projector.project(name, g, x, x_projected=True).float()
+                        feats[name] = project(name, g, x, x_projected=True).float()
                     else:
-                        feats[name] = self.projector.project(name, g, x).float()
+                        feats[name] = project(name, g, x).float()
                     hook_seconds["backward"] += time.perf_counter() - t1
 
                 output.register_hook(grad_hook)
@@ -176,9 +194,7 @@ class GradientFeaturizer:
         missing = [n for n in self.names if n not in feats]
         if missing:
             raise RuntimeError(f"no gradient reached {missing[:3]}: is the module on the loss path?")
-        if self.projector.combine == "sum":
-            return torch.stack([feats[n] for n in self.names]).sum(0)
-        return torch.cat([feats[n] for n in self.names], dim=1)
+        return feats
 
 
 def freeze(model: torch.nn.Module) -> None:
