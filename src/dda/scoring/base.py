@@ -169,7 +169,9 @@ def parse_method(spec: str) -> tuple[str, str, dict[str, Any]]:
     return spec.strip(), name, params
 
 
-def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None = None) -> np.ndarray:
+def method_params(spec: str, defaults: dict[str, Any] | None = None) -> tuple[str, ScoreFn, dict[str, Any]]:
+    """(label, scorer function, parameters): `defaults` (config values) the scorer accepts, then the spec's own.
+    An unknown parameter in the spec is an error naming the accepted ones."""
     label, name, params = parse_method(spec)
     fn = REGISTRY[name]
     import inspect
@@ -180,6 +182,11 @@ def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None =
     bad = set(params) - accepted
     if bad:
         raise ValueError(f"method '{label}': unknown parameters {sorted(bad)} (accepted: {sorted(accepted)})")
+    return label, fn, merged
+
+
+def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None = None) -> np.ndarray:
+    label, fn, merged = method_params(spec, defaults)
     scores = np.asarray(fn(ctx, **merged), dtype=np.float64)
     if scores.shape != (len(ctx.queries), len(ctx.train_texts)):
         raise RuntimeError(f"method '{label}' returned shape {scores.shape}, expected "
