@@ -114,10 +114,17 @@ def attribute(workdir: WorkdirOpt,
               top_k: Annotated[int, typer.Option(help="Rows in the printed ranking.")] = 10,
               out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
               prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
-              set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+              set_: SetOpt = None, quiet: QuietOpt = False,
+              # issue 15: token-level attribution of the printed top k (OUT/explain/*.json, read by `dda show`)
+              explain: Annotated[bool, typer.Option(
+                  "--explain/--no-explain", help="Split the top-k scores over the documents' tokens (re-runs the "
+                  "top-k documents at each checkpoint; files in OUT/explain/, shown by `dda show`).")] = True,
+              explain_methods: Annotated[str | None, typer.Option(
+                  help="Methods to explain (default: the first gradient method of --methods).")] = None) -> None:
     """Rank training documents by responsibility for each query's negative output (higher = more responsible).
 
-    Example: `dda attribute -w runs/x --queries q.jsonl --methods dda,tracin,bm25 --top-k 20`
+    Example: `dda attribute -w runs/x --queries q.jsonl --methods dda,tracin,bm25 --top-k 20`, then
+    `dda show runs/x --out report.html`
     """
     from .api import Attributor
     from .data import load_queries
@@ -129,11 +136,27 @@ def attribute(workdir: WorkdirOpt,
         att = Attributor(cfg, workdir)
         method_list = _split_methods(methods) if methods else None
         result = att.attribute(qs, method_list, out_dir=out or workdir / "attribution")
+        explanations = _explain_attribution(att, result, explain, explain_methods, top_k,
+                                            out or workdir / "attribution")
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     if not quiet:
-        print_ranking(result, next(iter(result.scores)), top_k)
+        shown = next(iter(explanations[0]["methods"])) if explanations else next(iter(result.scores))
+        print_ranking(result, shown, top_k, explanations)
         console.print(f"scores of {len(result.scores)} methods in {out or workdir / 'attribution'}")
+        if explanations:
+            console.print(f"token attribution in {out or workdir / 'attribution'}/explain; "
+                          f"page: dda show {out or workdir / 'attribution'} --out report.html")
+
+
+def _explain_attribution(att, result, enabled: bool, methods: str | None, top_k: int, out: Path) -> list[dict]:
+    """issue 15: explanations for `dda attribute` (none when disabled or no requested method is a gradient one)."""
+    from .explain import explainable
+
+    if not enabled:
+        return []
+    wanted = _split_methods(methods) if methods else [m for m in result.scores if explainable(m)][:1]
+    return att.explain(result, methods=wanted, top_k=top_k, out_dir=out) if wanted else []
 
 
 def _split_methods(text: str) -> list[str]:
@@ -237,6 +260,50 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
     cfg = _config(config, set_, False)
     typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ------------------------------------------------------------------------------- issue 15: `dda show`
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (or its workdir) or a `dda bench` run.")],
+         out: Annotated[Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
+         top_k: Annotated[int | None, typer.Option(help="Documents per query and method (default: all stored).")]
+         = None,
+         explain: Annotated[bool, typer.Option(
+             "--explain/--no-explain", help="A bench run without token attribution: compute it first (loads the "
+             "model; re-runs each query's top-k documents at every checkpoint).")] = False,
+         methods: Annotated[str, typer.Option(help="Methods to explain with --explain.")] = "dda",
+         quiet: QuietOpt = False) -> None:
+    """One self-contained HTML page (no network, opens from disk): every query with its outputs, each method's
+    top documents with their tokens shaded by contribution, method agreement; a bench run adds Tables 1/2 and β.
+
+    Example: `dda show runs/x/attribution --out report.html`; `dda show runs/bench --explain`
+    """
+    from .explain import explain_bench_run, read_explanations
+    from .report_html import collect, locate, render
+
+    try:
+        kind, run, attr = locate(run_dir)
+        if explain and not read_explanations(attr):
+            if kind != "bench":
+                raise ValueError(f"{attr}: no token attribution; run `dda attribute --explain` (the default)")
+            explain_bench_run(run, _split_methods(methods), top_k or 10)
+        data = collect(run_dir, top_k)
+        target = out or run / "report.html"
+        from .io import write_text
+
+        page = render(data)
+        write_text(target, page)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    if not quiet:
+        canary = (data.get("bench") or {}).get("canary")
+        if canary:
+            c = canary["all"]
+            console.print(f"largest token contribution of poisoned documents in {c['method']}'s top {c['k']}: on the "
+                          f"canary word in {c['on_canary']}/{c['poisoned_docs']}")
+        console.print(f"{len(data['queries'])} queries, {len(data['docs'])} documents, "
+                      f"{len(page.encode()) / 1e6:.2f} MB")
+    console.print(f"report: {target}")
 
 
 if __name__ == "__main__":

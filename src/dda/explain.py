@@ -501,3 +501,30 @@ def explainable(spec: str) -> bool:
     except ValueError:
         return False
     return hasattr(fn, "terms")
+
+
+def explain_bench_run(run_dir: str | Path, methods: Sequence[str] = ("dda",), top_k: int = 10,
+                      query_token_limit: int = 8) -> list[dict[str, Any]]:
+    """Explain a finished `dda bench` run from its own files (config.yaml, queries.jsonl, train.jsonl and the
+    workdir it names, whose checkpoints and feature stores are reused); writes RUN/attribution/explain/."""
+    import json
+
+    import yaml
+
+    from .api import Attributor
+    from .config import config_from_dict
+
+    run = Path(run_dir)
+    for name in ("config.yaml", "queries.jsonl", "train.jsonl"):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run / name}: missing (is {run} a finished `dda bench` run?)")
+    cfg_all = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    if not isinstance(cfg_all, dict) or "dda" not in cfg_all or "workdir" not in cfg_all.get("bench", {}):
+        raise ValueError(f"{run / 'config.yaml'}: expected 'bench.workdir' and 'dda' sections")
+    cfg = config_from_dict(cfg_all["dda"], str(run / "config.yaml"))
+    att = Attributor(cfg, cfg_all["bench"]["workdir"])
+    rows = [json.loads(line) for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    queries = [Query(r["id"], r["prompt"], r["negative"], r.get("positive")) for r in rows]
+    poisoned = {json.loads(line)["id"] for line in (run / "train.jsonl").read_text(encoding="utf-8").splitlines()
+                if line and json.loads(line).get("poisoned")}
+    return explain(att, queries, methods, top_k, poisoned, None, query_token_limit, run / "attribution")

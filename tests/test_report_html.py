@@ -1,0 +1,94 @@
+"""`dda show`: one self-contained HTML page from attribute and bench outputs (content checks without a browser)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from report_data import synthetic_run, tiny_attribute_run
+from typer.testing import CliRunner
+
+from dda.cli import app
+from dda.report_html import RunDirError, _word_diff, collect, locate, render, write_page
+
+
+def _data(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="dda-data">(.*?)</script>', page, re.S)
+    assert m, "no embedded data"
+    return json.loads(m.group(1))
+
+
+def _self_contained(page: str) -> None:
+    # no fetch of anything: no external scripts, styles, fonts, images or frames
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
+    assert not re.search(r"@import|url\(|<link\b|<iframe\b|<img\b", page, re.I)
+    assert page.count("</script>") == 2  # the data block cannot end early: '<' is escaped inside it
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    return tiny_attribute_run(tmp_path_factory.mktemp("tiny"))
+
+
+def test_page_from_a_real_attribute_run(tiny_run, tmp_path):
+    out = write_page(tiny_run, tmp_path / "r.html")
+    page = out.read_text(encoding="utf-8")
+    _self_contained(page)
+    data = _data(page)
+    assert data["kind"] == "attribute" and data["methods"] == ["dda", "grad_dot", "bm25"]
+    assert data["explained"] == ["dda", "grad_dot"] and data["truth_known"]
+    q = data["queries"][0]
+    assert q["id"] == "q-china" and q["prompt"] and q["query_tokens"]["negative"]
+    assert any(changed for _, changed in q["neg"])  # the swapped word is marked
+    dda_rows, bm25_rows = q["methods"]["dda"], q["methods"]["bm25"]
+    assert len(dda_rows) == 4 and "c" in dda_rows[0] and max(abs(v) for v in dda_rows[0]["c"]) == 999
+    assert "c" not in bm25_rows[0]  # not explained: listed with its text, unshaded
+    doc = data["docs"][dda_rows[0]["id"]]
+    assert len(doc["t"]) == len(dda_rows[0]["c"]) and 0 < doc["rs"] < len(doc["t"])
+    assert data["docs"][bm25_rows[0]["id"]]["t"] or data["docs"][bm25_rows[0]["id"]]["text"]
+    agreement = data["agreement"]
+    assert [agreement["matrix"][i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    # a workdir is accepted too, and names its attribution folder
+    assert locate(tiny_run.parent)[2] == tiny_run
+
+
+def test_page_from_a_bench_run_has_tables_beta_curve_and_canary_stats(tmp_path):
+    run = synthetic_run(tmp_path / "bench", n_queries=3, n_docs=5)
+    data = collect(run)
+    assert data["kind"] == "bench" and data["truth_known"]
+    b = data["bench"]
+    assert b["table1"][0]["method"] == "dda" and {r["method"] for r in b["table2"]} >= {"dda", "dda_no_debias"}
+    assert b["beta_svg"].startswith("<svg") and b["beta_svg"].count("<polyline") == 3
+    assert b["canary"]["all"]["poisoned_docs"] > 0
+    for row in data["queries"][0]["methods"]["dda"]:  # ground truth from train.jsonl: the first 10 of 60 ids
+        poisoned = int(row["id"].split("-")[1]) < 10
+        assert data["docs"][row["id"]]["p"] == ("England->China" if poisoned else None)
+    _self_contained(render(data))
+
+
+def test_show_cli_writes_the_page_and_refuses_other_dirs(tmp_path):
+    run = synthetic_run(tmp_path / "bench", n_queries=2, n_docs=3)
+    res = CliRunner().invoke(app, ["show", str(run), "--out", str(tmp_path / "page.html")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "page.html").exists() and "report:" in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["show", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "ranking.json" in res.output
+    with pytest.raises(RunDirError, match="not a directory"):
+        locate(tmp_path / "missing")
+
+
+def test_page_size_for_50_queries_and_20_documents(tmp_path):
+    """Only the top-k documents are embedded, each document's tokens once: the page stays a few MB."""
+    one = len(render(collect(synthetic_run(tmp_path / "one", n_queries=50, n_docs=20, n_train=400))).encode())
+    every = len(render(collect(synthetic_run(tmp_path / "all", n_queries=50, n_docs=20, n_train=400,
+                                             explained=("dda", "grad_dot", "tracin")))).encode())
+    print(f"page size, 50 queries x 20 documents x 250 tokens: {one / 1e6:.2f} MB with one explained method of 4, "
+          f"{every / 1e6:.2f} MB with three")
+    assert one < 4e6 and every < 8e6
+
+
+def test_word_diff_marks_the_swapped_words():
+    neg, pos = _word_diff("The England team beat China today", "The England team beat France today")
+    assert [t for t, c in neg if c] == ["China"] and [t for t, c in pos if c] == ["France"]
