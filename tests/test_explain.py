@@ -179,3 +179,35 @@ def test_top_token_stats_counts_the_canary():
     stats = top_token_stats(e, {"q": "China"})
     assert stats["poisoned_docs"] == 2 and stats["on_canary"] == 1 and stats["fraction"] == 0.5
     assert top_token_stats(e, {"q": "China"}, response_only=True)["fraction"] == 1.0
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_terminal_table_shows_a_snippet_with_the_top_tokens(finetuned, width):
+    from rich.console import Console
+
+    from dda.demo import print_ranking
+
+    tmp, train, queries = finetuned
+    att = _attributor(tmp / "terminal")
+    att.use_checkpoints(tmp / "ft" / "checkpoints")
+    att.index(train)
+    result = att.attribute(queries, methods=["dda"], poisoned={"ex3"})
+    expl = att.explain(result, top_k=5)
+    console = Console(width=width, record=True, force_terminal=True, color_system="standard")
+    print_ranking(result, "dda", 5, expl, out=console)
+    plain = console.export_text(clear=False)
+    styled = console.export_text(styles=True)
+    lines = plain.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert "why" in plain
+    assert "\x1b[1;31m" in styled  # the top tokens are bold red
+    first_table = plain.split("query q/two")[0].splitlines()
+    for doc in expl[0]["methods"]["dda"]["docs"]:
+        best = max(doc["tokens"], key=lambda tc: tc[1])[0].strip()
+        assert best in plain
+        row = [line for line in first_table if f" {doc['train_id']} " in line]
+        assert len(row) == 1
+        if width == 200:  # wide: each document's snippet fits on its row's one line
+            assert best in row[0]
+    assert plain.count("POISONED") == sum(d["poisoned"] for d in expl[0]["methods"]["dda"]["docs"]) + sum(
+        d["poisoned"] for d in expl[1]["methods"]["dda"]["docs"])
