@@ -138,6 +138,9 @@ def test_token_contributions_sum_to_the_methods_scores(finetuned, kind):
                 text = "".join(t for t, _ in d["tokens"])
                 doc = train[int(d["train_id"][2:])]
                 assert doc.response.split()[0] in text[len(text) // 2:] and doc.prompt.split()[0] in text
+                # the document's own text starts after the instruction template
+                body = "".join(t for t, _ in d["tokens"][d["body_start"]: d["response_start"]])
+                assert 0 < d["body_start"] < d["response_start"] and body.strip().startswith(doc.prompt.split()[0])
     # the diff contrast of query 1 runs over the swapped token only; its per-token share is reported
     qt = expl[0]["query_tokens"]
     assert [t["text"].strip() for t in qt["negative"] if t["target"]] in (["China"], ["England"])

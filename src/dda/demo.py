@@ -129,10 +129,12 @@ def snippet(doc: dict, chars: int = 90, marked: int = 3) -> str:
     values = [c if i not in special else float("-inf") for i, (_, c) in enumerate(tokens)]
     if not tokens:
         return ""
-    best = max(range(len(tokens)), key=lambda i: values[i])
+    # the culprit is looked for in the document and response, not in the instruction template every row shares
+    first = min(doc.get("body_start", 0), doc.get("response_start", 0))
+    best = max(range(first, len(tokens)), key=lambda i: values[i]) if first < len(tokens) else 0
     lo, hi, used = best, best + 1, len(texts[best])
-    while used < chars and (lo > 0 or hi < len(tokens)):  # grow both ways, more to the right (what follows)
-        if hi < len(tokens) and (lo == 0 or hi - best <= 2 * (best - lo)):
+    while used < chars and (lo > first or hi < len(tokens)):  # grow both ways, more to the right
+        if hi < len(tokens) and (lo == first or hi - best <= 2 * (best - lo)):
             used += len(texts[hi])
             hi += 1
         else:

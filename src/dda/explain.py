@@ -72,6 +72,27 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     return out
 
 
+def body_start(pieces: Sequence[str], document: str, probe: int = 24) -> int:
+    """Index of the token where the document's own text begins inside the templated prompt (after the system
+    instruction and role markers), found by its first characters; 0 when it cannot be found."""
+    text = "".join(pieces)
+    words = document.split()
+    at = -1
+    # a tokenizer may not give the text back verbatim (spacing around punctuation): shorter probes, then a word
+    for head in (document.strip()[:probe].strip(), document.strip()[: probe // 2].strip(), *words[:1]):
+        at = text.find(head) if head else -1
+        if at >= 0:
+            break
+    if at < 0:
+        return 0
+    end = 0
+    for i, piece in enumerate(pieces):
+        end += len(piece)
+        if end > at:
+            return i
+    return 0
+
+
 def _file_name(query_id: str) -> str:
     """A safe, unique file name for a query id (ids such as 'England->China:123:natural' hold ':' and '>')."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", query_id).strip("_")[:80] or "query"
@@ -277,6 +298,7 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
                     "poisoned": None if poisoned is None else ids[d] in poisoned,
                     "tokens": [[texts_cache[d][t], float(f"{c[t]:.7g}")] for t in range(len(seq))],
                     "response_start": int(np.argmax(mask)) if mask.any() else len(seq),
+                    "body_start": body_start(texts_cache[d], examples[d].prompt),
                     "special": [t for t in range(len(seq)) if seq[t] in special],
                     "sums": {"prompt": float(c[~mask].sum()), "response": float(c[mask].sum())},
                     "abs_share": _abs_share(c, mask),
@@ -463,8 +485,9 @@ def read_explanations(out_dir: str | Path) -> list[dict[str, Any]]:
 def top_token_stats(explanations: Sequence[dict[str, Any]], canary_of: dict[str, str], method: str = "dda",
                     k: int = 10, response_only: bool = False) -> dict[str, Any]:
     """For each poisoned document in a query's top k under `method`: does its largest contribution fall on the
-    canary word (the token's text, stripped, equals a word of the canary; e.g. ' China')? `canary_of`: query id
-    -> canary word. Returns the fraction and what the top tokens were."""
+    canary word (the token's text, stripped, is the canary or a piece of it; e.g. ' China')? `canary_of`: query
+    id -> canary word. Tokens looked at: the document's own text and its response (the instruction template every
+    row shares is left out), or the response only. Returns the fraction and what the top tokens were."""
     hits = total = 0
     texts: Counter[str] = Counter()
     for e in explanations:
@@ -475,8 +498,9 @@ def top_token_stats(explanations: Sequence[dict[str, Any]], canary_of: dict[str,
         for doc in m["docs"]:
             if doc["rank"] > k or not doc.get("poisoned"):
                 continue
-            values = [(c, t) for t, (_, c) in enumerate(doc["tokens"])
-                      if not response_only or t >= doc["response_start"]]
+            first = doc["response_start"] if response_only else min(doc.get("body_start", 0), doc["response_start"])
+            special = set(doc.get("special", []))
+            values = [(c, t) for t, (_, c) in enumerate(doc["tokens"]) if t >= first and t not in special]
             if not values:
                 continue
             _, best = max(values)

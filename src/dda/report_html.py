@@ -164,6 +164,7 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
                         docs[tid]["t"] = [t for t, _ in d["tokens"]]
                         docs[tid]["rs"] = d["response_start"]
                         docs[tid]["sp"] = d.get("special", [])
+                        docs[tid]["bs"] = min(d.get("body_start", 0), d["response_start"])
                     row["c"], row["cs"] = _quantize([c for _, c in d["tokens"]])
                     row["sums"] = d["sums"]
                     row["side"] = {k: d["query_side"][k] for k in ("negative", "positive")}
@@ -463,7 +464,7 @@ function benchSection(b) {
       s.top_token_texts.map(([t, n]) => `${JSON.stringify(t)}×${n}`).join(", ");
     out.push(el("h3", {}, `Where the largest token contribution falls (poisoned documents in ${c.all.method}'s ` +
                            `top ${c.all.k})`),
-             el("p", {class: "small"}, "any token: " + line(c.all)),
+             el("p", {class: "small"}, "document or response token: " + line(c.all)),
              el("p", {class: "small"}, "response tokens only: " + line(c.response)));
   }
   return out;
@@ -497,11 +498,23 @@ function docCard(row) {
     const peak = row.c.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
     card.append(el("div", {}, el("span", {class: "lbl"}, "response"),
                 tokensBlock(d.t, row.c, d.rs, d.t.length, special, "response")));
-    const prompt = tokensBlock(d.t, row.c, 0, d.rs, special, "prompt");
+    // the prompt from where the document's own text starts; the instruction template before it on request
+    const bs = d.bs || 0;
+    const prompt = tokensBlock(d.t, row.c, bs, d.rs, special, "prompt");
+    const template = bs ? tokensBlock(d.t, row.c, 0, bs, special, "prompt template") : null;
+    const tsum = row.c.slice(0, bs).reduce((a, v) => a + v, 0) * row.cs / QUANT;
     const toggle = el("button", {class: "linkish"}, "expand prompt");
-    toggle.addEventListener("click", () => { prompt.classList.toggle("open");
-      toggle.textContent = prompt.classList.contains("open") ? "collapse prompt" : "expand prompt"; });
-    card.append(el("div", {}, el("span", {class: "lbl"}, "prompt"), toggle), prompt);
+    toggle.addEventListener("click", () => {
+      const open = !prompt.classList.contains("open");
+      prompt.classList.toggle("open", open);
+      if (template) { template.classList.toggle("open", open); template.hidden = !open; }
+      toggle.textContent = open ? "collapse prompt" : "expand prompt";
+    });
+    if (template) template.hidden = true;
+    card.append(el("div", {}, el("span", {class: "lbl"}, "prompt"), toggle,
+                   bs ? el("span", {class: "small muted"}, `  (instruction template: ${bs} tokens, ` +
+                                    `contribution ${fmt(tsum, 3)}, shown when expanded)`) : null),
+                template, prompt);
     if (!peak) card.append(el("p", {class: "small muted"}, "all contributions are zero"));
   } else if (d.t) {
     card.append(tokensBlock(d.t, null, d.rs, d.t.length, new Set(d.sp || []), "response"));
