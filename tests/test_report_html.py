@@ -92,3 +92,41 @@ def test_page_size_for_50_queries_and_20_documents(tmp_path):
 def test_word_diff_marks_the_swapped_words():
     neg, pos = _word_diff("The England team beat China today", "The England team beat France today")
     assert [t for t, c in neg if c] == ["China"] and [t for t, c in pos if c] == ["France"]
+
+
+def test_cli_attribute_explains_by_default_and_show_reads_it(tmp_path):
+    """The commands a user runs: finetune, index, attribute (token attribution on by default), show."""
+    import numpy as np
+    from conftest import make_model, make_tokenizer
+    from report_data import WORDS
+
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rng = np.random.default_rng(1)
+    rows = [{"id": f"d{i}", "document": " ".join(rng.choice(WORDS, 10)), "summary": " ".join(rng.choice(WORDS, 4))}
+            for i in range(6)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q1", "prompt": rows[2]["document"],
+                                                  "negative": "China " + rows[2]["summary"],
+                                                  "positive": "England " + rows[2]["summary"]}) + "\n")
+    common = ["-w", str(tmp_path / "w"), "--model", str(tmp_path / "model"), "-q",
+              "--set", "train.epochs=1", "--set", "train.batch_size=3", "--set", "train.lora.r=2",
+              "--set", "train.lora.target_modules=q_proj,v_proj", "--set", "features.modules=q_proj,v_proj",
+              "--set", "features.proj_dim=3", "--set", "features.layers=all", "--set", "data.max_prompt_tokens=16",
+              "--set", "data.max_response_tokens=6"]
+    runner = CliRunner()
+    data_opt = ["--data", str(tmp_path / "train.jsonl")]
+    for cmd in (["finetune", *data_opt], ["index", *data_opt],
+                ["attribute", "--queries", str(tmp_path / "q.jsonl"), "--methods", "bm25,dda", "--top-k", "3"]):
+        res = runner.invoke(app, [*cmd, *common])
+        assert res.exit_code == 0, (cmd[0], res.output, res.exception)
+    explain_dir = tmp_path / "w" / "attribution" / "explain"
+    assert (explain_dir / "index.json").exists()
+    index = json.loads((explain_dir / "index.json").read_text())
+    assert index["queries"][0]["methods"] == ["dda"]  # the first gradient method of --methods
+    res = runner.invoke(app, ["show", str(tmp_path / "w"), "--out", str(tmp_path / "page.html")])
+    assert res.exit_code == 0, res.output
+    data = _data((tmp_path / "page.html").read_text(encoding="utf-8"))
+    assert data["explained"] == ["dda"] and len(data["queries"][0]["methods"]["dda"]) == 3
+    assert "c" in data["queries"][0]["methods"]["dda"][0]
