@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from .data import Query, Tokenized, focus_on_difference
 from .features.capture import GradientFeaturizer, freeze, pad_batch
@@ -237,17 +238,18 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
         with applied(att.model, ckpt) as model:
             freeze(model)
             fz = GradientFeaturizer(model, indexer.modules, indexer.projector)
+            layout, vectors = _vectors_at(plans, ckpt.name)
+            reduce = _position_reducer(fz, torch.from_numpy(vectors).to(indexer.device))
             lengths = np.array([len(data.input_ids[local[d]]) for d in wanted])
             for batch in length_sorted_batches(lengths, np.arange(len(wanted)), att.cfg.features.batch_size):
                 docs = [wanted[b] for b in batch]
                 seqs = [data.input_ids[local[d]] for d in docs]
                 masks = [data.response_mask[local[d]] for d in docs]
-                per_pos = fz.per_position(*pad_batch(seqs, masks, pad_id, indexer.device)).cpu().double().numpy()
+                reduced = fz.per_position_reduced(*pad_batch(seqs, masks, pad_id, indexer.device), reduce=reduce)
+                batch_rows, proj = _combine(fz, reduced)
                 for b, d in enumerate(docs):
-                    phi = per_pos[b, : len(seqs[b])]
-                    row = phi.sum(0)
-                    rows[(ckpt.name, d)] = row
-                    _accumulate(plans, ckpt.name, d, phi, row, fs.blocks, contrib)
+                    rows[(ckpt.name, d)] = batch_rows[b].astype(np.float32)  # kept for the query-side split
+                    _accumulate(plans, layout, d, proj[b, :, : len(seqs[b])], batch_rows[b], fs.blocks, contrib)
                 n_doc_rows += len(docs)
             if want_targets:
                 td = target_rows.data
@@ -278,6 +280,9 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
             "query_tokens": _query_token_info(tok, sides, qi, att.cfg.features.query_tokens),
             "methods": {},
             "cost": cost,
+            "settings": {"methods": list(plans), "top_k": top_k if train_ids is None else None,
+                         "train_ids": list(train_ids) if train_ids is not None else None,
+                         "query_token_limit": query_token_limit},
         }
         for label, plan in plans.items():
             docs_out = []
@@ -320,22 +325,75 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
     return out
 
 
-def _accumulate(plans: dict[str, dict[str, Any]], ckpt: str, d: int, phi: np.ndarray, row: np.ndarray,
-                blocks: list[int] | None, contrib: dict[tuple[str, int, int], np.ndarray]) -> None:
-    """Add every term reading checkpoint `ckpt` to the contributions of document d, for each query and method
-    whose list holds d: w * (phi_t * doc scale) . qhat."""
+def _vectors_at(plans: dict[str, dict[str, Any]], ckpt: str) -> tuple[list[tuple[str, _PlannedTerm, int]], np.ndarray]:
+    """The normalised query vectors of every term that reads training features at `ckpt`, as one (D, V) matrix,
+    and where each term's block of n_queries columns starts: [(method, term, first column)]."""
+    layout, blocks, col = [], [], 0
     for label, plan in plans.items():
-        qis = [qi for qi, docs in enumerate(plan["chosen"]) if d in docs]
+        for pt in plan["terms"]:
+            if pt.term.train == ckpt:
+                layout.append((label, pt, col))
+                blocks.append(pt.qhat)
+                col += pt.qhat.shape[0]
+    if not blocks:
+        return layout, np.zeros((0, 0))
+    return layout, np.ascontiguousarray(np.concatenate(blocks).T)
+
+
+def _position_reducer(fz: GradientFeaturizer, vectors: torch.Tensor):
+    """Per module: its (B, T, dim) per-position features -> (their sum over T: the module's part of the row,
+    their dot products with the query vectors' columns of that module: (B, T, V)), in float64."""
+    slices: dict[str, slice] = {}
+    start = 0
+    for name in fz.names:
+        dim = fz.projector.module_dim(*fz.shapes[name])
+        slices[name] = slice(0, dim) if fz.projector.combine == "sum" else slice(start, start + dim)
+        start += dim
+
+    def reduce(name: str, per_position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pp = per_position.double()
+        proj = pp @ vectors[slices[name]] if vectors.numel() else pp.new_zeros((*pp.shape[:2], 0))
+        return pp.sum(1), proj
+
+    return reduce
+
+
+def _combine(fz: GradientFeaturizer, reduced: dict[str, tuple[torch.Tensor, torch.Tensor]]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (B, D) and per-module projections (B, M, T, V); a projection that sums modules gives M = 1."""
+    if fz.projector.combine == "sum":
+        rows = sum(reduced[n][0] for n in fz.names)
+        proj = sum(reduced[n][1] for n in fz.names).unsqueeze(1)
+    else:
+        rows = torch.cat([reduced[n][0] for n in fz.names], dim=1)
+        proj = torch.stack([reduced[n][1] for n in fz.names], dim=1)
+    return rows.cpu().numpy(), proj.cpu().numpy()
+
+
+def _module_norms(row: np.ndarray, blocks: list[int]) -> np.ndarray:
+    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64)
+    return np.sqrt(np.add.reduceat(row.astype(np.float64) ** 2, starts))
+
+
+def _accumulate(plans: dict[str, dict[str, Any]], layout: list[tuple[str, _PlannedTerm, int]], d: int,
+                proj: np.ndarray, row: np.ndarray, blocks: list[int] | None,
+                contrib: dict[tuple[str, int, int], np.ndarray]) -> None:
+    """Add the terms in `layout` to the token contributions of document d, for each query whose list under the
+    term's method holds d: weight * sum over modules of (phi_t,m . qhat_m) / (what the term divides the row by).
+    proj: (M, T, V) dot products of the document's per-position features with the query vectors."""
+    for label, pt, col in layout:
+        qis = [qi for qi, docs in enumerate(plans[label]["chosen"]) if d in docs]
         if not qis:
             continue
-        for pt in plan["terms"]:
-            if pt.term.train != ckpt:
-                continue
-            scaled = phi * _doc_scale(pt.term, row, blocks)  # (T, d)
-            parts = pt.term.weight * (scaled @ pt.qhat[qis].T)  # (T, n selected queries)
-            for j, qi in enumerate(qis):
-                key = (label, qi, d)
-                contrib[key] = contrib.get(key, 0.0) + parts[:, j]
+        cols = proj[:, :, [col + qi for qi in qis]]  # (M, T, n selected queries)
+        if pt.term.normalize == "module":
+            parts = np.einsum("mtv,m->tv", cols, 1.0 / np.maximum(_module_norms(row, blocks), 1e-30))
+        else:
+            parts = cols.sum(0) * _doc_scale(pt.term, row, blocks)
+        parts = pt.term.weight * parts
+        for j, qi in enumerate(qis):
+            key = (label, qi, d)
+            contrib[key] = contrib.get(key, 0.0) + parts[:, j]
 
 
 def _rel_diff(recomputed: np.ndarray, stored: np.ndarray) -> float:

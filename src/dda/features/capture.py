@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -143,9 +143,16 @@ class GradientFeaturizer:
             return torch.stack([feats[n] for n in self.names]).sum(0)
         return torch.cat([feats[n] for n in self.names], dim=2)
 
-    def _capture(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
-                 positions: bool) -> dict[str, torch.Tensor]:
-        """One forward and one backward; {module: (B, dim)} features, or (B, T, dim) with `positions`."""
+    def per_position_reduced(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
+                             reduce: Callable[[str, torch.Tensor], Any]) -> dict[str, Any]:
+        """{module: reduce(module, its (B, T, dim) per-position features)}, reduced inside the backward hook, so
+        the (B, T, D) tensor of all modules is never held (at 64x64 per module it is ~1 GB per document)."""
+        return self._capture(ids, attn, resp, positions=True, reduce=reduce)
+
+    def _capture(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor, positions: bool,
+                 reduce: Callable[[str, torch.Tensor], Any] | None = None) -> dict[str, Any]:
+        """One forward and one backward; {module: (B, dim)} features, or (B, T, dim) with `positions`, or what
+        `reduce(module, features)` makes of them."""
         mods = dict(self.model.named_modules())
         feats: dict[str, torch.Tensor] = {}
         keep = attn.unsqueeze(-1).to(torch.float32)
@@ -164,10 +171,9 @@ class GradientFeaturizer:
 
                 def grad_hook(g: torch.Tensor) -> None:
                     t1 = time.perf_counter()
-                    if two_sided:
-                        feats[name] = project(name, g, x, x_projected=True).float()
-                    else:
-                        feats[name] = project(name, g, x).float()
+                    kwargs = {"x_projected": True} if two_sided else {}
+                    out = project(name, g, x, **kwargs).float()
+                    feats[name] = out if reduce is None else reduce(name, out)
                     hook_seconds["backward"] += time.perf_counter() - t1
 
                 output.register_hook(grad_hook)
