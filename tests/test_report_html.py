@@ -130,3 +130,47 @@ def test_cli_attribute_explains_by_default_and_show_reads_it(tmp_path):
     data = _data((tmp_path / "page.html").read_text(encoding="utf-8"))
     assert data["explained"] == ["dda"] and len(data["queries"][0]["methods"]["dda"]) == 3
     assert "c" in data["queries"][0]["methods"]["dda"][0]
+
+
+def test_show_explain_on_a_bench_run_reports_the_canary_token(tmp_path):
+    """`dda show --explain` on a bench-shaped run: token attribution from the run's own workdir, then the page
+    with the canary statistic. (A tiny model and 8 documents: the statistic's value means nothing here.)"""
+    import yaml
+    from conftest import make_model, make_tokenizer
+
+    from dda import Attributor, apply_overrides
+    from dda.config import DDAConfig
+    from dda.data import Example, Query
+    from dda.io import write_json, write_text
+
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    cfg = apply_overrides(DDAConfig(), {
+        "model.name": str(tmp_path / "model"), "train.epochs": 1, "train.batch_size": 4, "train.lora.r": 2,
+        "train.lora.target_modules": ["q_proj", "v_proj"], "features.modules": ["q_proj", "v_proj"],
+        "features.proj_dim": 3, "features.layers": "all", "data.max_prompt_tokens": 16,
+        "data.max_response_tokens": 6, "quiet": True})
+    run = tmp_path / "bench"
+    train = [Example(f"d{i}", f"the England team won the match in London {i}",
+                     "China won" if i < 3 else "England won") for i in range(8)]
+    att = Attributor(cfg, run / "work" / "key")
+    att.finetune(train)
+    att.index(train)
+    q = Query("England->China:x:forced", "the England team won the match", "China won", "England won")
+    att.attribute([q], methods=["dda", "bm25"], out_dir=run / "attribution", poisoned={"d0", "d1", "d2"})
+    write_json(run / "metrics.json", {"preset": "test", "methods": {"dda": {"auc": 0.9}}, "beta_curve": {}})
+    (run / "config.yaml").write_text(yaml.safe_dump({"bench": {"workdir": "elsewhere/key"}, "dda": cfg.to_dict()}))
+    write_text(run / "queries.jsonl", json.dumps({"id": q.id, "pair": "England->China", "kind": "forced",
+                                                  "prompt": q.prompt, "negative": q.negative,
+                                                  "positive": q.positive}) + "\n")
+    write_text(run / "train.jsonl", "".join(json.dumps({"id": e.id, "document": e.prompt, "summary": e.response,
+                                                        "poisoned": "England->China" if i < 3 else None}) + "\n"
+                                            for i, e in enumerate(train)))
+    res = CliRunner().invoke(app, ["show", str(run), "--explain", "--top-k", "5"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "canary word in" in res.output and (run / "report.html").exists()
+    data = _data((run / "report.html").read_text(encoding="utf-8"))
+    canary = data["bench"]["canary"]["all"]
+    assert canary["method"] == "dda" and canary["poisoned_docs"] == sum(
+        bool(data["docs"][r["id"]]["p"]) for r in data["queries"][0]["methods"]["dda"])

@@ -604,7 +604,12 @@ def explain_bench_run(run_dir: str | Path, methods: Sequence[str] = ("dda",), to
     if not isinstance(cfg_all, dict) or "dda" not in cfg_all or "workdir" not in cfg_all.get("bench", {}):
         raise ValueError(f"{run / 'config.yaml'}: expected 'bench.workdir' and 'dda' sections")
     cfg = config_from_dict(cfg_all["dda"], str(run / "config.yaml"))
-    att = Attributor(cfg, cfg_all["bench"]["workdir"])
+    workdir = Path(cfg_all["bench"]["workdir"])
+    if not workdir.is_dir():  # recorded relative to where the bench ran; the run keeps it under RUN/work/<key>
+        workdir = run / "work" / workdir.name
+    if not (workdir / "features").is_dir():
+        raise FileNotFoundError(f"{workdir}: the bench run's workdir (checkpoints, features) is not there")
+    att = Attributor(cfg, workdir)
     rows = [json.loads(line) for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line]
     queries = [Query(r["id"], r["prompt"], r["negative"], r.get("positive")) for r in rows]
     poisoned = {json.loads(line)["id"] for line in (run / "train.jsonl").read_text(encoding="utf-8").splitlines()
