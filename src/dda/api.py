@@ -349,6 +349,24 @@ class Attributor:
                 result.save(out_dir, self.cfg.score.top_k)
         return result
 
+    # ------------------------------------------------------------------------- explain (token attribution)
+    def explain(self, result_or_queries: Attribution | list[Query], methods: list[str] | None = None,
+                top_k: int = 10, out_dir: str | Path | None = None, poisoned: set[str] | None = None,
+                train_ids: list[str] | None = None, query_token_limit: int = 8) -> list[dict[str, Any]]:
+        """Token-level attribution of each query's top-k documents (see dda.explain): per document its tokens
+        with contributions that sum to the method's score, the prompt/response split, and the query tokens'
+        shares. `result_or_queries`: an Attribution (its queries and ground truth) or queries. Methods default to
+        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/<query>.json if given."""
+        from .explain import explain, explainable
+
+        if isinstance(result_or_queries, Attribution):
+            queries = result_or_queries.queries
+            poisoned = poisoned if poisoned is not None else (result_or_queries.poisoned or None)
+            methods = methods or [m for m in result_or_queries.scores if explainable(m)] or ["dda"]
+        else:
+            queries = list(result_or_queries)
+        return explain(self, queries, methods or ["dda"], top_k, poisoned, train_ids, query_token_limit, out_dir)
+
     # ------------------------------------------------------------------------------ search (top-k at scale)
     def train_stores(self) -> dict[str, FeatureStore]:
         """The complete training-feature store of theta0 and every checkpoint (read-only memmaps)."""

@@ -162,12 +162,18 @@ def attribute(workdir: WorkdirOpt,
                                ] = None,
               out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
               prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
-              id_field: str = "id", set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+              id_field: str = "id", set_: SetOpt = None, quiet: QuietOpt = False,
+              explain: Annotated[bool, typer.Option(
+                  "--explain/--no-explain", help="Split the top-k scores over the documents' tokens (re-runs the "
+                  "top-k documents at each checkpoint; files in OUT/explain/, shown by `dda show`).")] = True,
+              explain_methods: Annotated[str | None, typer.Option(
+                  help="Methods to explain (default: the first gradient method of --methods).")] = None) -> None:
     """Rank training documents by responsibility for each query's negative output (higher = more responsible).
 
     Uses the model, data and feature settings the workdir was indexed with; every requested method is printed.
 
-    Example: `dda attribute -w runs/x --queries q.jsonl --methods dda,tracin,bm25 --top-k 20`
+    Example: `dda attribute -w runs/x --queries q.jsonl --methods dda,tracin,bm25 --top-k 20`, then
+    `dda show runs/x/attribution --out report.html`
     """
     from .api import Attributor
     from .data import load_queries
@@ -186,10 +192,23 @@ def attribute(workdir: WorkdirOpt,
         qs = load_queries(str(queries), prompt_field, negative_field, positive_field, id_field)
         att = Attributor(cfg, workdir)
         result = att.attribute(qs, list(cfg.score.methods), out_dir=out_dir)
+        explanations = _explain_attribution(att, result, explain, explain_methods, att.cfg.score.top_k, out_dir)
     if not quiet:
         for method in result.scores:
-            print_ranking(result, method, att.cfg.score.top_k)
+            print_ranking(result, method, att.cfg.score.top_k, explanations)
         console.print(f"scores of {len(result.scores)} methods in {out_dir}")
+        if explanations:
+            console.print(f"token attribution in {out_dir}/explain; page: dda show {out_dir} --out report.html")
+
+
+def _explain_attribution(att, result, enabled: bool, methods: str | None, top_k: int, out: Path) -> list[dict]:
+    """Explanations for `dda attribute` (none when disabled or no requested method is a gradient one)."""
+    from .explain import explainable
+
+    if not enabled:
+        return []
+    wanted = _split_methods(methods) if methods else [m for m in result.scores if explainable(m)][:1]
+    return att.explain(result, methods=wanted, top_k=top_k, out_dir=out) if wanted else []
 
 
 def _split_methods(text: str) -> list[str]:
@@ -361,6 +380,48 @@ def search(workdir: WorkdirOpt,
             results.print(f"{qid}: {best}")
         console.print(f"top-{k} of {len(qs)} queries ({backend}, {result.settings['seconds']} s) in "
                       f"{out_dir}/search.json")
+
+
+# ------------------------------------------------------------------------------------------------ dda show
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (or its workdir) or a `dda bench` run.")],
+         out: Annotated[Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
+         top_k: Annotated[int | None, typer.Option(help="Documents per query and method (default: all stored).")]
+         = None,
+         explain: Annotated[bool, typer.Option(
+             "--explain/--no-explain", help="A bench run without token attribution: compute it first (loads the "
+             "model; re-runs each query's top-k documents at every checkpoint).")] = False,
+         methods: Annotated[str, typer.Option(help="Methods to explain with --explain.")] = "dda",
+         quiet: QuietOpt = False) -> None:
+    """One self-contained HTML page (no network, opens from disk): every query with its outputs, each method's
+    top documents with their tokens shaded by contribution, method agreement; a bench run adds Tables 1/2 and β.
+
+    Example: `dda show runs/x/attribution --out report.html`; `dda show runs/bench --explain`
+    """
+    from .explain import explain_bench_run, read_explanations
+    from .report_html import collect, locate, render
+
+    with _clean_errors(run_dir):
+        kind, run, attr = locate(run_dir)
+        if explain and not read_explanations(attr):
+            if kind != "bench":
+                raise ValueError(f"{attr}: no token attribution; run `dda attribute --explain` (the default)")
+            explain_bench_run(run, _split_methods(methods), top_k or 10)
+        data = collect(run_dir, top_k)
+        target = out or run / "report.html"
+        from .io import write_text
+
+        page = render(data)
+        write_text(target, page)
+    if not quiet:
+        canary = (data.get("bench") or {}).get("canary")
+        if canary:
+            c = canary["all"]
+            console.print(f"largest token contribution of poisoned documents in {c['method']}'s top {c['k']}: on the "
+                          f"canary word in {c['on_canary']}/{c['poisoned_docs']}")
+        console.print(f"{len(data['queries'])} queries, {len(data['docs'])} documents, "
+                      f"{len(page.encode()) / 1e6:.2f} MB")
+    console.print(f"report: {target}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from .config import DDAConfig, apply_overrides
 from .data import Example, Query, read_records
 from .io import write_json
 from .progress import say
+from .report_html import write_page
 
 DEMO_OVERRIDES = {
     "data.max_prompt_tokens": 96,
@@ -63,9 +64,14 @@ def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int
     for m in methods:
         summary["poisoned_in_top10"][m] = [sum(r["poisoned"] for r in result.top(10, m, q))
                                            for q in range(len(queries))]
+    # Show why: DDA's top 10 of each query split over their tokens, then one HTML page with everything.
+    explanations = att.explain(result, methods=["dda"], top_k=10, out_dir=Path(workdir) / "attribution")
+    report = write_page(Path(workdir) / "attribution", Path(workdir) / "report.html")
+    summary["explain_cost"] = explanations[0]["cost"] if explanations else None
+    summary["report"] = str(report)
     write_json(Path(workdir) / "demo_summary.json", summary)
     if not quiet:
-        print_ranking(result, "dda", 10)
+        print_ranking(result, "dda", 10, explanations)
         from rich.table import Table
 
         from .progress import console
@@ -79,19 +85,64 @@ def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int
         say(f"{len(poisoned)}/{len(examples)} training documents are poisoned: a random top 10 holds "
             f"{10 * len(poisoned) / len(examples):.1f} on average. Wall time {summary['wall_seconds']} s. "
             f"Outputs in {workdir}/attribution", quiet)
+    say(f"report: {report}  (open it in a browser: one self-contained file)", quiet)
     return summary
 
 
-def print_ranking(result, method: str, k: int) -> None:
+def print_ranking(result, method: str, k: int, explanations: list[dict] | None = None, out=None) -> None:
+    """The top-k table per query; with explanations (dda.explain) each row gains a snippet of the document around
+    its largest token contribution, the top tokens marked, so the culprit words show at a shell."""
+    from rich.markup import escape
     from rich.table import Table
 
     from .progress import results as console
 
+    out = out or console
+    by_query = {e["query"]["id"]: e for e in explanations or []}
     for qi, q in enumerate(result.queries):
-        tab = Table(title=f"query {q.id} — {method}: {q.negative[:90]}")
-        for col in ("rank", "train id", "score", "poisoned"):
-            tab.add_column(col)
+        docs = {d["train_id"]: d for d in by_query.get(q.id, {}).get("methods", {}).get(method, {}).get("docs", [])}
+        tab = Table(title=f"query {escape(q.id)} — {escape(method)}: {escape(q.negative[:90])}")
+        tab.add_column("rank", justify="right", no_wrap=True)
+        tab.add_column("train id", no_wrap=True, max_width=24, overflow="ellipsis")
+        tab.add_column("score", justify="right", no_wrap=True)
+        tab.add_column("poisoned", no_wrap=True)
+        if docs:
+            tab.add_column("why: top tokens in bold (text around the largest)", ratio=1, min_width=24)
         for row in result.top(k, method, qi):
-            tab.add_row(str(row["rank"]), row["train_id"], f"{row['score']:.4g}",
-                        "[red]POISONED[/]" if row["poisoned"] else "")
-        console.print(tab)
+            cells = [str(row["rank"]), escape(row["train_id"]), f"{row['score']:.4g}",
+                     "[red]POISONED[/]" if row["poisoned"] else ""]
+            if docs:
+                d = docs.get(row["train_id"])
+                cells.append(snippet(d) if d else "")
+            tab.add_row(*cells)
+        out.print(tab)
+
+
+def snippet(doc: dict, chars: int = 90, marked: int = 3) -> str:
+    """Rich markup: the document's text around its largest token contribution (about `chars` characters), the
+    `marked` largest contributions in that window in bold red; '…' where text was cut."""
+    from rich.markup import escape
+
+    tokens = doc["tokens"]
+    special = set(doc.get("special", []))
+    texts = ["" if i in special else t.replace("\n", " ") for i, (t, _) in enumerate(tokens)]
+    values = [c if i not in special else float("-inf") for i, (_, c) in enumerate(tokens)]
+    if not tokens:
+        return ""
+    # the culprit is looked for in the document and response, not in the instruction template every row shares
+    first = min(doc.get("body_start", 0), doc.get("response_start", 0))
+    best = max(range(first, len(tokens)), key=lambda i: values[i]) if first < len(tokens) else 0
+    lo, hi, used = best, best + 1, len(texts[best])
+    while used < chars and (lo > first or hi < len(tokens)):  # grow both ways, more to the right
+        if hi < len(tokens) and (lo == first or hi - best <= 2 * (best - lo)):
+            used += len(texts[hi])
+            hi += 1
+        else:
+            lo -= 1
+            used += len(texts[lo])
+    top = set(sorted(range(lo, hi), key=lambda i: -values[i])[:marked])
+    parts = [f"[bold red]{escape(texts[i])}[/]" if i in top and values[i] > 0 and texts[i].strip()
+             else escape(texts[i]) for i in range(lo, hi)]
+    where = "response" if best >= doc.get("response_start", 0) else "prompt"
+    text = ("…" if lo > 0 else "") + "".join(parts).strip() + ("…" if hi < len(tokens) else "")
+    return f"[dim]{where}:[/] {text}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -129,9 +129,34 @@ class GradientFeaturizer:
         return emb.register_forward_hook(lambda _m, _i, out: out.requires_grad_(True))
 
     def __call__(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+        feats = self._capture(ids, attn, resp, positions=False)
+        if self.projector.combine == "sum":
+            return torch.stack([feats[n] for n in self.names]).sum(0)
+        return torch.cat([feats[n] for n in self.names], dim=1)
+
+    def per_position(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor) -> torch.Tensor:
+        """(B, T, D): each token position's term of the features (g_t x_t^T projected); summed over T it is
+        the row `__call__` returns. Pads get zeros. Prompt positions are not zero: attention carries the
+        response tokens' losses back to them, and their inputs x_t enter the weight gradient."""
+        feats = self._capture(ids, attn, resp, positions=True)
+        if self.projector.combine == "sum":
+            return torch.stack([feats[n] for n in self.names]).sum(0)
+        return torch.cat([feats[n] for n in self.names], dim=2)
+
+    def per_position_reduced(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
+                             reduce: Callable[[str, torch.Tensor], Any]) -> dict[str, Any]:
+        """{module: reduce(module, its (B, T, dim) per-position features)}, reduced inside the backward hook, so
+        the (B, T, D) tensor of all modules is never held (at 64x64 per module it is ~1 GB per document)."""
+        return self._capture(ids, attn, resp, positions=True, reduce=reduce)
+
+    def _capture(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor, positions: bool,
+                 reduce: Callable[[str, torch.Tensor], Any] | None = None) -> dict[str, Any]:
+        """One forward and one backward; {module: (B, dim)} features, or (B, T, dim) with `positions`, or what
+        `reduce(module, features)` makes of them."""
         mods = dict(self.model.named_modules())
         feats: dict[str, torch.Tensor] = {}
         keep = attn.unsqueeze(-1).to(torch.float32)
+        project = self.projector.project_positions if positions else self.projector.project_captured
         handles = []
         hook_seconds = {"forward": 0.0, "backward": 0.0}
 
@@ -143,7 +168,8 @@ class GradientFeaturizer:
 
                 def grad_hook(g: torch.Tensor) -> None:
                     t1 = time.perf_counter()
-                    feats[name] = self.projector.project_captured(name, g, x).float()
+                    out = project(name, g, x).float()
+                    feats[name] = out if reduce is None else reduce(name, out)
                     hook_seconds["backward"] += time.perf_counter() - t1
 
                 output.register_hook(grad_hook)
@@ -170,9 +196,7 @@ class GradientFeaturizer:
         missing = [n for n in self.names if n not in feats]
         if missing:
             raise RuntimeError(f"no gradient reached {missing[:3]}: is the module on the loss path?")
-        if self.projector.combine == "sum":
-            return torch.stack([feats[n] for n in self.names]).sum(0)
-        return torch.cat([feats[n] for n in self.names], dim=1)
+        return feats
 
 
 def freeze(model: torch.nn.Module) -> None:

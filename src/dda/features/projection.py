@@ -86,6 +86,14 @@ class Projector:
         """g: (B, T, d_out), x: (B, T, d_in) -> (B, module_dim)."""
         return self.project_captured(name, g, self.capture_input(name, x))
 
+    def project_positions(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
+        """The projection of each position's term g_t x_t^T: (B, T, module_dim), summing over T to
+        `project_captured(name, g, captured)`; `captured` is `capture_input`'s output.
+
+        Every projection is linear in G = sum_t g_t x_t^T, so a feature splits exactly over token positions
+        (token-level attribution, dda.explain)."""
+        raise NotImplementedError
+
     def describe(self) -> dict:
         return {"kind": self.kind}
 
@@ -103,6 +111,9 @@ class IdentityProjector(Projector):
 
     def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bto,bti->boi", _acc(g), _acc(captured)).reshape(g.shape[0], -1)
+
+    def project_positions(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bto,bti->btoi", _acc(g), _acc(captured)).reshape(*g.shape[:2], -1)
 
 
 @register_projection
@@ -131,7 +142,8 @@ class KroneckerProjector(Projector):
         return kk if self.m is None else min(self.m, kk)
 
     def _compress(self, name: str, sketch: torch.Tensor) -> torch.Tensor:
-        kk = sketch.shape[1]
+        """(..., k*k) -> (..., m): the second, dense stage (linear, so it commutes with sums over positions)."""
+        kk = sketch.shape[-1]
         if self.m is None or self.m >= kk:
             return sketch
         key = (name, "compress", kk, sketch.device, sketch.dtype)
@@ -147,6 +159,10 @@ class KroneckerProjector(Projector):
     def project_captured(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
         gp = _acc(g) @ self._side(name, "out", g.shape[-1], g.device, ACCUMULATE).T
         return self._compress(name, torch.einsum("bto,bti->boi", gp, _acc(captured)).reshape(g.shape[0], -1))
+
+    def project_positions(self, name: str, g: torch.Tensor, captured: torch.Tensor) -> torch.Tensor:
+        gp = _acc(g) @ self._side(name, "out", g.shape[-1], g.device, ACCUMULATE).T
+        return self._compress(name, torch.einsum("bto,bti->btoi", gp, _acc(captured)).reshape(*g.shape[:2], -1))
 
     def describe(self) -> dict:
         out = {"kind": self.kind, "k": self.k, "seed": self.seed}
@@ -179,6 +195,27 @@ class DenseProjector(Projector):
             # Entries N(0, 1/k): the block is generated (k, rows) so the scale matches `gaussian`.
             block = gaussian(self.k, stop - start, _seed_for(self.seed, name, "dense", b), g.device, ACCUMULATE)
             out += full[:, start:stop] @ block.T
+        return out
+
+    def project_positions(self, name: str, g: torch.Tensor, captured: torch.Tensor,
+                          chunk_elems: int = 1 << 22) -> torch.Tensor:
+        """Per position, with the same seeded blocks as `project`; the flattened gradient index is o * d_in + i,
+        and each block is formed from the rows of g it covers, in column chunks of about `chunk_elems`
+        (B*T*chunk values), so the (B, T, d_out*d_in) tensor is never held whole."""
+        g, x = _acc(g), _acc(captured)
+        bsz, steps, d_out = g.shape
+        d_in = x.shape[-1]
+        chunk = max(d_in, chunk_elems // max(1, bsz * steps))
+        out = torch.zeros(bsz, steps, self.k, device=g.device, dtype=ACCUMULATE)
+        for b, start in enumerate(range(0, d_out * d_in, self.block_rows)):
+            stop = min(start + self.block_rows, d_out * d_in)
+            block = gaussian(self.k, stop - start, _seed_for(self.seed, name, "dense", b), g.device, ACCUMULATE)
+            for c0 in range(start, stop, chunk):
+                c1 = min(c0 + chunk, stop)
+                o0, o1 = c0 // d_in, (c1 - 1) // d_in + 1
+                piece = torch.einsum("bto,bti->btoi", g[..., o0:o1], x).reshape(bsz, steps, -1)
+                piece = piece[..., c0 - o0 * d_in: c1 - o0 * d_in]
+                out += piece @ block[:, c0 - start: c1 - start].T
         return out
 
     def describe(self) -> dict:

@@ -232,12 +232,19 @@ def method_needs(specs: list[str]) -> set[str]:
     return set().union(*(REGISTRY[parse_method(s)[1]].needs for s in specs)) if specs else set()
 
 
-def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None = None) -> np.ndarray:
+def method_params(spec: str, defaults: dict[str, Any] | None = None) -> tuple[str, ScoreFn, dict[str, Any]]:
+    """(label, scorer function, parameters): `defaults` (config values) the scorer accepts, then the spec's own
+    (checked against the scorer's signature by `parse_method`)."""
     label, name, params = parse_method(spec)
     scorer = REGISTRY[name]
     merged = {k: v for k, v in (defaults or {}).items() if k in scorer.params}
     merged.update(params)
-    scores = np.asarray(scorer.fn(ctx, **merged), dtype=np.float64)
+    return label, scorer.fn, merged
+
+
+def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None = None) -> np.ndarray:
+    label, fn, merged = method_params(spec, defaults)
+    scores = np.asarray(fn(ctx, **merged), dtype=np.float64)
     if scores.shape != (len(ctx.queries), len(ctx.train_texts)):
         raise RuntimeError(f"method '{label}' returned shape {scores.shape}, expected "
                            f"{(len(ctx.queries), len(ctx.train_texts))}")

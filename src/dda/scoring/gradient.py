@@ -18,6 +18,11 @@ normalize (how gradients and scores are put on one scale before they combine):
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from ..config import ScoreConfig
@@ -53,26 +58,68 @@ def _normalize_mode(normalize: bool | str | None) -> str:
     return mode
 
 
-def _scorer(fs: FeatureSet, normalize: bool | str | None):
-    """(train features, query vectors) -> scores, under the chosen normalisation."""
+@dataclass(frozen=True)
+class Term:
+    """One dot product of a linear gradient score: weight * <norm(training row at `train`), norm(query)>.
+
+    dda, grad_dot, grad_cos and tracin are sums of terms (scorers return `evaluate(fs, terms)`), so a score
+    is linear in the training row given per-row constants (its module norms, its norm): dda.explain splits
+    each term, and so the score, exactly over the training document's tokens."""
+
+    weight: float
+    train: str  # checkpoint of the training features
+    query: np.ndarray  # (n_queries, d) float32 query vectors
+    normalize: str  # none | module (per-module cosines) | std (unit std over training rows) | cosine
+    query_checkpoint: str  # where the query gradients were taken
+    contrastive: bool  # query = contrast (negative - positive) or the negative output alone
+
+
+def term_scores(fs: FeatureSet, term: Term) -> np.ndarray:
+    """(n_queries, n_train) scores of one term, before its weight."""
+    train = fs.train[term.train]
+    if term.normalize == "module":
+        return dot_scores(train, term.query, blocks=fs.blocks)
+    s = dot_scores(train, term.query)
+    if term.normalize == "std":
+        return _unit_std(s)
+    if term.normalize == "cosine":
+        return s / np.maximum(np.outer(np.linalg.norm(term.query, axis=1), row_norms(train)), 1e-30)
+    return s
+
+
+def evaluate(fs: FeatureSet, terms: list[Term]) -> np.ndarray:
+    return sum(t.weight * term_scores(fs, t) for t in terms)
+
+
+def linear(fn: Callable[..., list[Term]]) -> Callable[..., np.ndarray]:
+    """A scorer from a function that lists its terms; `scorer.terms` keeps the term list for dda.explain.
+    functools.wraps keeps the signature, which run_method reads for the accepted parameters."""
+
+    @functools.wraps(fn)
+    def scorer(ctx: ScoringContext, **params: Any) -> np.ndarray:
+        return evaluate(_need(ctx), fn(ctx, **params))
+
+    scorer.terms = fn  # type: ignore[attr-defined]
+    return scorer
+
+
+def _resolved_mode(fs: FeatureSet, normalize: bool | str | None) -> str:
     mode = _normalize_mode(normalize)
     if mode == "auto":
         mode = "module" if fs.blocks is not None else "none"
-    if mode == "module":
-        if fs.blocks is None:
-            raise ValueError("normalize=module needs per-module features (kronecker or identity projection); "
-                             "these were built with a projection that mixes modules")
-        return lambda train, q: dot_scores(train, q, blocks=fs.blocks)
-    if mode == "std":
-        return lambda train, q: _unit_std(dot_scores(train, q))
-    return dot_scores
+    if mode == "module" and fs.blocks is None:
+        raise ValueError("normalize=module needs per-module features (kronecker or identity projection); "
+                         "these were built with a projection that mixes modules")
+    return mode
 
 
 @register("dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False},
           dda_no_contrast={"contrastive": False})
+@linear
 def dda(ctx: ScoringContext, beta: float = ScoreConfig.beta, contrastive: bool = True, debias: bool = True,
         denoise: bool = True, debias_mode: str = ScoreConfig.debias_mode,
-        normalize: bool | str | None = ScoreConfig.normalize, checkpoints: list[str] | str | None = None) -> np.ndarray:
+        normalize: bool | str | None = ScoreConfig.normalize, checkpoints: list[str] | str | None = None
+        ) -> list[Term]:
     """DDA: the contrastive score averaged over fine-tuned checkpoints (denoise), minus beta times the theta0
     score (debias; beta < 0 adds it). Ablations: dda_no_debias, dda_no_denoise (last checkpoint only),
     dda_no_contrast (the negative output's gradient alone). See the module docstring for debias_mode and
@@ -81,46 +128,48 @@ def dda(ctx: ScoringContext, beta: float = ScoreConfig.beta, contrastive: bool =
     cks = fs.finetuned(checkpoints or ctx.default_checkpoints)
     if not denoise:
         cks = cks[-1:]  # the single last checkpoint: what denoising averages away
-    score = _scorer(fs, normalize)
-    total = sum(score(fs.train[c.name], _query(fs, c.name, contrastive)) for c in cks) / len(cks)
+    mode = _resolved_mode(fs, normalize)
+
+    def term(weight: float, train: str, query: str) -> Term:
+        return Term(weight, train, _query(fs, query, contrastive), mode, query, contrastive)
+
+    terms = [term(1.0 / len(cks), c.name, c.name) for c in cks]
     if debias and beta != 0.0:
         if debias_mode == "base":
-            bias = score(fs.train[fs.base], _query(fs, fs.base, contrastive))
+            terms.append(term(-beta, fs.base, fs.base))
         elif debias_mode == "cross":
-            bias = sum(score(fs.train[fs.base], _query(fs, c.name, contrastive)) for c in cks) / len(cks)
+            terms += [term(-beta / len(cks), fs.base, c.name) for c in cks]
         elif debias_mode == "query0":
-            q0 = _query(fs, fs.base, contrastive)
-            bias = sum(score(fs.train[c.name], q0) for c in cks) / len(cks)
+            terms += [term(-beta / len(cks), c.name, fs.base) for c in cks]
         else:
             raise ValueError(f"debias_mode must be 'base', 'cross' or 'query0', not '{debias_mode}'")
-        total = total - beta * bias
-    return total
+    return terms
 
 
 @register("grad_dot")
-def grad_dot(ctx: ScoringContext, checkpoint: str | None = None) -> np.ndarray:
+@linear
+def grad_dot(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
     """First-order influence at one checkpoint (default: the last), negative output only."""
     fs = _need(ctx)
     name = checkpoint or fs.finetuned()[-1].name
-    return dot_scores(fs.train[name], _query(fs, name, False))
+    return [Term(1.0, name, _query(fs, name, False), "none", name, False)]
 
 
 @register("grad_cos")
-def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> np.ndarray:
+@linear
+def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
     fs = _need(ctx)
     name = checkpoint or fs.finetuned()[-1].name
-    q = _query(fs, name, False)
-    s = dot_scores(fs.train[name], q)
-    return s / np.maximum(np.outer(np.linalg.norm(q, axis=1), row_norms(fs.train[name])), 1e-30)
+    return [Term(1.0, name, _query(fs, name, False), "cosine", name, False)]
 
 
 @register("tracin")
-def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None) -> np.ndarray:
+@linear
+def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None) -> list[Term]:
     """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k)."""
     fs = _need(ctx)
-    cks = fs.finetuned(checkpoints)
-    return sum((c.lr if c.lr is not None else 1.0) * dot_scores(fs.train[c.name], _query(fs, c.name, False))
-               for c in cks)
+    return [Term(c.lr if c.lr is not None else 1.0, c.name, _query(fs, c.name, False), "none", c.name, False)
+            for c in fs.finetuned(checkpoints)]
 
 
 @register("trak")
