@@ -70,6 +70,7 @@ def test_bench_report_renders_in_chromium(tmp_path):
         page.locator('a[href="#q-3"]').first.click()
         page.wait_for_function("document.getElementById('query-title').textContent.startsWith('Query 4/6')")
         page.locator("#query .doc").first.scroll_into_view_if_needed()
+        assert "\nnull\n" not in page.locator("#query").inner_text()  # no missing block printed as text
         page.screenshot(path=str(SHOTS / "report-screenshot-query.png"), full_page=False)
         print(f"screenshots: {SHOTS / 'report-screenshot.png'}, {SHOTS / 'report-screenshot-query.png'}")
     finally:

@@ -514,7 +514,7 @@ function docCard(row) {
     card.append(el("div", {}, el("span", {class: "lbl"}, "prompt"), toggle,
                    bs ? el("span", {class: "small muted"}, `  (instruction template: ${bs} tokens, ` +
                                     `contribution ${fmt(tsum, 3)}, shown when expanded)`) : null),
-                template, prompt);
+                ...[template, prompt].filter(Boolean));
     if (!peak) card.append(el("p", {class: "small muted"}, "all contributions are zero"));
   } else if (d.t) {
     card.append(tokensBlock(d.t, null, d.rs, d.t.length, new Set(d.sp || []), "response"));
