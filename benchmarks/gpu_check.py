@@ -77,20 +77,56 @@ HALF_COS_TOL = {"bfloat16": 0.99, "float16": 0.999}
 
 SHAPES: dict[str, dict[str, int]] = {
     # ~0.47B: Qwen2.5-0.5B / SmolLM2-360M class
-    "0.5B": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                 num_key_value_heads=16, vocab_size=32000),
+    "0.5B": dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=32000,
+    ),
     # Llama-2-7B's shape: 6.74B parameters, 13.5 GB in bf16
-    "7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=32, vocab_size=32000),
-    "tiny-a": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                   num_key_value_heads=2, vocab_size=256),
-    "tiny-b": dict(hidden_size=96, intermediate_size=192, num_hidden_layers=6, num_attention_heads=4,
-                   num_key_value_heads=4, vocab_size=256),
+    "7B": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+    "tiny-a": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+    ),
+    "tiny-b": dict(
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=256,
+    ),
 }
-CHECK_SHAPE = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=6, num_attention_heads=8,
-                   num_key_value_heads=4, vocab_size=1024)
-CHECK_SHAPE_TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=160)
+CHECK_SHAPE = dict(
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=6,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    vocab_size=1024,
+)
+CHECK_SHAPE_TINY = dict(
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=160,
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -100,8 +136,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cuda, cuda:N or cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (seconds on a CPU): exercises the script")
     ap.add_argument("--models", default=None, help="comma list of shapes (default 0.5B,7B; --tiny: tiny-a,tiny-b)")
-    ap.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                    help="model dtype of section (b) (default bfloat16; --tiny: float32, a CPU's fast path)")
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=sorted(DTYPES),
+        help="model dtype of section (b) (default bfloat16; --tiny: float32, a CPU's fast path)",
+    )
     ap.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512; --tiny 32)")
     ap.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default 8; --tiny 2)")
     ap.add_argument("--batches", type=int, default=None, help="timed batches per row (default 16; --tiny 2)")
@@ -148,15 +188,22 @@ def version(pkg: str) -> str | None:
 def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
-        "python": platform.python_version(), "platform": platform.platform(), "logical_cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "logical_cpus": os.cpu_count(),
         "versions": {p: version(p) for p in ("torch", "transformers", "peft", "accelerate", "numpy")},
-        "device": str(device), "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "device": str(device),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                 "compute_capability": f"{props.major}.{props.minor}", "multiprocessors": props.multi_processor_count,
-                 "cuda": torch.version.cuda}
+        info |= {
+            "gpu": props.name,
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+            "cuda": torch.version.cuda,
+        }
     return info
 
 
@@ -194,8 +241,9 @@ def build_llama(shape: dict[str, int], dtype: torch.dtype, device: torch.device,
     the host in float32 would take 27 GB and minutes of initialisation)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**shape, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        **shape, max_position_embeddings=4096, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False
+    )
     torch.manual_seed(seed)
     with default_dtype(dtype), torch.device(device):
         model = LlamaForCausalLM(cfg)
@@ -257,8 +305,9 @@ def project_full_gradient(projector: Any, name: str, grad: torch.Tensor) -> torc
 
 
 def reference_features(projector: Any, names: list[str], grads: list[dict]) -> torch.Tensor:
-    return torch.stack([torch.cat([project_full_gradient(projector, n, g[n]).reshape(-1) for n in names])
-                        for g in grads]).double()
+    return torch.stack(
+        [torch.cat([project_full_gradient(projector, n, g[n]).reshape(-1) for n in names]) for g in grads]
+    ).double()
 
 
 def compare(feats: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
@@ -266,8 +315,10 @@ def compare(feats: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
     rel = (feats - ref).norm(dim=1) / ref.norm(dim=1)
     cos = torch.nn.functional.cosine_similarity(feats, ref, dim=1)
     finite = bool(torch.isfinite(feats).all())
-    return {"max_rel_error": float(rel.max()) if finite else float("inf"),
-            "min_cosine": float(cos.min()) if finite else float("-inf")}
+    return {
+        "max_rel_error": float(rel.max()) if finite else float("inf"),
+        "min_cosine": float(cos.min()) if finite else float("-inf"),
+    }
 
 
 def run_checks(device: torch.device, tiny: bool) -> list[dict[str, Any]]:
@@ -286,15 +337,27 @@ def run_checks(device: torch.device, tiny: bool) -> list[dict[str, Any]]:
 
     def add(name: str, metric: str, value: float, tol: float, detail: dict[str, Any]) -> None:
         passed = value <= tol if metric == "max_rel_error" else value >= tol
-        checks.append({"name": name, "metric": metric, "value": value,
-                       "tolerance": f"{'<=' if metric == 'max_rel_error' else '>='} {tol:g}", "passed": passed,
-                       "detail": detail})
+        checks.append(
+            {
+                "name": name,
+                "metric": metric,
+                "value": value,
+                "tolerance": f"{'<=' if metric == 'max_rel_error' else '>='} {tol:g}",
+                "passed": passed,
+                "detail": detail,
+            }
+        )
 
     ident = GradientFeaturizer(model, all_names, IdentityProjector())(*batch)
     ref_ident = reference_features(IdentityProjector(), all_names, grads)
     got = compare(ident, ref_ident)
-    add("fp32 hooks, identity projection vs autograd", "max_rel_error", got["max_rel_error"], FP32_REL_TOL,
-        got | {"modules": len(all_names), "dims": int(ident.shape[1]), "tokens": lengths})
+    add(
+        "fp32 hooks, identity projection vs autograd",
+        "max_rel_error",
+        got["max_rel_error"],
+        FP32_REL_TOL,
+        got | {"modules": len(all_names), "dims": int(ident.shape[1]), "tokens": lengths},
+    )
 
     def kron() -> KroneckerProjector:
         return KroneckerProjector(PROJ_K, SEED, MODULE_DIM)
@@ -302,15 +365,25 @@ def run_checks(device: torch.device, tiny: bool) -> list[dict[str, Any]]:
     ref_kron = reference_features(kron(), default_names, grads)
     feats = GradientFeaturizer(model, default_names, kron())(*batch)
     got = compare(feats, ref_kron)
-    add("fp32 hooks, default Kronecker sketch vs autograd projected", "max_rel_error", got["max_rel_error"],
-        FP32_REL_TOL, got | {"modules": len(default_names), "dims": int(feats.shape[1])})
+    add(
+        "fp32 hooks, default Kronecker sketch vs autograd projected",
+        "max_rel_error",
+        got["max_rel_error"],
+        FP32_REL_TOL,
+        got | {"modules": len(default_names), "dims": int(feats.shape[1])},
+    )
 
     for dname in ("bfloat16", "float16"):
         half = copy.deepcopy(model).to(DTYPES[dname])
         feats = GradientFeaturizer(half, default_names, kron())(*batch)
         got = compare(feats, ref_kron)
-        add(f"{dname} model, default Kronecker sketch vs fp32 autograd projected", "min_cosine", got["min_cosine"],
-            HALF_COS_TOL[dname], got | {"feature_dtype": str(feats.dtype).replace("torch.", "")})
+        add(
+            f"{dname} model, default Kronecker sketch vs fp32 autograd projected",
+            "min_cosine",
+            got["min_cosine"],
+            HALF_COS_TOL[dname],
+            got | {"feature_dtype": str(feats.dtype).replace("torch.", "")},
+        )
         del half
     del model
     free_memory(device)
@@ -334,13 +407,13 @@ def make_batches(n: int, batch_size: int, seq_len: int, vocab: int, device: torc
     gen = torch.Generator().manual_seed(123)
     ids = torch.randint(3, vocab, (n, batch_size, seq_len), generator=gen).to(device)
     resp = torch.zeros(batch_size, seq_len, dtype=torch.bool)
-    resp[:, seq_len - seq_len // 3:] = True  # the response: the last third (a summary after its document)
-    return Batches(ids=ids, resp=resp.to(device), attn=torch.ones(batch_size, seq_len, dtype=torch.long,
-                                                                   device=device))
+    resp[:, seq_len - seq_len // 3 :] = True  # the response: the last third (a summary after its document)
+    return Batches(ids=ids, resp=resp.to(device), attn=torch.ones(batch_size, seq_len, dtype=torch.long, device=device))
 
 
-def timed_loop(step: Callable[[int], None], batches: Batches, warmup: int, timed: int, device: torch.device,
-               deadline: Deadline) -> dict[str, Any]:
+def timed_loop(
+    step: Callable[[int], None], batches: Batches, warmup: int, timed: int, device: torch.device, deadline: Deadline
+) -> dict[str, Any]:
     """Warm-up steps, then timed steps until `timed` are done or the deadline passes (at least one timed)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -356,13 +429,19 @@ def timed_loop(step: Callable[[int], None], batches: Batches, warmup: int, timed
     seconds = time.perf_counter() - t0
     tokens = done * batches.ids.shape[1] * batches.ids.shape[2]
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    return {"status": "ok" if done == timed else f"ok ({done} of {timed} batches: deadline)",
-            "batches": done, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-            "peak_mem_gb": peak}
+    return {
+        "status": "ok" if done == timed else f"ok ({done} of {timed} batches: deadline)",
+        "batches": done,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "peak_mem_gb": peak,
+    }
 
 
-def bench_dda(model: Any, batches: Batches, args: argparse.Namespace, device: torch.device,
-              deadline: Deadline) -> dict[str, Any]:
+def bench_dda(
+    model: Any, batches: Batches, args: argparse.Namespace, device: torch.device, deadline: Deadline
+) -> dict[str, Any]:
     from dda.features.capture import GradientFeaturizer, freeze, select_modules
     from dda.features.projection import KroneckerProjector
 
@@ -376,8 +455,10 @@ def bench_dda(model: Any, batches: Batches, args: argparse.Namespace, device: to
         feats.cpu()  # the indexer's host copy (its store write is left out)
 
     row = timed_loop(step, batches, args.warmup, args.batches, device, deadline)
-    return row | {"note": f"{len(names)} modules, Kronecker {PROJ_K}x{PROJ_K} -> {MODULE_DIM}, dim {fz.dim}",
-                  "dim": fz.dim}
+    return row | {
+        "note": f"{len(names)} modules, Kronecker {PROJ_K}x{PROJ_K} -> {MODULE_DIM}, dim {fz.dim}",
+        "dim": fz.dim,
+    }
 
 
 def hf_step(model: Any, batches: Batches) -> Callable[[int], None]:
@@ -389,8 +470,9 @@ def hf_step(model: Any, batches: Batches) -> Callable[[int], None]:
     return step
 
 
-def bench_hf_full(model: Any, batches: Batches, args: argparse.Namespace, device: torch.device,
-                  deadline: Deadline) -> dict[str, Any]:
+def bench_hf_full(
+    model: Any, batches: Batches, args: argparse.Namespace, device: torch.device, deadline: Deadline
+) -> dict[str, Any]:
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -404,31 +486,43 @@ def bench_hf_full(model: Any, batches: Batches, args: argparse.Namespace, device
     return row | {"note": "HF forward + backward, every parameter requires grad, no optimizer"}
 
 
-def bench_hf_lora(model: Any, batches: Batches, args: argparse.Namespace, device: torch.device,
-                  deadline: Deadline) -> dict[str, Any]:
+def bench_hf_lora(
+    model: Any, batches: Batches, args: argparse.Namespace, device: torch.device, deadline: Deadline
+) -> dict[str, Any]:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         return {"status": "skipped: peft not installed"}
     # Last row on this model: peft wraps its Linear layers in place.
-    peft_model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, target_modules=["q_proj", "v_proj"],
-                                                  lora_dropout=0.0))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    )
     peft_model.train()
     row = timed_loop(hf_step(peft_model, batches), batches, args.warmup, args.batches, device, deadline)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    return row | {"note": f"HF forward + backward, LoRA r {LORA_R} on q_proj, v_proj trainable ({trainable:,} "
-                          "parameters), no optimizer"}
+    return row | {
+        "note": f"HF forward + backward, LoRA r {LORA_R} on q_proj, v_proj trainable ({trainable:,} "
+        "parameters), no optimizer"
+    }
 
 
-ROWS: dict[str, Callable[..., dict[str, Any]]] = {"dda_index": bench_dda, "hf_full": bench_hf_full,
-                                                  "hf_lora": bench_hf_lora}
+ROWS: dict[str, Callable[..., dict[str, Any]]] = {
+    "dda_index": bench_dda,
+    "hf_full": bench_hf_full,
+    "hf_lora": bench_hf_lora,
+}
 # A row needs at least this much time left to start (the 7B model's rows take ~10 s each on an H200 by the FLOP
 # count; the margin covers compilation and allocator warm-up).
 MIN_LEFT_S = {"model": 45.0, "row": 20.0}
 
 
-def run_throughput(args: argparse.Namespace, device: torch.device, deadline: Deadline,
-                   save: Callable[[], None], rows: list[dict[str, Any]]) -> None:
+def run_throughput(
+    args: argparse.Namespace,
+    device: torch.device,
+    deadline: Deadline,
+    save: Callable[[], None],
+    rows: list[dict[str, Any]],
+) -> None:
     dtype = DTYPES[args.dtype]
     for shape_name in args.models:
         shape = SHAPES[shape_name]
@@ -442,10 +536,15 @@ def run_throughput(args: argparse.Namespace, device: torch.device, deadline: Dea
             t0 = time.perf_counter()
             model = build_llama(shape, dtype, device, seed=0)
             build_s = time.perf_counter() - t0
-            info = {"params": n_params(model), "weights_gb": param_bytes(model) / 1e9, "build_s": build_s,
-                    "attn_implementation": getattr(model.config, "_attn_implementation", None)}
-            batches = make_batches(args.warmup + args.batches, args.batch_size, args.seq_len, shape["vocab_size"],
-                                   device)
+            info = {
+                "params": n_params(model),
+                "weights_gb": param_bytes(model) / 1e9,
+                "build_s": build_s,
+                "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            }
+            batches = make_batches(
+                args.warmup + args.batches, args.batch_size, args.seq_len, shape["vocab_size"], device
+            )
             for method, fn in ROWS.items():
                 if deadline.left() < (0 if args.tiny else MIN_LEFT_S["row"]):
                     rows.append(base | info | {"method": method, "status": "skipped: deadline"})
@@ -490,32 +589,51 @@ def fmt(x: Any, spec: str) -> str:
 def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     gpu = m.get("gpu", "no GPU")
-    lines = [f"# dda GPU check, {m['date_utc']} UTC", "",
-             f"{gpu} ({m.get('gpu_memory_gib', '–')} GiB, CUDA {m.get('cuda', '–')}), torch "
-             f"{m['versions']['torch']}, transformers {m['versions']['transformers']}, peft {m['versions']['peft']}; "
-             f"device {m['device']}; float32 matmul precision '{m['float32_matmul_precision']}'. "
-             f"Command: `{result['command']}`. Total {result['seconds_total']:.0f} s.", "",
-             "## (a) capture on the device", "", "| check | value | tolerance | result |", "|---|---|---|---|"]
+    lines = [
+        f"# dda GPU check, {m['date_utc']} UTC",
+        "",
+        f"{gpu} ({m.get('gpu_memory_gib', '–')} GiB, CUDA {m.get('cuda', '–')}), torch "
+        f"{m['versions']['torch']}, transformers {m['versions']['transformers']}, peft {m['versions']['peft']}; "
+        f"device {m['device']}; float32 matmul precision '{m['float32_matmul_precision']}'. "
+        f"Command: `{result['command']}`. Total {result['seconds_total']:.0f} s.",
+        "",
+        "## (a) capture on the device",
+        "",
+        "| check | value | tolerance | result |",
+        "|---|---|---|---|",
+    ]
     for c in result["checks"]:
-        lines.append(f"| {c['name']} | {c['metric']} {c['value']:.6g} | {c['tolerance']} | "
-                     f"{'PASS' if c['passed'] else 'FAIL'} |")
+        lines.append(
+            f"| {c['name']} | {c['metric']} {c['value']:.6g} | {c['tolerance']} | {'PASS' if c['passed'] else 'FAIL'} |"
+        )
     if result.get("checks_status"):
         lines.append(f"\n{result['checks_status']}")
     s = result["settings"]
-    lines += ["", f"## (b) index throughput ({s['dtype']} weights, random init; {s['batch_size']} x {s['seq_len']} "
-              f"tokens per batch, {s['warmup']} warm-up + {s['batches']} timed batches; response = last third)", "",
-              "| model | params | row | status | tokens/s | time / HF full | time / HF LoRA | peak GPU GB | "
-              "weights GB |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"## (b) index throughput ({s['dtype']} weights, random init; {s['batch_size']} x {s['seq_len']} "
+        f"tokens per batch, {s['warmup']} warm-up + {s['batches']} timed batches; response = last third)",
+        "",
+        "| model | params | row | status | tokens/s | time / HF full | time / HF LoRA | peak GPU GB | weights GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["throughput"]:
         params = f"{r['params'] / 1e9:.2f}B" if r.get("params") else "–"
-        lines.append(f"| {r['model']} | {params} | {r['method']} | {r['status']} | {fmt(r.get('tokens_per_s'), ',.0f')}"
-                     f" | {fmt(r.get('ratio_to_hf_full'), '.2f')} | {fmt(r.get('ratio_to_hf_lora'), '.2f')} | "
-                     f"{fmt(r.get('peak_mem_gb'), '.1f')} | {fmt(r.get('weights_gb'), '.1f')} |")
-    lines += ["", "dda_index: dda's featurizer at its defaults (7 projections of the last third of the layers, "
-              f"Kronecker {PROJ_K}x{PROJ_K} -> {MODULE_DIM} per module, float32 projections), features copied to "
-              "the host; hf_full: HF forward + backward with every parameter trainable; hf_lora: the same with a "
-              f"LoRA (r {LORA_R}, q_proj/v_proj) trainable. 'time / HF ...' = seconds per token over the floor's.",
-              "", f"Overall: **{result['status']}**", ""]
+        lines.append(
+            f"| {r['model']} | {params} | {r['method']} | {r['status']} | {fmt(r.get('tokens_per_s'), ',.0f')}"
+            f" | {fmt(r.get('ratio_to_hf_full'), '.2f')} | {fmt(r.get('ratio_to_hf_lora'), '.2f')} | "
+            f"{fmt(r.get('peak_mem_gb'), '.1f')} | {fmt(r.get('weights_gb'), '.1f')} |"
+        )
+    lines += [
+        "",
+        "dda_index: dda's featurizer at its defaults (7 projections of the last third of the layers, "
+        f"Kronecker {PROJ_K}x{PROJ_K} -> {MODULE_DIM} per module, float32 projections), features copied to "
+        "the host; hf_full: HF forward + backward with every parameter trainable; hf_lora: the same with a "
+        f"LoRA (r {LORA_R}, q_proj/v_proj) trainable. 'time / HF ...' = seconds per token over the floor's.",
+        "",
+        f"Overall: **{result['status']}**",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -535,14 +653,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_float32_matmul_precision("highest")  # float32 means float32 (no TF32) in the checks' references
     out = Path(args.out)
     result: dict[str, Any] = {
-        "schema": 1, "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "schema": 1,
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info(device),
-        "settings": {"tiny": args.tiny, "dtype": args.dtype, "seq_len": args.seq_len, "batch_size": args.batch_size,
-                     "batches": args.batches, "warmup": args.warmup, "budget_s": args.budget_s,
-                     "models": {m: SHAPES[m] for m in args.models}, "modules": MODULES, "layers": LAYERS,
-                     "proj_k": PROJ_K, "module_dim": MODULE_DIM, "lora_r": LORA_R,
-                     "tolerances": {"fp32_max_rel_error": FP32_REL_TOL, "half_min_cosine": HALF_COS_TOL}},
-        "checks": [], "throughput": [], "status": "running", "seconds_total": 0.0,
+        "settings": {
+            "tiny": args.tiny,
+            "dtype": args.dtype,
+            "seq_len": args.seq_len,
+            "batch_size": args.batch_size,
+            "batches": args.batches,
+            "warmup": args.warmup,
+            "budget_s": args.budget_s,
+            "models": {m: SHAPES[m] for m in args.models},
+            "modules": MODULES,
+            "layers": LAYERS,
+            "proj_k": PROJ_K,
+            "module_dim": MODULE_DIM,
+            "lora_r": LORA_R,
+            "tolerances": {"fp32_max_rel_error": FP32_REL_TOL, "half_min_cosine": HALF_COS_TOL},
+        },
+        "checks": [],
+        "throughput": [],
+        "status": "running",
+        "seconds_total": 0.0,
     }
 
     def save() -> None:
@@ -560,8 +693,11 @@ def main(argv: list[str] | None = None) -> int:
             result["checks_traceback"] = traceback.format_exc()
             failed = True
         for c in result["checks"]:
-            print(f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['metric']} {c['value']:.6g} "
-                  f"(tolerance {c['tolerance']})", flush=True)
+            print(
+                f"{'PASS' if c['passed'] else 'FAIL'}  {c['name']}: {c['metric']} {c['value']:.6g} "
+                f"(tolerance {c['tolerance']})",
+                flush=True,
+            )
         failed |= not all(c["passed"] for c in result["checks"])
         save()
     if not args.skip_throughput:

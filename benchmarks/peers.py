@@ -150,9 +150,10 @@ class _RowsDataset(torch.utils.data.Dataset):
     """Items are (input_ids, labels) 1-D tensors of variable length, in the given row order."""
 
     def __init__(self, data: Any, rows: Sequence[int]):
-        self.items = [(torch.tensor(data.input_ids[r]), torch.tensor(labels_for(data.input_ids[r],
-                                                                                data.response_mask[r])))
-                      for r in rows]
+        self.items = [
+            (torch.tensor(data.input_ids[r]), torch.tensor(labels_for(data.input_ids[r], data.response_mask[r])))
+            for r in rows
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -234,9 +235,18 @@ def run_trak(bench: Bench) -> MethodResult:
     q = len(bench.queries)
     t0 = time.perf_counter()
     with _quiet_logs():
-        traker = TRAKer(model=model, task=LMLossOutput(), train_set_size=bench.n_train, save_dir=str(work),
-                        load_from_save_dir=True, device="cpu", proj_dim=bench.args.proj_dim,
-                        use_half_precision=False, grad_wrt=names, logging_level=logging.WARNING)
+        traker = TRAKer(
+            model=model,
+            task=LMLossOutput(),
+            train_set_size=bench.n_train,
+            save_dir=str(work),
+            load_from_save_dir=True,
+            device="cpu",
+            proj_dim=bench.args.proj_dim,
+            use_half_precision=False,
+            grad_wrt=names,
+            logging_level=logging.WARNING,
+        )
         traker.load_checkpoint(model.state_dict(), model_id=0)
         for rows in bench.batches():
             ids, _attn, labels = pad_rows(bench.train, rows, bench.pad_id)
@@ -247,8 +257,7 @@ def run_trak(bench: Bench) -> MethodResult:
         traker.score_computer.lambda_reg = lam
         traker.finalize_features()
         t_train = time.perf_counter()
-        traker.start_scoring_checkpoint(exp_name="queries", checkpoint=model.state_dict(), model_id=0,
-                                        num_targets=q)
+        traker.start_scoring_checkpoint(exp_name="queries", checkpoint=model.state_dict(), model_id=0, num_targets=q)
         for start in range(0, q, bench.args.batch_size):
             rows = list(range(start, min(q, start + bench.args.batch_size)))
             ids, _attn, labels = pad_rows(bench.queries, rows, bench.pad_id)
@@ -257,11 +266,14 @@ def run_trak(bench: Bench) -> MethodResult:
     t1 = time.perf_counter()
     phi_q = np.asarray(traker.saver.current_store["queries_grads"], dtype=np.float64)
     return MethodResult(
-        seconds=t1 - t0, scores=scores,
+        seconds=t1 - t0,
+        scores=scores,
         phases={"train_features": t_train - t0, "queries_and_scores": t1 - t_train},
-        note=(f"proj_dim={bench.args.proj_dim} Gaussian (BasicProjector), ridge lambda={lam:.3g} "
-              "(1e-2 x mean diag of Phi^T Phi); scores include (Phi^T Phi + lambda I)^-1, so they are not plain "
-              "dot products by design"),
+        note=(
+            f"proj_dim={bench.args.proj_dim} Gaussian (BasicProjector), ridge lambda={lam:.3g} "
+            "(1e-2 x mean diag of Phi^T Phi); scores include (Phi^T Phi + lambda I)^-1, so they are not plain "
+            "dot products by design"
+        ),
         variants={"projected_dot": phi_q @ phi.astype(np.float64).T},
     )
 
@@ -302,21 +314,35 @@ def run_captum_tracincp(bench: Bench) -> MethodResult:
     order = bench.order()
     collate = PadCollate(bench.pad_id, "tuple")
     t0 = time.perf_counter()
-    train_loader = torch.utils.data.DataLoader(_RowsDataset(bench.train, order), batch_size=bench.args.batch_size,
-                                               shuffle=False, collate_fn=collate)
-    query_loader = torch.utils.data.DataLoader(_RowsDataset(bench.queries, range(len(bench.queries))),
-                                               batch_size=bench.args.batch_size, shuffle=False, collate_fn=collate)
+    train_loader = torch.utils.data.DataLoader(
+        _RowsDataset(bench.train, order), batch_size=bench.args.batch_size, shuffle=False, collate_fn=collate
+    )
+    query_loader = torch.utils.data.DataLoader(
+        _RowsDataset(bench.queries, range(len(bench.queries))),
+        batch_size=bench.args.batch_size,
+        shuffle=False,
+        collate_fn=collate,
+    )
     ckpt_file = str(Path(bench.ckpt.path) / "adapter_model.safetensors")
     with warnings_off():
-        tracin = TracInCP(wrapper, train_dataset=train_loader, checkpoints=[ckpt_file],
-                          checkpoints_load_func=lambda _model, _path: 1.0, layers=layers, loss_fn=_SummedMeanCE(),
-                          batch_size=bench.args.batch_size, sample_wise_grads_per_batch=True)
+        tracin = TracInCP(
+            wrapper,
+            train_dataset=train_loader,
+            checkpoints=[ckpt_file],
+            checkpoints_load_func=lambda _model, _path: 1.0,
+            layers=layers,
+            loss_fn=_SummedMeanCE(),
+            batch_size=bench.args.batch_size,
+            sample_wise_grads_per_batch=True,
+        )
         scores = tracin.influence(inputs=query_loader, k=None)
     t1 = time.perf_counter()
     scores = bench.unpermute(scores.detach().double().numpy())
-    return MethodResult(seconds=t1 - t0, scores=scores,
-                        note="exact per-sample LoRA gradients (layer hooks); enable_input_require_grads() so "
-                             "layer 0 can be hooked")
+    return MethodResult(
+        seconds=t1 - t0,
+        scores=scores,
+        note="exact per-sample LoRA gradients (layer hooks); enable_input_require_grads() so layer 0 can be hooked",
+    )
 
 
 @contextlib.contextmanager
@@ -384,24 +410,42 @@ def _run_kronfluence(bench: Bench, strategy: str) -> MethodResult:
     query_ds = _DictView(_RowsDataset(bench.queries, range(len(bench.queries))))
     with _quiet_logs(), warnings_off():
         model = prepare_model(model, task)
-        analyzer = Analyzer(analysis_name="speed", model=model, task=task, cpu=True, disable_tqdm=True,
-                            output_dir=str(work))
+        analyzer = Analyzer(
+            analysis_name="speed", model=model, task=task, cpu=True, disable_tqdm=True, output_dir=str(work)
+        )
         analyzer.set_dataloader_kwargs(dl_kwargs)
-        analyzer.fit_all_factors(factors_name=strategy, dataset=train_ds,
-                                 per_device_batch_size=bench.args.batch_size,
-                                 factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)
+        analyzer.fit_all_factors(
+            factors_name=strategy,
+            dataset=train_ds,
+            per_device_batch_size=bench.args.batch_size,
+            factor_args=FactorArguments(strategy=strategy),
+            overwrite_output_dir=True,
+        )
         t_factors = time.perf_counter()
-        analyzer.compute_pairwise_scores(scores_name="pairwise", factors_name=strategy, query_dataset=query_ds,
-                                         train_dataset=train_ds, per_device_query_batch_size=len(bench.queries),
-                                         per_device_train_batch_size=bench.args.batch_size,
-                                         score_args=ScoreArguments(), overwrite_output_dir=True)
+        analyzer.compute_pairwise_scores(
+            scores_name="pairwise",
+            factors_name=strategy,
+            query_dataset=query_ds,
+            train_dataset=train_ds,
+            per_device_query_batch_size=len(bench.queries),
+            per_device_train_batch_size=bench.args.batch_size,
+            score_args=ScoreArguments(),
+            overwrite_output_dir=True,
+        )
         scores = analyzer.load_pairwise_scores("pairwise")["all_modules"]
     t1 = time.perf_counter()
     scores = bench.unpermute(scores.detach().double().numpy())
-    note = ("identity strategy: exact per-sample LoRA gradients, no projection" if strategy == "identity" else
-            "ekfac strategy: fitted EK-FAC factors (covariance, eigendecomposition, lambda), preconditioned scores")
-    return MethodResult(seconds=t1 - t0, scores=scores, note=note,
-                        phases={"fit_factors": t_factors - t0, "pairwise_scores": t1 - t_factors})
+    note = (
+        "identity strategy: exact per-sample LoRA gradients, no projection"
+        if strategy == "identity"
+        else "ekfac strategy: fitted EK-FAC factors (covariance, eigendecomposition, lambda), preconditioned scores"
+    )
+    return MethodResult(
+        seconds=t1 - t0,
+        scores=scores,
+        note=note,
+        phases={"fit_factors": t_factors - t0, "pairwise_scores": t1 - t_factors},
+    )
 
 
 class _DictView(torch.utils.data.Dataset):
@@ -434,15 +478,26 @@ def _run_dattri(bench: Bench, projected: bool) -> MethodResult:
     order = bench.order()
     collate = PadCollate(bench.pad_id, "ids_labels")
     t0 = time.perf_counter()
-    train_loader = torch.utils.data.DataLoader(_RowsDataset(bench.train, order), batch_size=bench.args.batch_size,
-                                               shuffle=False, collate_fn=collate)
-    test_loader = torch.utils.data.DataLoader(_RowsDataset(bench.queries, range(len(bench.queries))),
-                                              batch_size=len(bench.queries), shuffle=False, collate_fn=collate)
+    train_loader = torch.utils.data.DataLoader(
+        _RowsDataset(bench.train, order), batch_size=bench.args.batch_size, shuffle=False, collate_fn=collate
+    )
+    test_loader = torch.utils.data.DataLoader(
+        _RowsDataset(bench.queries, range(len(bench.queries))),
+        batch_size=len(bench.queries),
+        shuffle=False,
+        collate_fn=collate,
+    )
     with warnings_off():
         task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
         proj = {"proj_dim": bench.args.proj_dim, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"}
-        attributor = TracInAttributor(task=task, weight_list=torch.ones(1), normalized_grad=False,
-                                      projector_kwargs=proj, layer_name=names, device="cpu")
+        attributor = TracInAttributor(
+            task=task,
+            weight_list=torch.ones(1),
+            normalized_grad=False,
+            projector_kwargs=proj,
+            layer_name=names,
+            device="cpu",
+        )
         if not projected:
             # attribute() has an unprojected path (projector_kwargs None) that the constructor cannot reach
             # (it always merges its defaults): switch it on for the exact Grad-Dot.
@@ -450,12 +505,17 @@ def _run_dattri(bench: Bench, projected: bool) -> MethodResult:
         scores = attributor.attribute(train_loader, test_loader)  # (N, 2Q) in loader order
     t1 = time.perf_counter()
     scores = bench.unpermute(scores.detach().double().numpy().T)
-    note = (f"TracInAttributor, lr weight 1 (one checkpoint), Gaussian projection to {bench.args.proj_dim}"
-            if projected else "TracInAttributor(weight_list=ones, normalized_grad=False), unprojected: exact "
-                              "Grad-Dot in LoRA space")
-    return MethodResult(seconds=t1 - t0, scores=scores,
-                        note=note + "; torch.func vmap per-sample gradients; query gradients are recomputed for "
-                                    "every training batch (the library's loop)")
+    note = (
+        f"TracInAttributor, lr weight 1 (one checkpoint), Gaussian projection to {bench.args.proj_dim}"
+        if projected
+        else "TracInAttributor(weight_list=ones, normalized_grad=False), unprojected: exact Grad-Dot in LoRA space"
+    )
+    return MethodResult(
+        seconds=t1 - t0,
+        scores=scores,
+        note=note + "; torch.func vmap per-sample gradients; query gradients are recomputed for "
+        "every training batch (the library's loop)",
+    )
 
 
 def run_dattri_tracin(bench: Bench) -> MethodResult:
@@ -500,17 +560,35 @@ def run_bergson(bench: Bench) -> MethodResult:
     n, q = bench.n_train, len(bench.queries)
     ids = list(bench.train.input_ids) + list(bench.queries.input_ids)
     masks = list(bench.train.response_mask) + list(bench.queries.response_mask)
-    ds = datasets.Dataset.from_dict({"input_ids": ids, "labels": [labels_for(a, m) for a, m in zip(ids, masks,
-                                                                                                  strict=True)]})
+    ds = datasets.Dataset.from_dict(
+        {"input_ids": ids, "labels": [labels_for(a, m) for a, m in zip(ids, masks, strict=True)]}
+    )
     data_dir = work / "dataset"
     ds.save_to_disk(str(data_dir))
     base_dir, _ = resolve_model_source(ModelConfig())
     run_dir = work / "index"
     max_len = int(max(len(a) for a in ids))
-    cmd = [exe, "build", str(run_dir), "--model", str(Path(bench.ckpt.path).resolve()), "--tokenizer", base_dir,
-           "--dataset", str(data_dir), "--projection_dim", str(bench.args.bergson_k), "--loss_reduction", "mean",
-           "--precision", "fp32", "--token_batch_size", str(max_len * bench.args.batch_size),
-           "--max_batch_size", str(bench.args.batch_size)]
+    cmd = [
+        exe,
+        "build",
+        str(run_dir),
+        "--model",
+        str(Path(bench.ckpt.path).resolve()),
+        "--tokenizer",
+        base_dir,
+        "--dataset",
+        str(data_dir),
+        "--projection_dim",
+        str(bench.args.bergson_k),
+        "--loss_reduction",
+        "mean",
+        "--precision",
+        "fp32",
+        "--token_batch_size",
+        str(max_len * bench.args.batch_size),
+        "--max_batch_size",
+        str(bench.args.batch_size),
+    ]
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -529,9 +607,13 @@ def run_bergson(bench: Bench) -> MethodResult:
     scores = grads[n:].astype(np.float64) @ grads[:n].astype(np.float64).T
     t1 = time.perf_counter()
     return MethodResult(
-        seconds=t1 - t0, scores=scores, phases={"cli_build": t_build - t0, "scores": t1 - t_build},
-        note=(f"CLI: time includes its process start-up and its own model load; index dim {grads.shape[1]}, "
-              f"projection_dim {bench.args.bergson_k} per module"),
+        seconds=t1 - t0,
+        scores=scores,
+        phases={"cli_build": t_build - t0, "scores": t1 - t_build},
+        note=(
+            f"CLI: time includes its process start-up and its own model load; index dim {grads.shape[1]}, "
+            f"projection_dim {bench.args.bergson_k} per module"
+        ),
         extra={"command": " ".join(cmd)},
     )
 

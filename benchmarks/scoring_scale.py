@@ -105,15 +105,26 @@ def drop_cache(path: Path) -> None:
         os.close(fd)
 
 
-def run_sketch(mm: np.ndarray, path: Path, queries: np.ndarray, exact_idx: np.ndarray, planted: np.ndarray | None,
-               args: argparse.Namespace, sketch_dim: int) -> dict:
+def run_sketch(
+    mm: np.ndarray,
+    path: Path,
+    queries: np.ndarray,
+    exact_idx: np.ndarray,
+    planted: np.ndarray | None,
+    args: argparse.Namespace,
+    sketch_dim: int,
+) -> dict:
     """Build the sketch (one pass), then time the two-tier search per candidate count in three cache states."""
     sk_path = path.with_name(f"sketch{sketch_dim}.npy")
     t0 = time.perf_counter()
     build_sketch(mm, sk_path, sketch_dim=sketch_dim, seed=args.seed)
     build_s = time.perf_counter() - t0
-    out: dict = {"sketch_dim": sketch_dim, "build_seconds": round(build_s, 2),
-                 "sketch_gb": round(sk_path.stat().st_size / 1e9, 3), "searches": []}
+    out: dict = {
+        "sketch_dim": sketch_dim,
+        "build_seconds": round(build_s, 2),
+        "sketch_gb": round(sk_path.stat().st_size / 1e9, 3),
+        "searches": [],
+    }
     # "cold": sketch and store dropped from the page cache (a fresh process on a cold machine);
     # "sketch_cached": the sketch in the page cache, the store not (a service that keeps the 512 MB sketch hot:
     #   the candidate rows are random reads from disk);
@@ -140,10 +151,13 @@ def run_sketch(mm: np.ndarray, path: Path, queries: np.ndarray, exact_idx: np.nd
             row["finds_planted"] = recall(idx, planted)
             row["finds_planted_by_cosine"] = found_by_cosine(idx, planted, args)
         out["searches"].append(row)
-        print(f"[scoring] sketch tier ({sketch_dim} dims, {cands} candidates/query; build {build_s:.1f} s): "
-              f"search {row['cold_seconds']} s cold, {row['sketch_cached_seconds']} s sketch cached, "
-              f"{row['repeated_seconds']} s repeated; recall@{args.k} vs exact {row['recall_vs_exact']}"
-              + (f"; planted rows found {row['finds_planted']}" if planted is not None else ""), flush=True)
+        print(
+            f"[scoring] sketch tier ({sketch_dim} dims, {cands} candidates/query; build {build_s:.1f} s): "
+            f"search {row['cold_seconds']} s cold, {row['sketch_cached_seconds']} s sketch cached, "
+            f"{row['repeated_seconds']} s repeated; recall@{args.k} vs exact {row['recall_vs_exact']}"
+            + (f"; planted rows found {row['finds_planted']}" if planted is not None else ""),
+            flush=True,
+        )
     return out
 
 
@@ -180,13 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the store (prints its path)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the result JSON here")
-    p.add_argument("--sketch-dim", default="0",
-                   help="also time the sketch tier with this many dims; a comma list builds and times each")
-    p.add_argument("--candidates", default="1024",
-                   help="sketch tier: rows re-ranked exactly per query; a comma list times each")
-    p.add_argument("--planted", type=float, default=0.0,
-                   help="plant k rows per query at cosines 0.05..this to it (rows that stand out, what attribution "
-                        "looks for); 0 = pure noise")
+    p.add_argument(
+        "--sketch-dim",
+        default="0",
+        help="also time the sketch tier with this many dims; a comma list builds and times each",
+    )
+    p.add_argument(
+        "--candidates", default="1024", help="sketch tier: rows re-ranked exactly per query; a comma list times each"
+    )
+    p.add_argument(
+        "--planted",
+        type=float,
+        default=0.0,
+        help="plant k rows per query at cosines 0.05..this to it (rows that stand out, what attribution "
+        "looks for); 0 = pure noise",
+    )
     p.add_argument("--self-test", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -200,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     free = shutil.disk_usage(parent).free
     if need + (1 << 30) > free:
         fit = max(0, (free - (1 << 30)) // (args.dim * 2))
-        print(f"not enough disk under {parent}: the store needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free. "
-              f"Use --n {fit // 1000 * 1000} (or less) or --dir elsewhere.", file=sys.stderr)
+        print(
+            f"not enough disk under {parent}: the store needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free. "
+            f"Use --n {fit // 1000 * 1000} (or less) or --dir elsewhere.",
+            file=sys.stderr,
+        )
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="dda-scoring-", dir=parent))
     path = tmp / "features.f16"
@@ -214,20 +239,29 @@ def main(argv: list[str] | None = None) -> int:
         mm = np.memmap(path, dtype=np.float16, mode="r", shape=(args.n, args.dim))
         samples: list[tuple[int, float]] = []
         t0 = time.perf_counter()
-        vals, idx = topk_scores(mm, queries, args.k, block_rows=args.block_rows,
-                                on_block=lambda stop: samples.append((stop, rss_now_mb())))
+        vals, idx = topk_scores(
+            mm, queries, args.k, block_rows=args.block_rows, on_block=lambda stop: samples.append((stop, rss_now_mb()))
+        )
         secs = time.perf_counter() - t0
         first = [r for stop, r in samples if stop <= max(args.block_rows, args.n // 10)]
         result = {
-            "n": args.n, "dim": args.dim, "queries": args.queries, "k": args.k, "block_rows": args.block_rows,
-            "threads": args.threads, "store_gb": round(need / 1e9, 2), "fill_seconds": round(fill_s, 2),
-            "score_seconds": round(secs, 3), "rows_per_s": round(args.n / secs),
+            "n": args.n,
+            "dim": args.dim,
+            "queries": args.queries,
+            "k": args.k,
+            "block_rows": args.block_rows,
+            "threads": args.threads,
+            "store_gb": round(need / 1e9, 2),
+            "fill_seconds": round(fill_s, 2),
+            "score_seconds": round(secs, 3),
+            "rows_per_s": round(args.n / secs),
             "gb_per_s": round(need / 1e9 / secs, 3),
             "rss_before_scoring_mb": round(rss_before, 1),
             "rss_max_first_10pct_mb": round(max(first), 1) if first else None,
             "rss_max_all_blocks_mb": round(max(r for _, r in samples), 1),
             "peak_rss_mb": round(peak_rss_mb(), 1),
-            "top1_per_query": [float(v) for v in vals[:, 0]], "top1_index_per_query": [int(i) for i in idx[:, 0]],
+            "top1_per_query": [float(v) for v in vals[:, 0]],
+            "top1_index_per_query": [int(i) for i in idx[:, 0]],
         }
         if args.n != target_n:
             result["extrapolated_score_seconds_1m"] = round(secs * target_n / args.n, 1)
@@ -245,11 +279,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2))
-    extra = (f" -> ~{result['extrapolated_score_seconds_1m']} s for 1,000,000 rows of this dim (linear in n)"
-             if "extrapolated_score_seconds_1m" in result else "")
-    print(f"[scoring] top-{args.k} of {args.queries} queries over {args.n:,} x {args.dim}: {secs:.1f} s "
-          f"({result['gb_per_s']} GB/s){extra}; resident max {result['rss_max_all_blocks_mb']} MB "
-          f"(first 10% of blocks: {result['rss_max_first_10pct_mb']} MB), peak RSS {result['peak_rss_mb']} MB")
+    extra = (
+        f" -> ~{result['extrapolated_score_seconds_1m']} s for 1,000,000 rows of this dim (linear in n)"
+        if "extrapolated_score_seconds_1m" in result
+        else ""
+    )
+    print(
+        f"[scoring] top-{args.k} of {args.queries} queries over {args.n:,} x {args.dim}: {secs:.1f} s "
+        f"({result['gb_per_s']} GB/s){extra}; resident max {result['rss_max_all_blocks_mb']} MB "
+        f"(first 10% of blocks: {result['rss_max_first_10pct_mb']} MB), peak RSS {result['peak_rss_mb']} MB"
+    )
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

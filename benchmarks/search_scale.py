@@ -47,8 +47,11 @@ CKPT_NAMES = ("epoch-1", "epoch-2", "epoch-3")
 
 def make_stores(root: Path, args: argparse.Namespace) -> tuple[FeatureSet, list[Path]]:
     """--stores float16 .npy stores filled with random rows by plain file writes (never mapped while filled)."""
-    names = [*CKPT_NAMES[: args.stores - 1], "base"] if args.stores <= 4 else \
-        [*(f"epoch-{i}" for i in range(1, args.stores)), "base"]
+    names = (
+        [*CKPT_NAMES[: args.stores - 1], "base"]
+        if args.stores <= 4
+        else [*(f"epoch-{i}" for i in range(1, args.stores)), "base"]
+    )
     cks = [BASE] + [Checkpoint(n, f"/x/{n}", "lora", 1e-4, i + 1) for i, n in enumerate(names[:-1])]
     d = args.dim // args.stores
     rng = np.random.default_rng(args.seed)
@@ -72,8 +75,7 @@ def make_stores(root: Path, args: argparse.Namespace) -> tuple[FeatureSet, list[
     return FeatureSet(cks, train, q["neg"], q["pos"], blocks=blocks), paths
 
 
-def plant(fs: FeatureSet, folded: np.ndarray, layout: list[str], args: argparse.Namespace
-          ) -> np.ndarray:
+def plant(fs: FeatureSet, folded: np.ndarray, layout: list[str], args: argparse.Namespace) -> np.ndarray:
     """k rows per query whose every module slice has cosine c to the folded query's slice; c from 0.05 to
     --planted. Returns their row numbers (queries, k)."""
     rng = np.random.default_rng(args.seed + 2)
@@ -85,7 +87,7 @@ def plant(fs: FeatureSet, folded: np.ndarray, layout: list[str], args: argparse.
         path, offset = Path(fs.train[name].filename), fs.train[name].offset
         with open(path, "r+b") as fh:
             for qi in range(args.queries):
-                target = folded[qi, s * d: (s + 1) * d].reshape(-1, b)
+                target = folded[qi, s * d : (s + 1) * d].reshape(-1, b)
                 u = target / np.maximum(np.linalg.norm(target, axis=1, keepdims=True), 1e-30)
                 for r, c in zip(rows[qi], cosines, strict=True):
                     noise = rng.standard_normal(u.shape).astype(np.float32)
@@ -101,8 +103,10 @@ def found_by_band(found: np.ndarray, planted: np.ndarray, args: argparse.Namespa
     cos = np.linspace(0.05, args.planted, args.k)
     hit = np.array([[r in set(f) for r in p] for f, p in zip(found.tolist(), planted.tolist(), strict=True)])
     edges = np.linspace(cos[0], cos[-1], 6)
-    return {f"{lo:.2f}-{hi:.2f}": round(float(hit[:, (cos >= lo) & (cos <= hi + 1e-9)].mean()), 3)
-            for lo, hi in zip(edges[:-1], edges[1:], strict=True)}
+    return {
+        f"{lo:.2f}-{hi:.2f}": round(float(hit[:, (cos >= lo) & (cos <= hi + 1e-9)].mean()), 3)
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    }
 
 
 def timed_search(fs, plan, args, backend, index=None, candidates=0, nprobe=0, drop: list[Path] = ()) -> dict:
@@ -111,11 +115,24 @@ def timed_search(fs, plan, args, backend, index=None, candidates=0, nprobe=0, dr
     samples: list[float] = []
     rss0 = rss_now_mb()
     t0 = time.perf_counter()
-    vals, idx = folded_topk(fs, plan, args.k, backend, index, None, candidates or 1024, nprobe or 32,
-                            on_block=lambda stop: samples.append(rss_now_mb()))
+    vals, idx = folded_topk(
+        fs,
+        plan,
+        args.k,
+        backend,
+        index,
+        None,
+        candidates or 1024,
+        nprobe or 32,
+        on_block=lambda stop: samples.append(rss_now_mb()),
+    )
     secs = time.perf_counter() - t0
-    return {"seconds": round(secs, 3), "rss_growth_mb": round(max([rss_now_mb(), *samples]) - rss0, 1),
-            "idx": idx, "vals": vals}
+    return {
+        "seconds": round(secs, 3),
+        "rss_growth_mb": round(max([rss_now_mb(), *samples]) - rss0, 1),
+        "idx": idx,
+        "vals": vals,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,17 +168,31 @@ def main(argv: list[str] | None = None) -> int:
     parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(parent).free
     if need > free:
-        print(f"not enough disk under {parent}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free; "
-              f"use a smaller --n or --dir elsewhere", file=sys.stderr)
+        print(
+            f"not enough disk under {parent}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free; "
+            f"use a smaller --n or --dir elsewhere",
+            file=sys.stderr,
+        )
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="dda-search-", dir=parent))
-    result: dict = {"n": args.n, "dim": args.dim, "stores": args.stores, "modules_per_store": args.modules,
-                    "queries": args.queries, "k": args.k, "threads": args.threads, "method": "dda (beta=-1, module)",
-                    "store_gb": round(args.n * args.dim * 2 / 1e9, 2)}
+    result: dict = {
+        "n": args.n,
+        "dim": args.dim,
+        "stores": args.stores,
+        "modules_per_store": args.modules,
+        "queries": args.queries,
+        "k": args.k,
+        "threads": args.threads,
+        "method": "dda (beta=-1, module)",
+        "store_gb": round(args.n * args.dim * 2 / 1e9, 2),
+    }
     try:
         t0 = time.perf_counter()
-        print(f"[search] {args.stores} stores of {args.n:,} x {args.dim // args.stores} float16 "
-              f"({result['store_gb']} GB) in {tmp}", flush=True)
+        print(
+            f"[search] {args.stores} stores of {args.n:,} x {args.dim // args.stores} float16 "
+            f"({result['store_gb']} GB) in {tmp}",
+            flush=True,
+        )
         fs, paths = make_stores(tmp, args)
         plan = plan_fold("dda(beta=-1,normalize=module)", fs.checkpoints, True)
         folded = query_vectors(plan, fs)
@@ -172,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         cold = timed_search(fs, plan, args, "exact", drop=paths)
         warm = timed_search(fs, plan, args, "exact")
         exact_idx = cold["idx"]
-        result["exact"] = {"cold_seconds": cold["seconds"], "warm_seconds": warm["seconds"],
-                           "rss_growth_mb": max(cold["rss_growth_mb"], warm["rss_growth_mb"]),
-                           "disk_gb_extra": 0.0}
+        result["exact"] = {
+            "cold_seconds": cold["seconds"],
+            "warm_seconds": warm["seconds"],
+            "rss_growth_mb": max(cold["rss_growth_mb"], warm["rss_growth_mb"]),
+            "disk_gb_extra": 0.0,
+        }
         if planted is not None:
             result["exact"]["finds_planted"] = recall(exact_idx, planted)
             result["exact"]["finds_planted_by_cosine"] = found_by_band(exact_idx, planted, args)
@@ -183,11 +217,22 @@ def main(argv: list[str] | None = None) -> int:
         rows = concatenated_rows(plan, fs)
         for backend in [b for b in backends if b != "exact"]:
             t0 = time.perf_counter()
-            root = build_index(rows, tmp / f"index-{backend}", backend, plan, sketch_dim=args.sketch_dim,
-                               seed=args.seed, nlist=args.nlist)
+            root = build_index(
+                rows,
+                tmp / f"index-{backend}",
+                backend,
+                plan,
+                sketch_dim=args.sketch_dim,
+                seed=args.seed,
+                nlist=args.nlist,
+            )
             index = open_index(root)
-            entry = {"build_seconds": round(time.perf_counter() - t0, 1),
-                     "disk_gb": round(index.meta["bytes"] / 1e9, 3), "params": index.meta["params"], "searches": []}
+            entry = {
+                "build_seconds": round(time.perf_counter() - t0, 1),
+                "disk_gb": round(index.meta["bytes"] / 1e9, 3),
+                "params": index.meta["params"],
+                "searches": [],
+            }
             files = [f for f in root.iterdir() if f.suffix in (".npy", ".faiss")]
             nprobes = [int(x) for x in args.nprobe.split(",")] if backend == "faiss" else [0]
             for nprobe in nprobes:
@@ -200,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
                                 pass
                     ic = timed_search(fs, plan, args, backend, index, cands, nprobe, drop=paths)
                     w = timed_search(fs, plan, args, backend, index, cands, nprobe)
-                    row.update(cold_seconds=c["seconds"], index_cached_seconds=ic["seconds"],
-                               warm_seconds=w["seconds"], rss_growth_mb=max(c["rss_growth_mb"], w["rss_growth_mb"]),
-                               recall_vs_exact=recall(w["idx"], exact_idx))
+                    row.update(
+                        cold_seconds=c["seconds"],
+                        index_cached_seconds=ic["seconds"],
+                        warm_seconds=w["seconds"],
+                        rss_growth_mb=max(c["rss_growth_mb"], w["rss_growth_mb"]),
+                        recall_vs_exact=recall(w["idx"], exact_idx),
+                    )
                     if planted is not None:
                         row["finds_planted"] = recall(w["idx"], planted)
                         row["finds_planted_by_cosine"] = found_by_band(w["idx"], planted, args)
@@ -228,23 +277,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"Top-{r['k']} of {r['queries']} queries over {r['n']:,} rows x {r['dim']:,} dims "
-             f"({r['stores']} float16 stores, {r['store_gb']} GB), {r['method']}, {r['threads']} threads.", "",
-             "| backend | setting | build s | extra disk GB | cold s | index cached s | warm s | recall@k vs exact "
-             "| planted found |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Top-{r['k']} of {r['queries']} queries over {r['n']:,} rows x {r['dim']:,} dims "
+        f"({r['stores']} float16 stores, {r['store_gb']} GB), {r['method']}, {r['threads']} threads.",
+        "",
+        "| backend | setting | build s | extra disk GB | cold s | index cached s | warm s | recall@k vs exact "
+        "| planted found |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     e = r["exact"]
-    lines.append(f"| exact | streaming scan | – | 0 | {e['cold_seconds']} | – | {e['warm_seconds']} | 1 | "
-                 f"{e.get('finds_planted', '–')} |")
+    lines.append(
+        f"| exact | streaming scan | – | 0 | {e['cold_seconds']} | – | {e['warm_seconds']} | 1 | "
+        f"{e.get('finds_planted', '–')} |"
+    )
     for backend in ("sketch", "faiss"):
         if backend not in r:
             continue
         b = r[backend]
         for s in b["searches"]:
             setting = f"{b['params']['sketch_dim']} dims, {s['candidates']} cand." + (
-                f", nprobe {s['nprobe']}/{b['params']['nlist']}" if "nprobe" in s else "")
-            lines.append(f"| {backend} | {setting} | {b['build_seconds']} | {b['disk_gb']} | {s['cold_seconds']} | "
-                         f"{s['index_cached_seconds']} | {s['warm_seconds']} | {s['recall_vs_exact']} | "
-                         f"{s.get('finds_planted', '–')} |")
+                f", nprobe {s['nprobe']}/{b['params']['nlist']}" if "nprobe" in s else ""
+            )
+            lines.append(
+                f"| {backend} | {setting} | {b['build_seconds']} | {b['disk_gb']} | {s['cold_seconds']} | "
+                f"{s['index_cached_seconds']} | {s['warm_seconds']} | {s['recall_vs_exact']} | "
+                f"{s.get('finds_planted', '–')} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -50,49 +50,93 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-ROWS = ["floor", "dda_index", "dda_attribute", "per_example_loop", "trak", "captum_tracincp", "kronfluence",
-        "kronfluence_ekfac", "dattri_tracin", "dattri_grad_dot", "bergson"]
+ROWS = [
+    "floor",
+    "dda_index",
+    "dda_attribute",
+    "per_example_loop",
+    "trak",
+    "captum_tracincp",
+    "kronfluence",
+    "kronfluence_ekfac",
+    "dattri_tracin",
+    "dattri_grad_dot",
+    "bergson",
+]
 ORDER = ["exact", *ROWS]
 DDA_ROWS = ("dda_index", "dda_attribute", "dda_end_to_end")
-PEER_PACKAGES = {"trak": "trak", "captum_tracincp": "captum", "kronfluence": "kronfluence",
-                 "kronfluence_ekfac": "kronfluence",
-                 "dattri_tracin": "dattri", "dattri_grad_dot": "dattri", "bergson": "bergson"}
+PEER_PACKAGES = {
+    "trak": "trak",
+    "captum_tracincp": "captum",
+    "kronfluence": "kronfluence",
+    "kronfluence_ekfac": "kronfluence",
+    "dattri_tracin": "dattri",
+    "dattri_grad_dot": "dattri",
+    "bergson": "bergson",
+}
 BENCH_INSTRUCTION = "Summarize the document in one sentence."
 LORA_ALPHA = 16
 LORA_B_STD = 0.02
 # CEA's canary pairs first (Ladhak et al. 2023), both directions; other entities fall back to a swap with a
 # capitalised word from another held-out summary.
-CANARY_SWAPS = {"England": "China", "Australia": "France", "London": "Belfast", "Wales": "Scotland",
-                "China": "England", "France": "Australia", "Belfast": "London", "Scotland": "Wales"}
+CANARY_SWAPS = {
+    "England": "China",
+    "Australia": "France",
+    "London": "Belfast",
+    "Wales": "Scotland",
+    "China": "England",
+    "France": "Australia",
+    "Belfast": "London",
+    "Scotland": "Wales",
+}
 # Forwarded from the parent to every child (name of the argparse dest -> flag).
-FORWARD = {"n_docs": "--n-docs", "max_tokens": "--max-tokens", "queries": "--queries", "out": "--out",
-           "threads": "--threads", "batch_size": "--batch-size", "proj_dim": "--proj-dim", "dda_k": "--dda-k",
-           "dda_module_dim": "--dda-module-dim",
-           "bergson_k": "--bergson-k", "lora_r": "--lora-r", "seed": "--seed"}
+FORWARD = {
+    "n_docs": "--n-docs",
+    "max_tokens": "--max-tokens",
+    "queries": "--queries",
+    "out": "--out",
+    "threads": "--threads",
+    "batch_size": "--batch-size",
+    "proj_dim": "--proj-dim",
+    "dda_k": "--dda-k",
+    "dda_module_dim": "--dda-module-dim",
+    "bergson_k": "--bergson-k",
+    "lora_r": "--lora-r",
+    "seed": "--seed",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n-docs", type=int, default=256, help="training documents (64 = quick mode)")
     p.add_argument("--max-tokens", type=int, default=100, help="tokens per sequence, template+document+summary")
     p.add_argument("--queries", type=int, default=8, help="contrastive queries (each = negative + positive)")
     p.add_argument("--out", default="runs/speed")
     p.add_argument("--threads", type=int, default=2, help="torch threads in every child")
     p.add_argument("--batch-size", type=int, default=8, help="batch size (dda's default)")
-    p.add_argument("--proj-dim", type=int, default=4096,
-                   help="dense projection size: per_example_loop (LESS), TRAK, dattri_tracin")
+    p.add_argument(
+        "--proj-dim", type=int, default=4096, help="dense projection size: per_example_loop (LESS), TRAK, dattri_tracin"
+    )
     # Two-stage default: 64x64 Kronecker then 256 dims per module stores what k=16 does (15,360 dims for 60
     # modules) with Spearman 0.87 vs exact instead of 0.65; index 1.09x the floor vs 0.83x for k=16 (64 docs, two
     # separate runs, so the ratios carry ~15% run-to-run noise).
     p.add_argument("--dda-k", type=int, default=64, help="dda kronecker projection per side (k*k per module)")
-    p.add_argument("--dda-module-dim", type=int, default=256,
-                   help="dda two-stage sketch: compress each module's k*k sketch to this many dims (0: keep k*k)")
+    p.add_argument(
+        "--dda-module-dim",
+        type=int,
+        default=256,
+        help="dda two-stage sketch: compress each module's k*k sketch to this many dims (0: keep k*k)",
+    )
     p.add_argument("--bergson-k", type=int, default=16, help="Bergson --projection_dim (per side, per module)")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--methods", default="all",
-                   help=f"comma list from {','.join(ORDER)} (default all; 'exact' is needed for spearman)")
+    p.add_argument(
+        "--methods",
+        default="all",
+        help=f"comma list from {','.join(ORDER)} (default all; 'exact' is needed for spearman)",
+    )
     p.add_argument("--timeout", type=int, default=3600, help="seconds per method before it is stopped")
     p.add_argument("--keep-work", action="store_true", help="keep feature stores and peer outputs in OUT/work")
     p.add_argument("--only", help=argparse.SUPPRESS)  # internal: run one method in this process
@@ -122,16 +166,34 @@ def machine_info(threads: int) -> dict[str, Any]:
             if line.startswith("MemTotal"):
                 mem_gb = round(int(line.split()[1]) / 1024**2, 1)
     versions = {}
-    for pkg in ("torch", "transformers", "peft", "numpy", "scipy", "traker", "captum", "kronfluence", "dattri",
-                "bergson"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "peft",
+        "numpy",
+        "scipy",
+        "traker",
+        "captum",
+        "kronfluence",
+        "dattri",
+        "bergson",
+    ):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu_model": cpu, "logical_cpus": os.cpu_count(), "cpus_available": affinity,
-            "torch_threads": threads, "mem_total_gb": mem_gb, "python": platform.python_version(),
-            "platform": platform.platform(), "load_avg_at_start": list(os.getloadavg()), "versions": versions}
+    return {
+        "cpu_model": cpu,
+        "logical_cpus": os.cpu_count(),
+        "cpus_available": affinity,
+        "torch_threads": threads,
+        "mem_total_gb": mem_gb,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_at_start": list(os.getloadavg()),
+        "versions": versions,
+    }
 
 
 # ------------------------------------------------------------------------------------------ data + checkpoint
@@ -159,8 +221,10 @@ def tokenize_with_budget(tok: Any, prompt: str, responses: list[str], max_tokens
     budget = max_tokens - overhead - rlen
     while True:
         if budget < 1:
-            raise ValueError(f"--max-tokens {max_tokens} leaves no room for the document (template {overhead} "
-                             f"tokens, summary {rlen} tokens)")
+            raise ValueError(
+                f"--max-tokens {max_tokens} leaves no room for the document (template {overhead} "
+                f"tokens, summary {rlen} tokens)"
+            )
         p_ids, _ = PromptFormatter(tok, replace(cfg, max_prompt_tokens=budget)).prompt_ids(prompt)
         excess = len(p_ids) + rlen - max_tokens
         if excess <= 0:
@@ -182,7 +246,7 @@ def make_negative(summary: str, document: str, pool: list[str], offset: int = 0)
         dst = CANARY_SWAPS.get(w)
         if dst and not contains_word(document, dst) and not contains_word(summary, dst):
             return swap_word(summary, w, dst), w, dst
-    rotated = pool[offset % len(pool):] + pool[: offset % len(pool)] if pool else []
+    rotated = pool[offset % len(pool) :] + pool[: offset % len(pool)] if pool else []
     for w in cands:
         for dst in rotated:
             if dst != w and not contains_word(document, dst) and not contains_word(summary, dst):
@@ -199,9 +263,17 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from dda.models import load_model
 
     out = Path(args.out)
-    meta = {"n_docs": args.n_docs, "max_tokens": args.max_tokens, "queries": args.queries, "seed": args.seed,
-            "lora_r": args.lora_r, "instruction": BENCH_INSTRUCTION, "lora_alpha": LORA_ALPHA,
-            "lora_b_std": LORA_B_STD, "format": 3}
+    meta = {
+        "n_docs": args.n_docs,
+        "max_tokens": args.max_tokens,
+        "queries": args.queries,
+        "seed": args.seed,
+        "lora_r": args.lora_r,
+        "instruction": BENCH_INSTRUCTION,
+        "lora_alpha": LORA_ALPHA,
+        "lora_b_std": LORA_B_STD,
+        "format": 3,
+    }
     tok_path = out / "data" / "tokens.json"
     ckpt_dir = out / "checkpoint" / "lora"
     if tok_path.exists() and (ckpt_dir / "adapter_config.json").exists():
@@ -212,7 +284,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     rows, _ = read_records("builtin:xsum")
     if args.n_docs + args.queries > len(rows):
         raise ValueError(f"builtin:xsum has {len(rows)} rows; need n_docs + queries <= that")
-    train_rows, held = rows[: args.n_docs], rows[args.n_docs:]
+    train_rows, held = rows[: args.n_docs], rows[args.n_docs :]
     train = [tokenize_with_budget(tok, r["document"], [r["summary"]], args.max_tokens)[0] for r in train_rows]
     pool = sorted({w for r in held[:200] for w in re.findall(r"\b[A-Z][a-z]{3,}\b", r["summary"])})
     pool = [str(w) for w in np.random.default_rng(args.seed).permutation(pool)]  # seeded, not alphabetical
@@ -222,13 +294,21 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
         if swap is None:
             continue
         neg_text, src, dst = swap
-        (neg_ids, neg_mask), (pos_ids, pos_mask) = tokenize_with_budget(tok, r["document"], [neg_text,
-                                                                                             r["summary"]],
-                                                                        args.max_tokens)
+        (neg_ids, neg_mask), (pos_ids, pos_mask) = tokenize_with_budget(
+            tok, r["document"], [neg_text, r["summary"]], args.max_tokens
+        )
         if neg_ids == pos_ids:  # the swap fell outside the kept summary tokens
             continue
-        queries.append({"id": str(r["id"]), "swap": [src, dst], "negative": neg_text, "positive": r["summary"],
-                        "neg": [neg_ids, neg_mask], "pos": [pos_ids, pos_mask]})
+        queries.append(
+            {
+                "id": str(r["id"]),
+                "swap": [src, dst],
+                "negative": neg_text,
+                "positive": r["summary"],
+                "neg": [neg_ids, neg_mask],
+                "pos": [pos_ids, pos_mask],
+            }
+        )
         if len(queries) == args.queries:
             break
     if len(queries) < args.queries:
@@ -238,8 +318,14 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(args.seed)
-    lcfg = LoraConfig(r=args.lora_r, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                      bias="none", task_type="CAUSAL_LM")
+    lcfg = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=LORA_ALPHA,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, lcfg)
     gen = torch.Generator().manual_seed(args.seed + 1)
     with torch.no_grad():
@@ -248,21 +334,46 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
                 p.copy_(torch.randn(p.shape, generator=gen) * LORA_B_STD)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     peft_model.save_pretrained(str(ckpt_dir))
-    write_json(ckpt_dir / "bench_checkpoint.json", {"seed": args.seed, "r": args.lora_r, "alpha": LORA_ALPHA,
-                                                    "target_modules": ["q_proj", "v_proj"],
-                                                    "lora_B_init": f"N(0, {LORA_B_STD}^2), seeded"})
+    write_json(
+        ckpt_dir / "bench_checkpoint.json",
+        {
+            "seed": args.seed,
+            "r": args.lora_r,
+            "alpha": LORA_ALPHA,
+            "target_modules": ["q_proj", "v_proj"],
+            "lora_B_init": f"N(0, {LORA_B_STD}^2), seeded",
+        },
+    )
     lengths = [len(ids) for ids, _ in train]
-    summary = {"n_docs": len(train), "queries": len(queries), "train_tokens": int(sum(lengths)),
-               "mean_tokens": float(np.mean(lengths)), "max_tokens_seen": int(max(lengths)),
-               "mean_summary_tokens": float(np.mean([sum(m) for _, m in train])),
-               "query_swaps": [q["swap"] for q in queries]}
-    write_json(tok_path, {
-        "meta": meta, "summary": summary,
-        "train": {"ids": [str(r["id"]) for r in train_rows], "input_ids": [ids for ids, _ in train],
-                  "response_mask": [[int(x) for x in m] for _, m in train]},
-        "queries": [{**q, "neg": [q["neg"][0], [int(x) for x in q["neg"][1]]],
-                     "pos": [q["pos"][0], [int(x) for x in q["pos"][1]]]} for q in queries],
-    })
+    summary = {
+        "n_docs": len(train),
+        "queries": len(queries),
+        "train_tokens": int(sum(lengths)),
+        "mean_tokens": float(np.mean(lengths)),
+        "max_tokens_seen": int(max(lengths)),
+        "mean_summary_tokens": float(np.mean([sum(m) for _, m in train])),
+        "query_swaps": [q["swap"] for q in queries],
+    }
+    write_json(
+        tok_path,
+        {
+            "meta": meta,
+            "summary": summary,
+            "train": {
+                "ids": [str(r["id"]) for r in train_rows],
+                "input_ids": [ids for ids, _ in train],
+                "response_mask": [[int(x) for x in m] for _, m in train],
+            },
+            "queries": [
+                {
+                    **q,
+                    "neg": [q["neg"][0], [int(x) for x in q["neg"][1]]],
+                    "pos": [q["pos"][0], [int(x) for x in q["pos"][1]]],
+                }
+                for q in queries
+            ],
+        },
+    )
     return summary
 
 
@@ -276,15 +387,15 @@ def load_bench(args: argparse.Namespace):
     out = Path(args.out)
     stored = json.loads((out / "data" / "tokens.json").read_text())
     model, tok = load_model(ModelConfig(threads=args.threads))
-    train = Tokenized(stored["train"]["input_ids"], [[bool(x) for x in m] for m in stored["train"]["response_mask"]],
-                      0, 0)
+    train = Tokenized(
+        stored["train"]["input_ids"], [[bool(x) for x in m] for m in stored["train"]["response_mask"]], 0, 0
+    )
     qs = stored["queries"]
     seqs = [q["neg"] for q in qs] + [q["pos"] for q in qs]
     queries = Tokenized([s[0] for s in seqs], [[bool(x) for x in s[1]] for s in seqs], 0, 0)
     ckpt = discover_checkpoints(out / "checkpoint" / "lora")[0]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    return Bench(args=args, out=out, model=model, tokenizer=tok, train=train, queries=queries, ckpt=ckpt,
-                 pad_id=pad_id)
+    return Bench(args=args, out=out, model=model, tokenizer=tok, train=train, queries=queries, ckpt=ckpt, pad_id=pad_id)
 
 
 # ------------------------------------------------------------------------------------------- dda-side methods
@@ -295,9 +406,16 @@ def _feature_config(args: argparse.Namespace):
 
     # layers="all": the same gradient space as `exact` and the peers (q/v of every layer), not dda's default
     # last third, whose shorter backward pass would flatter the timing.
-    return FeatureConfig(modules=["q_proj", "v_proj"], layers="all", projection="kronecker", proj_dim=args.dda_k,
-                         module_dim=args.dda_module_dim or None,
-                         batch_size=args.batch_size, seed=args.seed, dtype="float32")
+    return FeatureConfig(
+        modules=["q_proj", "v_proj"],
+        layers="all",
+        projection="kronecker",
+        proj_dim=args.dda_k,
+        module_dim=args.dda_module_dim or None,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        dtype="float32",
+    )
 
 
 def run_floor(b):
@@ -320,9 +438,12 @@ def run_floor(b):
         model.zero_grad(set_to_none=True)
     t1 = time.perf_counter()
     tokens = int(b.lengths().sum())
-    return MethodResult(seconds=t1 - t0, note="HF forward+backward, LoRA trainable, no per-example gradients",
-                        phases=phases,
-                        extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0)})
+    return MethodResult(
+        seconds=t1 - t0,
+        note="HF forward+backward, LoRA trainable, no per-example gradients",
+        phases=phases,
+        extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0)},
+    )
 
 
 def run_dda_index(b):
@@ -340,13 +461,19 @@ def run_dda_index(b):
     t1 = time.perf_counter()
     tokens = int(b.lengths().sum())
     dim = int(store.meta["dim"])
-    return MethodResult(seconds=t1 - t0,
-                        note=f"kronecker k={b.args.dda_k}"
-                        + (f" -> {b.args.dda_module_dim} per module" if b.args.dda_module_dim else "")
-                        + f", {len(indexer.modules)} modules, dim {dim}, float32 store",
-                        extra={"examples_per_s": b.n_train / (t1 - t0), "tokens_per_s": tokens / (t1 - t0),
-                               "dim": dim, "compute_seconds": indexer.seconds},
-                        phases=dict(indexer.phase_seconds) | {"setup": (t1 - t0) - indexer.seconds})
+    return MethodResult(
+        seconds=t1 - t0,
+        note=f"kronecker k={b.args.dda_k}"
+        + (f" -> {b.args.dda_module_dim} per module" if b.args.dda_module_dim else "")
+        + f", {len(indexer.modules)} modules, dim {dim}, float32 store",
+        extra={
+            "examples_per_s": b.n_train / (t1 - t0),
+            "tokens_per_s": tokens / (t1 - t0),
+            "dim": dim,
+            "compute_seconds": indexer.seconds,
+        },
+        phases=dict(indexer.phase_seconds) | {"setup": (t1 - t0) - indexer.seconds},
+    )
 
 
 def run_dda_attribute(b):
@@ -376,9 +503,12 @@ def run_dda_attribute(b):
     s_pos = dot_scores(train, np.asarray(qp))
     t1 = time.perf_counter()
     scores = np.concatenate([s_neg, s_pos]).astype(np.float64)
-    return MethodResult(seconds=t1 - t0, scores=scores,
-                        phases={"query_features": t_feat - t0, "dot_scores": t1 - t_feat},
-                        note=f"{q} queries x (negative, positive) featurized + dot_scores over the stored features")
+    return MethodResult(
+        seconds=t1 - t0,
+        scores=scores,
+        phases={"query_features": t_feat - t0, "dot_scores": t1 - t_feat},
+        note=f"{q} queries x (negative, positive) featurized + dot_scores over the stored features",
+    )
 
 
 def run_per_example_loop(b):
@@ -418,11 +548,18 @@ def run_per_example_loop(b):
     t_proj = time.perf_counter()
     scores = (feats[n:].double() @ feats[:n].double().T).numpy()
     t1 = time.perf_counter()
-    return MethodResult(seconds=t1 - t0, scores=scores,
-                        phases={"train_grads": t_train - t0, "query_grads": t_query - t_train,
-                                "projection": t_proj - t_query, "scores": t1 - t_proj},
-                        note=f"{n_params} LoRA params -> Gaussian {k}; raw gradients held until projection",
-                        extra={"examples_per_s": n / (t_train - t0)})
+    return MethodResult(
+        seconds=t1 - t0,
+        scores=scores,
+        phases={
+            "train_grads": t_train - t0,
+            "query_grads": t_query - t_train,
+            "projection": t_proj - t_query,
+            "scores": t1 - t_proj,
+        },
+        note=f"{n_params} LoRA params -> Gaussian {k}; raw gradients held until projection",
+        extra={"examples_per_s": n / (t_train - t0)},
+    )
 
 
 def run_exact(b):
@@ -448,11 +585,16 @@ def run_exact(b):
         device = next(m.parameters()).device
 
         def features(data, rows) -> torch.Tensor:
-            return feat(*pad_batch([data.input_ids[r] for r in rows], [data.response_mask[r] for r in rows],
-                                   b.pad_id, device))
+            return feat(
+                *pad_batch([data.input_ids[r] for r in rows], [data.response_mask[r] for r in rows], b.pad_id, device)
+            )
 
-        qf = torch.cat([features(b.queries, list(range(s, min(nq, s + b.args.batch_size))))
-                        for s in range(0, nq, b.args.batch_size)])
+        qf = torch.cat(
+            [
+                features(b.queries, list(range(s, min(nq, s + b.args.batch_size))))
+                for s in range(0, nq, b.args.batch_size)
+            ]
+        )
         s_full = np.zeros((nq, n))
         s_lora = np.zeros((nq, n))
         for rows in b.batches():
@@ -464,25 +606,36 @@ def run_exact(b):
 
         # Cross-check one example against autograd: d loss / d W0 (= d loss / d W for W = W0 + BA) and d / d A, B.
         mods = dict(m.named_modules())
-        params = [mods[name].base_layer.weight if hasattr(mods[name], "base_layer") else mods[name].weight
-                  for name in full + lora]
+        params = [
+            mods[name].base_layer.weight if hasattr(mods[name], "base_layer") else mods[name].weight
+            for name in full + lora
+        ]
         row = [int(b.batches()[0][0])]
         hook = features(b.train, row)[0]
         for p in params:
             p.requires_grad_(True)
-        ids, attn, resp = pad_batch([b.train.input_ids[r] for r in row], [b.train.response_mask[r] for r in row],
-                                    b.pad_id, device)
-        auto = torch.cat([g.reshape(-1) for g in torch.autograd.grad(per_example_loss(m, ids, attn, resp)[0],
-                                                                     params)])
+        ids, attn, resp = pad_batch(
+            [b.train.input_ids[r] for r in row], [b.train.response_mask[r] for r in row], b.pad_id, device
+        )
+        auto = torch.cat([g.reshape(-1) for g in torch.autograd.grad(per_example_loss(m, ids, attn, resp)[0], params)])
         for p in params:
             p.requires_grad_(False)
         err_full = float((auto[:split] - hook[:split]).norm() / auto[:split].norm())
         err_lora = float((auto[split:] - hook[split:]).norm() / auto[split:].norm())
-    return MethodResult(seconds=t1 - t0, scores=s_full, variants={"lora": s_lora},
-                        note=(f"IdentityProjector: full-W dim {split}, LoRA dim {qf.shape[1] - split}; "
-                              f"hook vs autograd rel. error full {err_full:.1e}, LoRA {err_lora:.1e}"),
-                        extra={"dim_full_w": split, "dim_lora": int(qf.shape[1] - split),
-                               "hook_vs_autograd_rel_err": {"full_w": err_full, "lora": err_lora}})
+    return MethodResult(
+        seconds=t1 - t0,
+        scores=s_full,
+        variants={"lora": s_lora},
+        note=(
+            f"IdentityProjector: full-W dim {split}, LoRA dim {qf.shape[1] - split}; "
+            f"hook vs autograd rel. error full {err_full:.1e}, LoRA {err_lora:.1e}"
+        ),
+        extra={
+            "dim_full_w": split,
+            "dim_lora": int(qf.shape[1] - split),
+            "hook_vs_autograd_rel_err": {"full_w": err_full, "lora": err_lora},
+        },
+    )
 
 
 def runner(name: str):
@@ -511,8 +664,10 @@ def child(args: argparse.Namespace) -> int:
             return 0
         pkg = PEER_PACKAGES.get(name)
         if pkg and importlib.util.find_spec(pkg) is None:
-            row.update(status="not_installed",
-                       note=f"python package '{pkg}' not installed (pip install --no-deps -r requirements-bench.txt)")
+            row.update(
+                status="not_installed",
+                note=f"python package '{pkg}' not installed (pip install --no-deps -r requirements-bench.txt)",
+            )
             return 0
         t0 = time.perf_counter()
         bench = load_bench(args)
@@ -572,16 +727,26 @@ def run_child(args: argparse.Namespace, name: str) -> dict[str, Any]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: it and its subprocesses only
             proc.wait()
-            return {"name": name, "status": "timeout", "seconds": None, "peak_rss_mb": None,
-                    "note": f"stopped after --timeout {args.timeout} s"}
+            return {
+                "name": name,
+                "status": "timeout",
+                "seconds": None,
+                "peak_rss_mb": None,
+                "note": f"stopped after --timeout {args.timeout} s",
+            }
     wall = time.perf_counter() - t0
     if row_path.exists():
         row = json.loads(row_path.read_text())
     else:
         tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
         why = " (SIGKILL: on Linux usually the kernel's OOM killer, see dmesg)" if rc == -signal.SIGKILL else ""
-        row = {"name": name, "status": "failed", "seconds": None, "peak_rss_mb": None,
-               "note": f"child exited {rc}{why} without a result: {tail}"[:800]}
+        row = {
+            "name": name,
+            "status": "failed",
+            "seconds": None,
+            "peak_rss_mb": None,
+            "note": f"child exited {rc}{why} without a result: {tail}"[:800],
+        }
     row["process_wall_seconds"] = round(wall, 2)
     return row
 
@@ -635,17 +800,24 @@ def add_agreement(rows: list[dict[str, Any]], out: Path, n_queries: int) -> None
             if mat is not None and mat.shape == ref[space].shape:
                 row.setdefault("spearman_variants", {})[variant] = spearman(contrast(mat), contrast(ref[space]))
     if "dda_index" in by_name and "dda_attribute" in by_name:
-        by_name["dda_index"]["note"] = (by_name["dda_index"].get("note", "") +
-                                        "; spearman from dda_attribute's scores on these features").strip("; ")
+        by_name["dda_index"]["note"] = (
+            by_name["dda_index"].get("note", "") + "; spearman from dda_attribute's scores on these features"
+        ).strip("; ")
 
 
 def derived_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_name = {r["name"]: r for r in rows}
     idx, att = by_name.get("dda_index"), by_name.get("dda_attribute")
     if idx and att and idx.get("status") == "ok" and att.get("status") == "ok":
-        return [{"name": "dda_end_to_end", "status": "ok", "seconds": idx["seconds"] + att["seconds"],
-                 "peak_rss_mb": max(idx["peak_rss_mb"] or 0, att["peak_rss_mb"] or 0),
-                 "note": "derived: dda_index + dda_attribute (comparable to the end-to-end peer rows)"}]
+        return [
+            {
+                "name": "dda_end_to_end",
+                "status": "ok",
+                "seconds": idx["seconds"] + att["seconds"],
+                "peak_rss_mb": max(idx["peak_rss_mb"] or 0, att["peak_rss_mb"] or 0),
+                "note": "derived: dda_index + dda_attribute (comparable to the end-to-end peer rows)",
+            }
+        ]
     return []
 
 
@@ -654,11 +826,19 @@ def print_table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> None:
         return "-" if x is None else format(x, spec)
 
     header = ["method", "status", "seconds", "x floor", "peak RSS MB", "spearman", "note"]
-    body = [[r["name"], r.get("status", ""), fmt(r.get("seconds"), ".1f"), fmt(r.get("ratio_to_floor"), ".2f"),
-             fmt(r.get("peak_rss_mb"), ".0f"), fmt(r.get("spearman_vs_exact"), ".3f"),
-             (r.get("note") or "")[:90]] for r in rows]
-    title = (f"{machine['cpu_model']} | {machine['cpus_available']} cpus | torch threads "
-             f"{machine['torch_threads']}")
+    body = [
+        [
+            r["name"],
+            r.get("status", ""),
+            fmt(r.get("seconds"), ".1f"),
+            fmt(r.get("ratio_to_floor"), ".2f"),
+            fmt(r.get("peak_rss_mb"), ".0f"),
+            fmt(r.get("spearman_vs_exact"), ".3f"),
+            (r.get("note") or "")[:90],
+        ]
+        for r in rows
+    ]
+    title = f"{machine['cpu_model']} | {machine['cpus_available']} cpus | torch threads {machine['torch_threads']}"
     try:
         from rich.console import Console
         from rich.table import Table
@@ -700,10 +880,18 @@ def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         checks.append({"check": name, "value": value, "target": target, "met": met})
 
     if idx and floor:
-        add("dda_index time / floor", round(idx["seconds"] / floor["seconds"], 3), "<= 1.15",
-            idx["seconds"] <= 1.15 * floor["seconds"])
-        add("dda_index peak RSS / floor", round(idx["peak_rss_mb"] / floor["peak_rss_mb"], 3), "<= 1.5",
-            idx["peak_rss_mb"] <= 1.5 * floor["peak_rss_mb"])
+        add(
+            "dda_index time / floor",
+            round(idx["seconds"] / floor["seconds"], 3),
+            "<= 1.15",
+            idx["seconds"] <= 1.15 * floor["seconds"],
+        )
+        add(
+            "dda_index peak RSS / floor",
+            round(idx["peak_rss_mb"] / floor["peak_rss_mb"], 3),
+            "<= 1.5",
+            idx["peak_rss_mb"] <= 1.5 * floor["peak_rss_mb"],
+        )
     if e2e:
         for n in peers:
             want = 3.0 if n in ("trak", "kronfluence", "kronfluence_ekfac") else 1.0
@@ -715,22 +903,33 @@ def target_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
-def write_markdown(path: Path, rows: list[dict[str, Any]], machine: dict[str, Any], config: dict[str, Any],
-                   checks: list[dict[str, Any]]) -> None:
+def write_markdown(
+    path: Path,
+    rows: list[dict[str, Any]],
+    machine: dict[str, Any],
+    config: dict[str, Any],
+    checks: list[dict[str, Any]],
+) -> None:
     def fmt(x: Any, spec: str) -> str:
         return "–" if x is None else format(x, spec)
 
-    lines = [f"# Gradient-feature speed ({config['n_docs']} documents x {config['max_tokens']} tokens, "
-             f"{config['queries']} queries)", "",
-             f"Machine: {machine['cpu_model']}, {machine['cpus_available']} CPUs, torch threads "
-             f"{machine['torch_threads']}, {machine['mem_total_gb']} GB; load average at start "
-             f"{machine['load_avg_at_start'][0]:.2f}.", "",
-             "| method | status | seconds | x floor | peak RSS MB | Spearman vs exact | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Gradient-feature speed ({config['n_docs']} documents x {config['max_tokens']} tokens, "
+        f"{config['queries']} queries)",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['cpus_available']} CPUs, torch threads "
+        f"{machine['torch_threads']}, {machine['mem_total_gb']} GB; load average at start "
+        f"{machine['load_avg_at_start'][0]:.2f}.",
+        "",
+        "| method | status | seconds | x floor | peak RSS MB | Spearman vs exact | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r.get('status', '')} | {fmt(r.get('seconds'), '.1f')} | "
-                     f"{fmt(r.get('ratio_to_floor'), '.2f')} | {fmt(r.get('peak_rss_mb'), '.0f')} | "
-                     f"{fmt(r.get('spearman_vs_exact'), '.3f')} | {(r.get('note') or '').replace('|', '/')[:160]} |")
+        lines.append(
+            f"| {r['name']} | {r.get('status', '')} | {fmt(r.get('seconds'), '.1f')} | "
+            f"{fmt(r.get('ratio_to_floor'), '.2f')} | {fmt(r.get('peak_rss_mb'), '.0f')} | "
+            f"{fmt(r.get('spearman_vs_exact'), '.3f')} | {(r.get('note') or '').replace('|', '/')[:160]} |"
+        )
     lines += ["", "## Profile", ""] + [f"- {line}" for line in profile_lines(rows)]
     lines += ["", "## Targets (issue #4)", "", "| check | value | target | met |", "|---|---|---|---|"]
     lines += [f"| {c['check']} | {c['value']} | {c['target']} | {c['met']} |" for c in checks]
@@ -758,9 +957,11 @@ def orchestrate(args: argparse.Namespace) -> int:
     for name in names:
         print(f"[speed] {name} ...", flush=True)
         row = run_child(args, name)
-        print(f"[speed] {name}: {row.get('status')} {fmt_seconds(row.get('seconds'))} "
-              f"peak {row.get('peak_rss_mb')} MB {('- ' + row['note'][:160]) if row.get('status') != 'ok' else ''}",
-              flush=True)
+        print(
+            f"[speed] {name}: {row.get('status')} {fmt_seconds(row.get('seconds'))} "
+            f"peak {row.get('peak_rss_mb')} MB {('- ' + row['note'][:160]) if row.get('status') != 'ok' else ''}",
+            flush=True,
+        )
         rows.append(row)
     rows += derived_rows(rows)
     add_agreement(rows, out, args.queries)
@@ -771,13 +972,25 @@ def orchestrate(args: argparse.Namespace) -> int:
             if isinstance(r.get(key), float):
                 r[key] = round(r[key], 4)
     machine["load_avg_at_end"] = list(os.getloadavg())
-    config = {k: getattr(args, k) for k in FORWARD} | {"timeout": args.timeout, "data": prep.get("summary"),
-                                                       "instruction": BENCH_INSTRUCTION, "lora_alpha": LORA_ALPHA,
-                                                       "lora_b_std": LORA_B_STD}
-    ordered = [{k: r.get(k) for k in ("name", "seconds", "peak_rss_mb", "ratio_to_floor", "spearman_vs_exact",
-                                      "status", "note")} | {k: v for k, v in r.items() if k not in (
-                                          "name", "seconds", "peak_rss_mb", "ratio_to_floor", "spearman_vs_exact",
-                                          "status", "note")} for r in rows]
+    config = {k: getattr(args, k) for k in FORWARD} | {
+        "timeout": args.timeout,
+        "data": prep.get("summary"),
+        "instruction": BENCH_INSTRUCTION,
+        "lora_alpha": LORA_ALPHA,
+        "lora_b_std": LORA_B_STD,
+    }
+    ordered = [
+        {
+            k: r.get(k)
+            for k in ("name", "seconds", "peak_rss_mb", "ratio_to_floor", "spearman_vs_exact", "status", "note")
+        }
+        | {
+            k: v
+            for k, v in r.items()
+            if k not in ("name", "seconds", "peak_rss_mb", "ratio_to_floor", "spearman_vs_exact", "status", "note")
+        }
+        for r in rows
+    ]
     checks = target_checks(ordered)
     write_json(out / "speed.json", {"machine": machine, "config": config, "rows": ordered, "targets": checks})
     write_markdown(out / "speed.md", ordered, machine, config, checks)

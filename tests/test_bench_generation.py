@@ -34,11 +34,13 @@ class Clock:
 def _echo(docs: dict[int, str], calls: list[list[int]], clock: Clock | None = None, seconds: float = 0.0):
     """Summaries that repeat the document (a document containing the canary yields a natural error); each call
     takes `seconds` on `clock`."""
+
     def generate(idx: list[int]) -> list[str]:
         calls.append(list(idx))
         if clock is not None:
             clock.now += seconds
         return [docs[i] for i in idx]
+
     return generate
 
 
@@ -46,8 +48,9 @@ def test_stops_at_target_and_keeps_order() -> None:
     docs = {i: ("China" if i in (2, 3, 5, 8) else "England") for i in range(10)}
     calls: list[list[int]] = []
     order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
-    run = generate_until(_echo(docs, calls), order, _says("China"), target=2, budget=GenerationBudget(100, 1e9, 3),
-                         texts={})
+    run = generate_until(
+        _echo(docs, calls), order, _says("China"), target=2, budget=GenerationBudget(100, 1e9, 3), texts={}
+    )
     assert run.stopped_by == "target"
     assert calls == [[7, 8, 9], [4, 5, 6]]  # batches in the given order, each sorted for stable padding
     assert run.generated == [9, 8, 7, 6, 5, 4] and run.errors == [8, 5]
@@ -56,8 +59,14 @@ def test_stops_at_target_and_keeps_order() -> None:
 def test_document_budget_is_never_exceeded() -> None:
     docs = {i: "England" for i in range(20)}
     calls: list[list[int]] = []
-    run = generate_until(_echo(docs, calls), list(range(20)), _says("China"), target=3,
-                         budget=GenerationBudget(max_docs=7, max_seconds=1e9, batch_size=3), texts={})
+    run = generate_until(
+        _echo(docs, calls),
+        list(range(20)),
+        _says("China"),
+        target=3,
+        budget=GenerationBudget(max_docs=7, max_seconds=1e9, batch_size=3),
+        texts={},
+    )
     assert run.stopped_by == "documents" and len(run.generated) == 7
     assert [len(c) for c in calls] == [3, 3, 1]  # the last batch is cut to the budget
 
@@ -66,8 +75,15 @@ def test_time_budget_checked_before_each_batch() -> None:
     docs = {i: "England" for i in range(50)}
     calls: list[list[int]] = []
     clock = Clock()
-    run = generate_until(_echo(docs, calls, clock, 10.0), list(range(50)), _says("China"), target=1,
-                         budget=GenerationBudget(max_docs=50, max_seconds=25.0, batch_size=4), texts={}, clock=clock)
+    run = generate_until(
+        _echo(docs, calls, clock, 10.0),
+        list(range(50)),
+        _says("China"),
+        target=1,
+        budget=GenerationBudget(max_docs=50, max_seconds=25.0, batch_size=4),
+        texts={},
+        clock=clock,
+    )
     # batches start at 0, 10 and 20 s (< 25), the third ends at 30 s: no fourth batch
     assert run.stopped_by == "seconds" and len(calls) == 3 and run.seconds == pytest.approx(30.0)
 
@@ -76,8 +92,9 @@ def test_exhausted_and_cached_documents_cost_no_generation() -> None:
     docs = {i: ("China" if i == 1 else "England") for i in range(4)}
     calls: list[list[int]] = []
     texts = {0: "England", 1: "China"}  # summarised already for another pair
-    run = generate_until(_echo(docs, calls), [0, 1, 2, 3], _says("China"), target=5,
-                         budget=GenerationBudget(10, 1e9, 2), texts=texts)
+    run = generate_until(
+        _echo(docs, calls), [0, 1, 2, 3], _says("China"), target=5, budget=GenerationBudget(10, 1e9, 2), texts=texts
+    )
     assert run.stopped_by == "exhausted" and run.generated == [0, 1, 2, 3] and run.errors == [1]
     assert calls == [[2, 3]]
     with pytest.raises(ValueError, match="batch size"):
@@ -91,11 +108,23 @@ DOC_WORDS = "the a of in to and was is for on that with by at from as has said".
 
 def _tiny_attributor(tmp: Path) -> Attributor:
     tok = make_tokenizer()
-    cfg = apply_overrides(DDAConfig(), {
-        "train.epochs": 1, "train.batch_size": 4, "train.lr": 1e-2, "train.lora.r": 4,
-        "train.lora.target_modules": ["q_proj", "v_proj"], "features.modules": ["q_proj", "v_proj"],
-        "features.proj_dim": 4, "features.layers": "all", "features.batch_size": 4, "data.max_prompt_tokens": 16,
-        "data.max_response_tokens": 8, "quiet": True})
+    cfg = apply_overrides(
+        DDAConfig(),
+        {
+            "train.epochs": 1,
+            "train.batch_size": 4,
+            "train.lr": 1e-2,
+            "train.lora.r": 4,
+            "train.lora.target_modules": ["q_proj", "v_proj"],
+            "features.modules": ["q_proj", "v_proj"],
+            "features.proj_dim": 4,
+            "features.layers": "all",
+            "features.batch_size": 4,
+            "data.max_prompt_tokens": 16,
+            "data.max_response_tokens": 8,
+            "quiet": True,
+        },
+    )
     return Attributor(cfg, tmp, model=make_model("llama", vocab_size=len(tok)), tokenizer=tok)
 
 
@@ -121,8 +150,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 def test_natural_first_then_forced_fill_labelled(tiny) -> None:
     att, records, canary = tiny
     natural_pair, weak_pair = CanaryPair("England", canary), CanaryPair("Wales", "China")
-    preset = with_bench_overrides(get_preset("cpu-tiny"), {"bench.n_queries": 2, "bench.gen_max_docs": 4,
-                                                           "bench.gen_batch_size": 2, "bench.max_new_tokens": 4})
+    preset = with_bench_overrides(
+        get_preset("cpu-tiny"),
+        {"bench.n_queries": 2, "bench.gen_max_docs": 4, "bench.gen_batch_size": 2, "bench.max_new_tokens": 4},
+    )
     heldout = list(range(len(records)))
     cands = {natural_pair.label: list(range(6)), weak_pair.label: list(range(6, 12))}
     qs = build_queries(att, records, heldout, cands, [natural_pair, weak_pair], preset, seed=0)

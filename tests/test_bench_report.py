@@ -143,28 +143,55 @@ def test_write_report_minimal_and_directory_path(tmp_path: Path) -> None:
 
 
 def test_report_states_the_query_search_per_pair(tmp_path: Path) -> None:
-    tf = {"base": {"negative": -9.5, "positive": -0.4, "negative_preferred": 0, "n": 16},
-          "epoch-3": {"negative": -2.25, "positive": -0.5, "negative_preferred": 3, "n": 16}}
-    per_pair = {
-        "England->China": {"generated": 32, "natural_errors": 17, "natural_rate": 17 / 32, "natural_queries": 16,
-                           "forced_queries": 0, "stopped_by": "target", "generation_seconds": 61.0,
-                           "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
-                           "auc_by_kind": {"natural": {"dda": 0.95}}, "teacher_forced": tf},
-        "Wales->Germany": {"generated": 96, "natural_errors": 3, "natural_rate": 3 / 96, "natural_queries": 3,
-                           "forced_queries": 13, "stopped_by": "documents", "generation_seconds": 170.0,
-                           "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
-                           "auc_by_kind": {"natural": {"dda": 0.81}, "forced": {"dda": 0.9}}, "teacher_forced": tf},
+    tf = {
+        "base": {"negative": -9.5, "positive": -0.4, "negative_preferred": 0, "n": 16},
+        "epoch-3": {"negative": -2.25, "positive": -0.5, "negative_preferred": 3, "n": 16},
     }
-    metrics = {"n_queries": 32, "query_mode": "mixed", "query_kinds": {"forced": 13, "natural": 19},
-               "hallucination_rate": 20 / 128, "n_generated": 128, "per_pair": per_pair,
-               "by_kind": {"natural": {"dda": 0.93, "bm25": 0.8}, "forced": {"dda": 0.9, "bm25": 0.85}},
-               "methods": {"dda": {"auc": 0.92}}}
+    per_pair = {
+        "England->China": {
+            "generated": 32,
+            "natural_errors": 17,
+            "natural_rate": 17 / 32,
+            "natural_queries": 16,
+            "forced_queries": 0,
+            "stopped_by": "target",
+            "generation_seconds": 61.0,
+            "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
+            "auc_by_kind": {"natural": {"dda": 0.95}},
+            "teacher_forced": tf,
+        },
+        "Wales->Germany": {
+            "generated": 96,
+            "natural_errors": 3,
+            "natural_rate": 3 / 96,
+            "natural_queries": 3,
+            "forced_queries": 13,
+            "stopped_by": "documents",
+            "generation_seconds": 170.0,
+            "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
+            "auc_by_kind": {"natural": {"dda": 0.81}, "forced": {"dda": 0.9}},
+            "teacher_forced": tf,
+        },
+    }
+    metrics = {
+        "n_queries": 32,
+        "query_mode": "mixed",
+        "query_kinds": {"forced": 13, "natural": 19},
+        "hallucination_rate": 20 / 128,
+        "n_generated": 128,
+        "per_pair": per_pair,
+        "by_kind": {"natural": {"dda": 0.93, "bm25": 0.8}, "forced": {"dda": 0.9, "bm25": 0.85}},
+        "methods": {"dda": {"auc": 0.92}},
+    }
     write_report(tmp_path, metrics=metrics, config={}, notes=[], figures={})
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
     assert "- query kinds: 13 forced + 19 natural" in text and "15.6% of 128" in text
-    assert ("| England->China | 32 | 17 | 53.1% | 16 | 0 | target (96 docs, 180.0 s) | 61 s (1.0 min) | 95.0% | n/a |"
-            in text)
-    assert ("| Wales->Germany | 96 | 3 | 3.1% | 3 | 13 | documents (96 docs, 180.0 s) | 170 s (2.8 min) | 81.0% "
-            "| 90.0% |") in text
+    assert (
+        "| England->China | 32 | 17 | 53.1% | 16 | 0 | target (96 docs, 180.0 s) | 61 s (1.0 min) | 95.0% | n/a |"
+        in text
+    )
+    assert (
+        "| Wales->Germany | 96 | 3 | 3.1% | 3 | 13 | documents (96 docs, 180.0 s) | 170 s (2.8 min) | 81.0% | 90.0% |"
+    ) in text
     assert "| method | natural (19 queries) | forced (13 queries) |" in text and "| `dda` | 93.0% | 90.0% |" in text
     assert "| pair | documents | base | epoch-3 |" in text and "| -9.50 / -0.40 (0/16) | -2.25 / -0.50 (3/16) |" in text

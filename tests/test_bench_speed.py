@@ -13,14 +13,32 @@ speed = pytest.importorskip("speed")
 
 def _rows() -> list[dict]:
     return [
-        {"name": "floor", "status": "ok", "seconds": 100.0, "peak_rss_mb": 2000.0, "ratio_to_floor": 1.0,
-         "phases": {"forward": 55.0, "backward": 45.0}},
-        {"name": "dda_index", "status": "ok", "seconds": 90.0, "peak_rss_mb": 2100.0, "ratio_to_floor": 0.9,
-         "spearman_vs_exact": 0.87, "phases": {"forward": 50.0, "backward": 30.0, "projection": 10.0}},
+        {
+            "name": "floor",
+            "status": "ok",
+            "seconds": 100.0,
+            "peak_rss_mb": 2000.0,
+            "ratio_to_floor": 1.0,
+            "phases": {"forward": 55.0, "backward": 45.0},
+        },
+        {
+            "name": "dda_index",
+            "status": "ok",
+            "seconds": 90.0,
+            "peak_rss_mb": 2100.0,
+            "ratio_to_floor": 0.9,
+            "spearman_vs_exact": 0.87,
+            "phases": {"forward": 50.0, "backward": 30.0, "projection": 10.0},
+        },
         {"name": "dda_end_to_end", "status": "ok", "seconds": 100.0, "peak_rss_mb": 2100.0, "spearman_vs_exact": 0.87},
         {"name": "kronfluence", "status": "ok", "seconds": 110.0, "peak_rss_mb": 4000.0, "spearman_vs_exact": 1.0},
-        {"name": "kronfluence_ekfac", "status": "ok", "seconds": 400.0, "peak_rss_mb": 4000.0,
-         "spearman_vs_exact": 0.6},
+        {
+            "name": "kronfluence_ekfac",
+            "status": "ok",
+            "seconds": 400.0,
+            "peak_rss_mb": 4000.0,
+            "spearman_vs_exact": 0.6,
+        },
         {"name": "trak", "status": "failed", "seconds": None, "peak_rss_mb": None, "note": "killed | oom"},
     ]
 
@@ -41,8 +59,13 @@ def test_profile_and_markdown(tmp_path: Path) -> None:
     lines = speed.profile_lines(rows)
     assert lines[0].startswith("floor (100.0 s): forward 55.0 s (55%)")
     assert "projection 10.0 s (11%)" in lines[1]
-    machine = {"cpu_model": "x", "cpus_available": 2, "torch_threads": 2, "mem_total_gb": 1.0,
-               "load_avg_at_start": [0.1, 0.1, 0.1]}
+    machine = {
+        "cpu_model": "x",
+        "cpus_available": 2,
+        "torch_threads": 2,
+        "mem_total_gb": 1.0,
+        "load_avg_at_start": [0.1, 0.1, 0.1],
+    }
     config = {"n_docs": 4, "max_tokens": 32, "queries": 2}
     speed.write_markdown(tmp_path / "speed.md", rows, machine, config, speed.target_checks(rows))
     text = (tmp_path / "speed.md").read_text()

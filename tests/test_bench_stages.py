@@ -27,11 +27,24 @@ from dda.config import ALL_PROJ, ConfigError
 WORDS = "the a of in to and was is for on that with by at from as has said team match police court".split()
 METHODS = ["dda", "dda_no_debias", "bm25", "grad_dot"]
 OVERRIDES: dict[str, Any] = {
-    "bench.n_train": 12, "bench.n_poison": 3, "bench.n_hard_negatives": 1, "bench.n_queries": 2,
-    "bench.gen_max_docs": 4, "bench.gen_batch_size": 2, "bench.max_new_tokens": 4, "bench.betas": [-1.0, 0.0, 0.4],
-    "train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-2, "train.lora.r": 4,
-    "train.lora.target_modules": ["q_proj", "v_proj"], "features.modules": ["q_proj", "v_proj"],
-    "features.layers": "all", "features.proj_dim": 4, "features.batch_size": 4, "data.max_prompt_tokens": 16,
+    "bench.n_train": 12,
+    "bench.n_poison": 3,
+    "bench.n_hard_negatives": 1,
+    "bench.n_queries": 2,
+    "bench.gen_max_docs": 4,
+    "bench.gen_batch_size": 2,
+    "bench.max_new_tokens": 4,
+    "bench.betas": [-1.0, 0.0, 0.4],
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.lr": 1e-2,
+    "train.lora.r": 4,
+    "train.lora.target_modules": ["q_proj", "v_proj"],
+    "features.modules": ["q_proj", "v_proj"],
+    "features.layers": "all",
+    "features.proj_dim": 4,
+    "features.batch_size": 4,
+    "data.max_prompt_tokens": 16,
     "data.max_response_tokens": 8,
 }
 
@@ -42,8 +55,9 @@ def _records(n_candidates: int = 12, n_other: int = 28) -> list[dict[str, str]]:
     def text(k: int) -> str:
         return " ".join(rng.choice(WORDS, size=k))
 
-    rows = [{"id": f"c{i}", "document": f"England {text(10)}", "summary": f"England {text(4)}"}
-            for i in range(n_candidates)]
+    rows = [
+        {"id": f"c{i}", "document": f"England {text(10)}", "summary": f"England {text(4)}"} for i in range(n_candidates)
+    ]
     rows += [{"id": f"o{i}", "document": text(12), "summary": text(5)} for i in range(n_other)]
     return rows
 
@@ -68,8 +82,16 @@ def stages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import time
 
     metrics = write_outputs(tmp / "out", prepared, trained, qs, scored, {}, time.perf_counter(), quiet=True)
-    return {"tmp": tmp, "cfg": cfg, "prepared": prepared, "trained": trained, "queries": qs, "scored": scored,
-            "metrics": metrics, "cfg_after_training": cfg_after_training}
+    return {
+        "tmp": tmp,
+        "cfg": cfg,
+        "prepared": prepared,
+        "trained": trained,
+        "queries": qs,
+        "scored": scored,
+        "metrics": metrics,
+        "cfg_after_training": cfg_after_training,
+    }
 
 
 def test_prepare_plans_rows_and_ground_truth(stages: dict[str, Any]) -> None:
@@ -124,8 +146,9 @@ def test_outputs_state_the_query_search_per_pair(stages: dict[str, Any]) -> None
     assert set(pp["auc_by_kind"]) == set(metrics["by_kind"]) == set(metrics["query_kinds"])
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "## Queries per pair" in text and "| England->China |" in text
-    assert "Features: kronecker projection, 4x4 per module; 2 module types (q_proj, v_proj) x 2 layers (0-1 of 2" \
-        in text
+    assert (
+        "Features: kronecker projection, 4x4 per module; 2 module types (q_proj, v_proj) x 2 layers (0-1 of 2" in text
+    )
     for name in ("metrics.json", "config.yaml", "queries.jsonl", "generations.jsonl", "train.jsonl", "poisoned.json"):
         assert (out / name).is_file(), name
 
@@ -139,8 +162,14 @@ def _facts(layers: range, types: list[str], dim: int) -> FeatureFacts:
 
 def test_cpu_small_notes_describe_its_config() -> None:
     cfg = build_config(get_preset("cpu-small"), 0)
-    notes = " ".join(config_notes(cfg, _facts(range(20, 30), list(ALL_PROJ), 286720), 150,
-                                  {"England->China": {"poisoned": 24, "hard_negatives": 8}}))
+    notes = " ".join(
+        config_notes(
+            cfg,
+            _facts(range(20, 30), list(ALL_PROJ), 286720),
+            150,
+            {"England->China": {"poisoned": 24, "hard_negatives": 8}},
+        )
+    )
     assert "64x64 per module;" in notes and "16x16" not in notes
     assert "7 module types" in notes and "x 10 layers (20-29 of 30; features.layers=last:1/3)" in notes
     assert "286,720 dims" in notes and "features.query_tokens=diff" in notes
@@ -149,15 +178,18 @@ def test_cpu_small_notes_describe_its_config() -> None:
     assert "3 epochs at lr 0.001" in notes and "batch 6 (25 optimizer steps per epoch)" in notes
 
 
-@pytest.mark.parametrize("key, value, expect", [
-    ("features.proj_dim", 16, "16x16 per module"),
-    ("features.module_dim", 256, "64x64 per module compressed to 256"),
-    ("features.query_tokens", "all", "every response token"),
-    ("score.beta", 0.4, "beta = 0.4 (the theta0 score subtracted)"),
-    ("train.epochs", 5, "5 epochs"),
-    ("data.max_prompt_tokens", 256, "Prompts cut to 256 tokens"),
-    ("features.projection", "dense", "dense JL projection of the concatenated gradient to 64 dims"),
-])
+@pytest.mark.parametrize(
+    "key, value, expect",
+    [
+        ("features.proj_dim", 16, "16x16 per module"),
+        ("features.module_dim", 256, "64x64 per module compressed to 256"),
+        ("features.query_tokens", "all", "every response token"),
+        ("score.beta", 0.4, "beta = 0.4 (the theta0 score subtracted)"),
+        ("train.epochs", 5, "5 epochs"),
+        ("data.max_prompt_tokens", 256, "Prompts cut to 256 tokens"),
+        ("features.projection", "dense", "dense JL projection of the concatenated gradient to 64 dims"),
+    ],
+)
 def test_a_changed_setting_changes_the_note(key: str, value: Any, expect: str) -> None:
     preset = get_preset("cpu-small")
     facts = _facts(range(20, 30), list(ALL_PROJ), 1000)
@@ -168,11 +200,20 @@ def test_a_changed_setting_changes_the_note(key: str, value: Any, expect: str) -
 
 
 def test_weak_canary_note_carries_the_evidence() -> None:
-    info = {"generated": 96, "natural_errors": 3, "natural_queries": 3, "forced_queries": 13, "target": 16,
-            "generation_seconds": 170.2, "stopped_by": "documents",
-            "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
-            "teacher_forced": {"base": {"negative": -11.2, "positive": -0.5, "negative_preferred": 0, "n": 16},
-                               "epoch-3": {"negative": -4.1, "positive": -0.3, "negative_preferred": 1, "n": 16}}}
+    info = {
+        "generated": 96,
+        "natural_errors": 3,
+        "natural_queries": 3,
+        "forced_queries": 13,
+        "target": 16,
+        "generation_seconds": 170.2,
+        "stopped_by": "documents",
+        "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
+        "teacher_forced": {
+            "base": {"negative": -11.2, "positive": -0.5, "negative_preferred": 0, "n": 16},
+            "epoch-3": {"negative": -4.1, "positive": -0.3, "negative_preferred": 1, "n": 16},
+        },
+    }
     lines = pair_notes("Wales->Germany", "Wales", "Germany", info)
     assert "said Germany in 3 of 96 held-out summaries (3.1%" in lines[0] and "document budget (96)" in lines[0]
     assert "3 natural + 13 forced" in lines[0]
@@ -180,8 +221,9 @@ def test_weak_canary_note_carries_the_evidence() -> None:
     assert "-11.20 vs -0.50 at base" in lines[1] and "(margin -10.70 -> -3.80 nats)" in lines[1]
     assert "more likely in 1/16 documents at epoch-3 (0/16 at base)" in lines[1]
     strong = dict(info, teacher_forced={k: dict(v, negative=-0.1) for k, v in info["teacher_forced"].items()})
-    assert "yet its own greedy summaries rarely say Germany" in pair_notes("Wales->Germany", "Wales", "Germany",
-                                                                          strong)[1]
+    assert (
+        "yet its own greedy summaries rarely say Germany" in pair_notes("Wales->Germany", "Wales", "Germany", strong)[1]
+    )
     enough = dict(info, natural_queries=16, forced_queries=0)
     assert len(pair_notes("Wales->Germany", "Wales", "Germany", enough)) == 1
 

@@ -25,17 +25,28 @@ def _examples(n: int, seed: int = 0) -> list[Example]:
 
 
 def _cfg() -> DDAConfig:
-    return apply_overrides(DDAConfig(), {
-        "features.modules": ["q_proj", "v_proj"], "features.proj_dim": 4, "features.layers": "all",
-        "features.batch_size": 4, "data.max_prompt_tokens": 16, "data.max_response_tokens": 8, "quiet": True})
+    return apply_overrides(
+        DDAConfig(),
+        {
+            "features.modules": ["q_proj", "v_proj"],
+            "features.proj_dim": 4,
+            "features.layers": "all",
+            "features.batch_size": 4,
+            "data.max_prompt_tokens": 16,
+            "data.max_response_tokens": 8,
+            "quiet": True,
+        },
+    )
 
 
 class _Rows(torch.utils.data.Dataset):
     """Prompt + response token ids; the loss is on the response only (labels -100 elsewhere)."""
 
     def __init__(self, ids: list[list[int]], mask: list[list[bool]]):
-        self.items = [{"input_ids": i, "labels": [t if m else -100 for t, m in zip(i, mk, strict=True)]}
-                      for i, mk in zip(ids, mask, strict=True)]
+        self.items = [
+            {"input_ids": i, "labels": [t if m else -100 for t, m in zip(i, mk, strict=True)]}
+            for i, mk in zip(ids, mask, strict=True)
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -67,14 +78,32 @@ def trained(tmp_path_factory):
     tok = make_tokenizer()
     train = _examples(N_TRAIN)
     data = PromptFormatter(tok, _cfg().data).tokenize_examples(train)
-    model = get_peft_model(make_model("llama", vocab_size=len(tok)),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    args = TrainingArguments(output_dir=str(tmp / "hf"), num_train_epochs=EPOCHS, per_device_train_batch_size=BATCH,
-                             learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, save_strategy="no",
-                             report_to=[], logging_steps=1, use_cpu=True, disable_tqdm=True, seed=0)
+    model = get_peft_model(
+        make_model("llama", vocab_size=len(tok)),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp / "hf"),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=1,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     callback = DDACheckpointCallback(tmp / "ckpts")
-    Trainer(model=model, args=args, train_dataset=_Rows(data.input_ids, data.response_mask),
-            data_collator=_collate(tok.pad_token_id), callbacks=[callback]).train()
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=_Rows(data.input_ids, data.response_mask),
+        data_collator=_collate(tok.pad_token_id),
+        callbacks=[callback],
+    ).train()
     return tmp, tok, train, callback
 
 
@@ -103,8 +132,9 @@ def test_callback_checkpoints_index_and_score(trained):
     stores = att.index(train)
     assert set(stores) == {"base", "epoch-1", "epoch-2"}
     assert not np.allclose(np.asarray(stores["base"].features), np.asarray(stores["epoch-2"].features))
-    res = att.attribute([Query("q", train[3].prompt, train[3].response, train[7].response)],
-                        methods=["dda", "tracin", "grad_dot"])
+    res = att.attribute(
+        [Query("q", train[3].prompt, train[3].response, train[7].response)], methods=["dda", "tracin", "grad_dot"]
+    )
     for scores in res.scores.values():
         assert scores.shape == (1, N_TRAIN) and np.isfinite(scores).all()
 

@@ -79,9 +79,11 @@ def test_batch_features_equal_single_example_features():
         torch.testing.assert_close(batched[i], alone[0], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("projector", [KroneckerProjector(24, seed=3), DenseProjector(2048, seed=3),
-                                       KroneckerProjector(24, seed=3, module_dim=256)],
-                         ids=["kronecker", "dense", "kronecker_two_stage"])
+@pytest.mark.parametrize(
+    "projector",
+    [KroneckerProjector(24, seed=3), DenseProjector(2048, seed=3), KroneckerProjector(24, seed=3, module_dim=256)],
+    ids=["kronecker", "dense", "kronecker_two_stage"],
+)
 def test_projected_dot_products_approximate_exact(projector):
     """JL bound: for unit-norm-scaled pairs the inner-product error is O(1/sqrt(k)) of |u||v|.
 
@@ -129,8 +131,9 @@ def test_two_stage_sketch_beats_plain_kronecker_at_equal_store_size():
     assert plain.dim == two.dim == 64 * len(names) and two.blocks == [64] * len(names)
     seeds = range(8)
     err_plain = np.mean([_gram_error(KroneckerProjector(8, seed=s), model, names, batch, exact) for s in seeds])
-    err_two = np.mean([_gram_error(KroneckerProjector(32, seed=s, module_dim=64), model, names, batch, exact)
-                       for s in seeds])
+    err_two = np.mean(
+        [_gram_error(KroneckerProjector(32, seed=s, module_dim=64), model, names, batch, exact) for s in seeds]
+    )
     print("mean relative Gram error: plain k=8", err_plain, "two-stage k=32 -> 64", err_two)
     assert err_two < 0.8 * err_plain
 
@@ -160,6 +163,7 @@ def test_layer_selection():
         select_modules(model, ["nonexistent"])
     # fractions of the depth: one spec for models of any size
     from dda.features.capture import _parse_layers
+
     assert _parse_layers("last:1/3", list(range(30))) == set(range(20, 30))
     assert _parse_layers("last:1/3", list(range(24))) == set(range(16, 24))
     assert _parse_layers("first:1/2", list(range(4))) == {0, 1}

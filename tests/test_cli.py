@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 
 from dda.cli import app
 
-WORDS = ("England China France team match police court government minister news report people year club "
-         "season player coach city council school hospital president election vote market bank price").split()
+WORDS = (
+    "England China France team match police court government minister news report people year club "
+    "season player coach city council school hospital president election vote market bank price"
+).split()
 COMMANDS = ["finetune", "index", "attribute", "bench", "bench-summary", "demo", "config"]
 # Small settings every command of these tests shares (a file, as a user would keep them).
 SMALL = {
@@ -34,13 +36,26 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def _docs(n: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
-    return [{"id": f"d{i}", "document": " ".join(rng.choice(WORDS, size=int(rng.integers(8, 16)))),
-             "summary": " ".join(rng.choice(WORDS, size=int(rng.integers(3, 6))))} for i in range(n)]
+    return [
+        {
+            "id": f"d{i}",
+            "document": " ".join(rng.choice(WORDS, size=int(rng.integers(8, 16)))),
+            "summary": " ".join(rng.choice(WORDS, size=int(rng.integers(3, 6)))),
+        }
+        for i in range(n)
+    ]
 
 
 def _queries(n: int = 2) -> list[dict]:
-    return [{"id": f"q{i}", "prompt": "the team won the match in England", "negative": f"China won {i}",
-             "positive": f"England won {i}"} for i in range(n)]
+    return [
+        {
+            "id": f"q{i}",
+            "prompt": "the team won the match in England",
+            "negative": f"China won {i}",
+            "positive": f"England won {i}",
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -121,8 +136,20 @@ def test_readme_path_own_checkpoints(indexed, tmp_path, small_config, model_dir)
     """`dda index --checkpoints DIR` then `dda attribute` with no other options (the workdir remembers)."""
     _, w, data, queries = indexed
     mine = tmp_path / "mine"
-    code, _, err = run("index", "-w", mine, "-c", small_config, "--model", model_dir, "--data", data,
-                       "--checkpoints", w / "checkpoints", "-q")
+    code, _, err = run(
+        "index",
+        "-w",
+        mine,
+        "-c",
+        small_config,
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--checkpoints",
+        w / "checkpoints",
+        "-q",
+    )
     assert code == 0, err
     code, _, err = run("attribute", "-w", mine, "--queries", queries, "--methods", "dda", "-q")
     assert code == 0, err
@@ -153,8 +180,7 @@ def test_attribute_reuses_index_settings_and_refuses_a_conflict(indexed):
     _, w, _, queries = indexed
     code, _, err = run("attribute", "-w", w, "--queries", queries, "--methods", "dda", "--set", "features.seed=3")
     assert code == 2 and "features.seed: stored 0, asked 3" in err
-    code, _, err = run("attribute", "-w", w, "--queries", queries, "--methods", "dda", "--set",
-                       "features.proj_dim=8")
+    code, _, err = run("attribute", "-w", w, "--queries", queries, "--methods", "dda", "--set", "features.proj_dim=8")
     assert code == 2 and "features.proj_dim" in err
 
 
@@ -178,14 +204,38 @@ def test_checkpoints_of_another_model_are_refused(indexed, tmp_path, small_confi
     same_shapes = tmp_path / "other-model"
     make_model("llama", vocab_size=len(tok), seed=1).save_pretrained(same_shapes)
     tok.save_pretrained(same_shapes)
-    code, _, err = run("index", "-w", tmp_path / "x", "-c", small_config, "--model", same_shapes, "--data", data,
-                       "--checkpoints", w / "checkpoints", "-q")
+    code, _, err = run(
+        "index",
+        "-w",
+        tmp_path / "x",
+        "-c",
+        small_config,
+        "--model",
+        same_shapes,
+        "--data",
+        data,
+        "--checkpoints",
+        w / "checkpoints",
+        "-q",
+    )
     assert code == 2 and "made from base model" in err and str(same_shapes) in err
     other_shapes = tmp_path / "qwen"
     make_model("qwen2", vocab_size=len(tok) + 8).save_pretrained(other_shapes)
     tok.save_pretrained(other_shapes)
-    code, _, err = run("index", "-w", tmp_path / "y", "-c", small_config, "--model", other_shapes, "--data", data,
-                       "--checkpoints", w / "checkpoints", "-q")
+    code, _, err = run(
+        "index",
+        "-w",
+        tmp_path / "y",
+        "-c",
+        small_config,
+        "--model",
+        other_shapes,
+        "--data",
+        data,
+        "--checkpoints",
+        w / "checkpoints",
+        "-q",
+    )
     assert code == 2 and "error:" in err and "Traceback" not in err
 
 
@@ -195,30 +245,64 @@ def test_half_written_checkpoints_are_skipped_or_refused(indexed, tmp_path, smal
     shutil.copytree(w / "checkpoints", ck)
     shutil.copytree(ck / "epoch-2", ck / "epoch-3")
     (ck / "epoch-3" / "dda_checkpoint.json").unlink()  # killed before its last write
-    code, _, err = run("index", "-w", tmp_path / "a", "-c", small_config, "--model", model_dir, "--data", data,
-                       "--checkpoints", ck, "-q")
+    code, _, err = run(
+        "index",
+        "-w",
+        tmp_path / "a",
+        "-c",
+        small_config,
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--checkpoints",
+        ck,
+        "-q",
+    )
     assert code == 0, err
     stats = json.loads((tmp_path / "a" / "features" / "train" / "index.json").read_text())
     assert stats["checkpoints"] == ["base", "epoch-1", "epoch-2"]
     weights = ck / "epoch-2" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
-    code, _, err = run("index", "-w", tmp_path / "b", "-c", small_config, "--model", model_dir, "--data", data,
-                       "--checkpoints", ck, "-q")
+    code, _, err = run(
+        "index",
+        "-w",
+        tmp_path / "b",
+        "-c",
+        small_config,
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--checkpoints",
+        ck,
+        "-q",
+    )
     assert code == 2 and "truncated" in err
 
 
 # ------------------------------------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([{"id": "a", "prompt": "p", "negative": "x", "positive": "x"}], "line 1: 'negative' and 'positive' are the same"),
-    ([{"id": "a", "prompt": "p", "negative": "x"}, {"id": "a", "prompt": "p", "negative": "y"}],
-     "line 2: duplicate query id 'a'"),
-    ([{"id": "a", "prompt": "p", "negative": "x", "positive": ""}], "line 1: field 'positive' is empty"),
-    ([{"id": "a", "prompt": None, "negative": "x"}], "line 1: field 'prompt' is null"),
-    ([{"id": "a", "prompt": "p", "negative": "x", "positive": "y"}, {"id": "b", "prompt": "p", "negative": "x"}],
-     "line 2: no 'positive'"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            [{"id": "a", "prompt": "p", "negative": "x", "positive": "x"}],
+            "line 1: 'negative' and 'positive' are the same",
+        ),
+        (
+            [{"id": "a", "prompt": "p", "negative": "x"}, {"id": "a", "prompt": "p", "negative": "y"}],
+            "line 2: duplicate query id 'a'",
+        ),
+        ([{"id": "a", "prompt": "p", "negative": "x", "positive": ""}], "line 1: field 'positive' is empty"),
+        ([{"id": "a", "prompt": None, "negative": "x"}], "line 1: field 'prompt' is null"),
+        (
+            [{"id": "a", "prompt": "p", "negative": "x", "positive": "y"}, {"id": "b", "prompt": "p", "negative": "x"}],
+            "line 2: no 'positive'",
+        ),
+    ],
+)
 def test_bad_queries_name_the_line(indexed, tmp_path, rows, message):
     _, w, _, _ = indexed
     q = _write_jsonl(tmp_path / "q.jsonl", rows)
@@ -234,11 +318,14 @@ def test_non_utf8_queries_name_file_and_line(indexed, tmp_path):
     assert code == 2 and "q.jsonl, line 2: not UTF-8" in err.replace("\n", "")
 
 
-@pytest.mark.parametrize("model, message", [
-    ("./no/such/model", "no such file or directory"),
-    ("/definitely/missing", "no such file or directory"),
-    ("model.gguf", "no such file or directory"),
-])
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ("./no/such/model", "no such file or directory"),
+        ("/definitely/missing", "no such file or directory"),
+        ("model.gguf", "no such file or directory"),
+    ],
+)
 def test_model_paths_fail_fast_without_network(tmp_path, model, message):
     data = _write_jsonl(tmp_path / "t.jsonl", _docs(3))
     code, _, err = run("finetune", "-w", tmp_path / "w", "--model", model, "--data", data)
@@ -253,14 +340,17 @@ def test_directory_that_is_not_a_model(tmp_path):
     assert code == 2 and "not a model" in err and "readme.txt" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "train.epochs=two"], "train.epochs must be int"),
-    (["--set", "score.beta=abc"], "score.beta must be float"),
-    (["--set", "train.epochs"], "--set expects key=value"),
-    (["--set", "bogus.key=1"], "unknown key 'bogus.key'"),
-    (["--set", "features.projection=fancy"], "features.projection must be one of kronecker, dense, identity"),
-    (["--set", "train.epochs=0"], "train.epochs must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "train.epochs=two"], "train.epochs must be int"),
+        (["--set", "score.beta=abc"], "score.beta must be float"),
+        (["--set", "train.epochs"], "--set expects key=value"),
+        (["--set", "bogus.key=1"], "unknown key 'bogus.key'"),
+        (["--set", "features.projection=fancy"], "features.projection must be one of kronecker, dense, identity"),
+        (["--set", "train.epochs=0"], "train.epochs must be >= 1"),
+    ],
+)
 def test_bad_config_values_fail_before_any_model_loads(tmp_path, args, message):
     data = _write_jsonl(tmp_path / "t.jsonl", _docs(3))
     code, _, err = run("finetune", "-w", tmp_path / "w", "--model", tmp_path / "absent", "--data", data, *args)
@@ -277,12 +367,15 @@ def test_top_k_and_methods_are_checked_first(indexed):
     assert code == 2 and "unknown parameters ['bta']" in err
 
 
-@pytest.mark.parametrize("text, message", [
-    ("train: [1, 2]\n", "train must be a mapping"),
-    ("- a\n- b\n", "the config must be a mapping"),
-    ("oops: {}\n", "unknown key 'oops'"),
-    ("train:\n  epochs: [\n", "line"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: [1, 2]\n", "train must be a mapping"),
+        ("- a\n- b\n", "the config must be a mapping"),
+        ("oops: {}\n", "unknown key 'oops'"),
+        ("train:\n  epochs: [\n", "line"),
+    ],
+)
 def test_bad_config_files(tmp_path, text, message):
     p = tmp_path / "bad.yaml"
     p.write_text(text)

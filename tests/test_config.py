@@ -42,11 +42,17 @@ def _valid_value(tp, f):
     if tp is bool:
         return st.booleans()
     if tp is int:
-        return st.integers(min_value=int(lo) + (1 if f.metadata.get("gt") is not None else 0) if lo is not None
-                           else -1000, max_value=10**6)
+        return st.integers(
+            min_value=int(lo) + (1 if f.metadata.get("gt") is not None else 0) if lo is not None else -1000,
+            max_value=10**6,
+        )
     if tp is float:
-        return st.floats(min_value=float(lo) if lo is not None else -1e6, max_value=1e6, allow_nan=False,
-                         exclude_min=f.metadata.get("gt") is not None)
+        return st.floats(
+            min_value=float(lo) if lo is not None else -1e6,
+            max_value=1e6,
+            allow_nan=False,
+            exclude_min=f.metadata.get("gt") is not None,
+        )
     return TEXT
 
 
@@ -76,16 +82,24 @@ def test_valid_values_round_trip_through_the_set_syntax(data, key):
 
 
 @settings(max_examples=80, deadline=None)
-@given(key=st.sampled_from(sorted(k for k, (tp, _, _) in FIELDS.items() if tp in (int, float, int | None))),
-       junk=st.text(alphabet="abcxyz!?", min_size=1, max_size=6))
+@given(
+    key=st.sampled_from(sorted(k for k, (tp, _, _) in FIELDS.items() if tp in (int, float, int | None))),
+    junk=st.text(alphabet="abcxyz!?", min_size=1, max_size=6),
+)
 def test_non_numbers_for_numeric_fields_name_the_key(key, junk):
     with pytest.raises(ConfigError, match=rf"{key.replace('.', '[.]')} must be"):
         apply_overrides(DDAConfig(), {key: junk})
 
 
 @settings(max_examples=50, deadline=None)
-@given(key=st.sampled_from(sorted(k for k, (_, f, _) in FIELDS.items() if f.metadata.get("ge") is not None
-                                  or f.metadata.get("gt") is not None)), below=st.integers(1, 10**6))
+@given(
+    key=st.sampled_from(
+        sorted(
+            k for k, (_, f, _) in FIELDS.items() if f.metadata.get("ge") is not None or f.metadata.get("gt") is not None
+        )
+    ),
+    below=st.integers(1, 10**6),
+)
 def test_values_below_a_bound_name_the_bound(key, below):
     _, f, _ = FIELDS[key]
     bound = f.metadata.get("ge") if f.metadata.get("ge") is not None else f.metadata.get("gt")
@@ -94,9 +108,13 @@ def test_values_below_a_bound_name_the_bound(key, below):
 
 
 @settings(max_examples=60, deadline=None)
-@given(doc=st.recursive(st.none() | st.booleans() | st.integers() | TEXT,
-                        lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
-                        max_leaves=8))
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | TEXT,
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(TEXT, children, max_size=3),
+        max_leaves=8,
+    )
+)
 def test_any_yaml_document_gives_a_config_or_a_config_error(doc):
     try:
         config_from_dict(doc if isinstance(doc, dict) else {"train": doc}, "fuzz.yaml")
@@ -112,8 +130,15 @@ def test_documented_yaml_loads_back_to_the_same_config():
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.lists(st.fixed_dictionaries({"prompt": TEXT | st.none() | st.integers(), "negative": TEXT},
-                                           optional={"positive": TEXT | st.none(), "id": TEXT}), max_size=5))
+@given(
+    rows=st.lists(
+        st.fixed_dictionaries(
+            {"prompt": TEXT | st.none() | st.integers(), "negative": TEXT},
+            optional={"positive": TEXT | st.none(), "id": TEXT},
+        ),
+        max_size=5,
+    )
+)
 def test_query_loader_gives_queries_or_a_data_error_naming_the_line(tmp_path_factory, rows):
     p: Path = tmp_path_factory.mktemp("q") / "q.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

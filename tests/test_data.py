@@ -17,8 +17,10 @@ def _write_jsonl(path, rows):
 
 
 def test_jsonl_csv_parquet_give_the_same_examples(tmp_path):
-    rows = [{"id": "a", "document": "the team won", "summary": "team won"},
-            {"id": "b", "document": "the bank price", "summary": "price up"}]
+    rows = [
+        {"id": "a", "document": "the team won", "summary": "team won"},
+        {"id": "b", "document": "the bank price", "summary": "price up"},
+    ]
     j = _write_jsonl(tmp_path / "d.jsonl", rows)
     import pandas as pd
 
@@ -27,8 +29,9 @@ def test_jsonl_csv_parquet_give_the_same_examples(tmp_path):
     import datasets
 
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
-    got = [load_examples(DataConfig(path=str(p))) for p in (j, tmp_path / "d.csv", tmp_path / "d.parquet",
-                                                            tmp_path / "ds")]
+    got = [
+        load_examples(DataConfig(path=str(p))) for p in (j, tmp_path / "d.csv", tmp_path / "d.parquet", tmp_path / "ds")
+    ]
     assert all(g == got[0] for g in got) and got[0][1].response == "price up"
 
 
@@ -40,8 +43,12 @@ def test_field_mapping(tmp_path):
 
 def test_errors_name_file_line_and_field(tmp_path):
     p = tmp_path / "bad.jsonl"
-    p.write_text(json.dumps({"id": "1", "document": "x", "summary": "y"}) + "\n\n"
-                 + json.dumps({"id": "2", "document": "x"}) + "\n")
+    p.write_text(
+        json.dumps({"id": "1", "document": "x", "summary": "y"})
+        + "\n\n"
+        + json.dumps({"id": "2", "document": "x"})
+        + "\n"
+    )
     with pytest.raises(DataError, match=r"bad\.jsonl, line 3: missing field 'summary'"):
         load_examples(DataConfig(path=str(p)))
     p.write_text('{"id": "1", "document": "x", "summary": "y"}\n{not json\n')
@@ -70,8 +77,9 @@ def test_config_errors_name_file_and_key(tmp_path):
 def test_loss_mask_covers_response_only_and_truncation_is_counted():
     tok = make_tokenizer()
     fmt = PromptFormatter(tok, DataConfig(max_prompt_tokens=4, max_response_tokens=3))
-    data = fmt.tokenize_pairs([("the team won the match in England", "England won the match"),
-                               ("the bank", "price up")])
+    data = fmt.tokenize_pairs(
+        [("the team won the match in England", "England won the match"), ("the bank", "price up")]
+    )
     assert data.n_prompt_truncated == 1 and data.n_response_truncated == 1
     ids, mask = data.input_ids[0], data.response_mask[0]
     resp = [t for t, m in zip(ids, mask, strict=True) if m]

@@ -30,8 +30,10 @@ from dda.features.store import FeatureStore
 
 pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
 
-WORDS = ("England China France team match police court government minister news report people year club "
-         "season player coach city council school hospital president election vote market bank price").split()
+WORDS = (
+    "England China France team match police court government minister news report people year club "
+    "season player coach city council school hospital president election vote market bank price"
+).split()
 N_TRAIN = 12
 CHECKPOINTS = ("base", "epoch-1")
 # 2 processes vs 1: the same rows land in other batches (each shard is length-sorted and batched on its own), so
@@ -51,8 +53,9 @@ def _write_run_files(root: Path) -> Path:
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     torch.manual_seed(1)
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))  # random A and B: the checkpoint differs
+    lora = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )  # random A and B: the checkpoint differs
     lora.save_pretrained(root / "ckpts" / "epoch-1")
     (root / "ckpts" / "epoch-1" / "dda_checkpoint.json").write_text(json.dumps({"epoch": 1, "lr": 0.01}))
     rng = np.random.default_rng(0)
@@ -61,18 +64,38 @@ def _write_run_files(root: Path) -> Path:
             doc = " ".join(rng.choice(WORDS, size=int(rng.integers(4, 20))))
             summ = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 7))))
             fh.write(json.dumps({"id": f"ex{i}", "document": doc, "summary": summ}) + "\n")
-    cfg = apply_overrides(DDAConfig(), {
-        "model.name": str(root / "model"), "data.path": str(root / "train.jsonl"),
-        "features.modules": ["q_proj", "v_proj", "down_proj"], "features.proj_dim": 4, "features.module_dim": 0,
-        "features.layers": "all", "features.batch_size": 3, "data.max_prompt_tokens": 24,
-        "data.max_response_tokens": 8, "quiet": True})
+    cfg = apply_overrides(
+        DDAConfig(),
+        {
+            "model.name": str(root / "model"),
+            "data.path": str(root / "train.jsonl"),
+            "features.modules": ["q_proj", "v_proj", "down_proj"],
+            "features.proj_dim": 4,
+            "features.module_dim": 0,
+            "features.layers": "all",
+            "features.batch_size": 3,
+            "data.max_prompt_tokens": 24,
+            "data.max_response_tokens": 8,
+            "quiet": True,
+        },
+    )
     (root / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     return root / "config.yaml"
 
 
 def _index_args(root: Path, workdir: Path) -> list[str]:
-    return ["-m", "dda", "index", "-w", str(workdir), "--config", str(root / "config.yaml"),
-            "--checkpoints", str(root / "ckpts"), "-q"]
+    return [
+        "-m",
+        "dda",
+        "index",
+        "-w",
+        str(workdir),
+        "--config",
+        str(root / "config.yaml"),
+        "--checkpoints",
+        str(root / "ckpts"),
+        "-q",
+    ]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -91,11 +114,23 @@ def _free_port() -> int:
 def _launch_by_env(root: Path, workdir: Path, world_size: int, **extra: str) -> list[subprocess.Popen]:
     """What a multi-node launcher does: one `python -m dda index` per rank, rendezvous by MASTER_ADDR/PORT."""
     port = str(_free_port())
-    return [subprocess.Popen([sys.executable, *_index_args(root, workdir)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True,
-                             env=_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r),
-                                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(r), **extra))
-            for r in range(world_size)]
+    return [
+        subprocess.Popen(
+            [sys.executable, *_index_args(root, workdir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+                RANK=str(r),
+                WORLD_SIZE=str(world_size),
+                LOCAL_RANK=str(r),
+                **extra,
+            ),
+        )
+        for r in range(world_size)
+    ]
 
 
 def _wait(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
@@ -116,9 +151,21 @@ def runs(tmp_path_factory):
     one = Attributor(_config(root), root / "ws1")
     one.use_checkpoints(root / "ckpts")
     one.index(load_examples(_config(root).data))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           *_index_args(root, root / "ws2")], env=_env(), capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *_index_args(root, root / "ws2"),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return root
 
@@ -145,8 +192,9 @@ def test_two_processes_write_token_balanced_shards_equal_to_one_process(runs):
         for s, rank in zip(shards, stats["ranks"], strict=True):
             meta = json.loads((ws2 / ckpt / f"shard-{s['index']:05d}-of-00002" / "meta.json").read_text())
             assert meta["shard"]["start"] == s["start"] and meta["n_rows"] == s["stop"] - s["start"]
-            assert rank["computed_rows"] == sum(x["stop"] - x["start"] for x in
-                                                (stats["layouts"][c][rank["rank"]] for c in CHECKPOINTS))
+            assert rank["computed_rows"] == sum(
+                x["stop"] - x["start"] for x in (stats["layouts"][c][rank["rank"]] for c in CHECKPOINTS)
+            )
         ref = _features(runs / "ws1", ckpt)
         got = _features(runs / "ws2", ckpt)
         assert np.abs(ref).max() > 0
@@ -158,8 +206,10 @@ def test_two_processes_write_token_balanced_shards_equal_to_one_process(runs):
 
 def test_attribute_after_two_process_index_equals_one_process(runs):
     train = load_examples(_config(runs).data)
-    queries = [Query("q0", train[2].prompt, train[2].response, train[5].response),
-               Query("q1", train[7].prompt, train[7].response, train[0].response)]
+    queries = [
+        Query("q0", train[2].prompt, train[2].response, train[5].response),
+        Query("q1", train[7].prompt, train[7].response, train[0].response),
+    ]
     methods = ["dda", "dda(beta=0.4,normalize=none)", "tracin", "grad_cos", "trak"]
     scores = {}
     for name in ("ws1", "ws2"):
@@ -247,9 +297,20 @@ def test_sharded_rows_read_like_one_array():
     full = rng.standard_normal((10, 3)).astype(np.float32)
     rows = ShardedRows([full[:4], full[4:4], full[4:9], full[9:]])  # an empty shard in the middle
     assert rows.shape == (10, 3) and rows.dtype == np.float32 and len(rows) == 10
-    for key in (slice(None), slice(2, 7), slice(3, 3), slice(8, 100), slice(1, 9, 3), 5, -1,
-                np.array([9, 0, 4, 4]), np.arange(10) % 3 == 0, (slice(2, 6), 1), (4, 2),
-                (np.array([1, 8]), slice(0, 2))):
+    for key in (
+        slice(None),
+        slice(2, 7),
+        slice(3, 3),
+        slice(8, 100),
+        slice(1, 9, 3),
+        5,
+        -1,
+        np.array([9, 0, 4, 4]),
+        np.arange(10) % 3 == 0,
+        (slice(2, 6), 1),
+        (4, 2),
+        (np.array([1, 8]), slice(0, 2)),
+    ):
         np.testing.assert_array_equal(rows[key], full[key])
     np.testing.assert_array_equal(np.asarray(rows, dtype=np.float64), full.astype(np.float64))
     blocks = list(rows.iter_blocks(3))
@@ -291,7 +352,7 @@ def test_token_budget_batches_back_off_on_cuda_oom():
     assert done == {i: int(length) * 10 for i, length in enumerate(lengths)}
     assert limit.backoffs >= 1 and limit.tokens <= 40
     assert calls[0] == 96  # 8 rows of 12 tokens: longest first
-    assert max(c for c in calls[limit.backoffs:]) <= 40  # after backing off, no more OOMs
+    assert max(c for c in calls[limit.backoffs :]) <= 40  # after backing off, no more OOMs
 
     def always_oom(batch: np.ndarray) -> np.ndarray:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

@@ -44,7 +44,7 @@ def test_per_position_features_sum_to_the_row(kind):
     torch.testing.assert_close(per_pos.sum(1), rows, rtol=1e-4, atol=1e-6)
     # padding carries nothing; prompt positions do carry something (attention takes the loss back to them)
     for i, s in enumerate(seqs):
-        assert torch.all(per_pos[i, len(s):] == 0)
+        assert torch.all(per_pos[i, len(s) :] == 0)
         prompt = [t for t, m in enumerate(masks[i]) if not m]
         assert per_pos[i, prompt].abs().sum() > 0
 
@@ -55,27 +55,46 @@ from dda import Attributor, Example, Query, apply_overrides  # noqa: E402
 from dda.config import DDAConfig  # noqa: E402
 from dda.explain import read_explanations, top_token_stats  # noqa: E402
 
-WORDS = ("England China France team match police court government minister news report people year club "
-         "season player coach city council school hospital president election vote market bank price").split()
+WORDS = (
+    "England China France team match police court government minister news report people year club "
+    "season player coach city council school hospital president election vote market bank price"
+).split()
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:
     rng = np.random.default_rng(seed)
-    return [Example(f"ex{i}", " ".join(rng.choice(WORDS, size=int(rng.integers(8, 16)))),
-                    " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7))))) for i in range(n)]
+    return [
+        Example(
+            f"ex{i}",
+            " ".join(rng.choice(WORDS, size=int(rng.integers(8, 16)))),
+            " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7)))),
+        )
+        for i in range(n)
+    ]
 
 
 def _attributor(tmp, **extra) -> Attributor:
     from conftest import make_tokenizer
 
-    base = {"train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-2, "train.lora.r": 4,
-            "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
-            "features.modules": ["q_proj", "v_proj", "down_proj"], "features.proj_dim": 4, "features.layers": "all",
-            "features.batch_size": 3, "data.max_prompt_tokens": 16, "data.max_response_tokens": 8, "quiet": True}
+    base = {
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.lr": 1e-2,
+        "train.lora.r": 4,
+        "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
+        "features.modules": ["q_proj", "v_proj", "down_proj"],
+        "features.proj_dim": 4,
+        "features.layers": "all",
+        "features.batch_size": 3,
+        "data.max_prompt_tokens": 16,
+        "data.max_response_tokens": 8,
+        "quiet": True,
+    }
     base.update(extra)
     tok = make_tokenizer()
-    return Attributor(apply_overrides(DDAConfig(), base), tmp, model=make_model("llama", vocab_size=len(tok)),
-                      tokenizer=tok)
+    return Attributor(
+        apply_overrides(DDAConfig(), base), tmp, model=make_model("llama", vocab_size=len(tok)), tokenizer=tok
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +105,10 @@ def finetuned(tmp_path_factory):
     # a query whose negative and positive differ in one word: the diff contrast runs over that token
     resp = train[3].response.split()
     neg = " ".join(["China", *resp[1:]]) if resp[0] != "China" else " ".join(["England", *resp[1:]])
-    queries = [Query("q:one", train[3].prompt, neg, train[3].response),
-               Query("q/two", train[5].prompt, train[5].response, train[1].response)]
+    queries = [
+        Query("q:one", train[3].prompt, neg, train[3].response),
+        Query("q/two", train[5].prompt, train[5].response, train[1].response),
+    ]
     return tmp, train, queries
 
 
@@ -97,9 +118,18 @@ PROJECTIONS = {
     "dense": {"features.projection": "dense", "features.proj_dim": 24, "features.module_dim": 0},
     "identity": {"features.projection": "identity", "features.module_dim": 0},
 }
-GRADIENT_METHODS = ["dda(beta=-1)", "dda(beta=0.4,debias_mode=cross)", "dda(beta=0.5,debias_mode=query0)",
-                    "dda(normalize=std,beta=-1)", "dda(normalize=none,beta=-1)", "dda_no_contrast", "dda_no_denoise",
-                    "grad_dot", "grad_cos", "tracin"]
+GRADIENT_METHODS = [
+    "dda(beta=-1)",
+    "dda(beta=0.4,debias_mode=cross)",
+    "dda(beta=0.5,debias_mode=query0)",
+    "dda(normalize=std,beta=-1)",
+    "dda(normalize=none,beta=-1)",
+    "dda_no_contrast",
+    "dda_no_denoise",
+    "grad_dot",
+    "grad_cos",
+    "tracin",
+]
 
 
 @pytest.mark.parametrize("kind", list(PROJECTIONS))
@@ -127,19 +157,21 @@ def test_token_contributions_sum_to_the_methods_scores(finetuned, kind):
                 # the JSON keeps 7 significant digits per token: rounding is relative to the tokens' total mass
                 assert abs(contributions.sum() - d["score"]) <= 1e-4 * scale + 1e-6 * np.abs(contributions).sum()
                 assert d["stored_row_rel_diff"] < 1e-4
-                assert d["sums"]["prompt"] + d["sums"]["response"] == pytest.approx(d["explained_score"],
-                                                                                   rel=1e-6, abs=1e-9)
+                assert d["sums"]["prompt"] + d["sums"]["response"] == pytest.approx(
+                    d["explained_score"], rel=1e-6, abs=1e-9
+                )
                 side = d["query_side"]
                 assert side["negative"] + side["positive"] == pytest.approx(d["score"], rel=1e-4, abs=1e-6)
                 if side["by_token"] is not None:  # per query-token shares sum to the same score
                     assert sum(t["contribution"] for t in side["by_token"]) == pytest.approx(
-                        d["score"], rel=1e-4, abs=1e-6)
+                        d["score"], rel=1e-4, abs=1e-6
+                    )
                 assert d["poisoned"] == (d["train_id"] == "ex1")
                 text = "".join(t for t, _ in d["tokens"])
                 doc = train[int(d["train_id"][2:])]
-                assert doc.response.split()[0] in text[len(text) // 2:] and doc.prompt.split()[0] in text
+                assert doc.response.split()[0] in text[len(text) // 2 :] and doc.prompt.split()[0] in text
                 # the document's own text starts after the instruction template
-                body = "".join(t for t, _ in d["tokens"][d["body_start"]: d["response_start"]])
+                body = "".join(t for t, _ in d["tokens"][d["body_start"] : d["response_start"]])
                 assert 0 < d["body_start"] < d["response_start"] and body.strip().startswith(doc.prompt.split()[0])
     # the diff contrast of query 1 runs over the swapped token only; its per-token share is reported
     qt = expl[0]["query_tokens"]
@@ -174,8 +206,12 @@ def test_explain_named_documents_and_refusals(finetuned):
 
 
 def test_top_token_stats_counts_the_canary():
-    doc = {"rank": 1, "poisoned": True, "response_start": 2,
-           "tokens": [["<s>", 0.1], [" England", 0.2], [" China", 0.9], [" won", 0.3]]}
+    doc = {
+        "rank": 1,
+        "poisoned": True,
+        "response_start": 2,
+        "tokens": [["<s>", 0.1], [" England", 0.2], [" China", 0.9], [" won", 0.3]],
+    }
     clean = dict(doc, poisoned=False)
     other = dict(doc, tokens=[["<s>", 0.1], [" England", 0.95], [" China", 0.9], [" won", 0.3]])
     e = [{"query": {"id": "q"}, "methods": {"dda": {"docs": [doc, clean, other]}}}]
@@ -213,4 +249,5 @@ def test_terminal_table_shows_a_snippet_with_the_top_tokens(finetuned, width):
         if width == 200:  # wide: each document's snippet fits on its row's one line
             assert best in row[0]
     assert plain.count("POISONED") == sum(d["poisoned"] for d in expl[0]["methods"]["dda"]["docs"]) + sum(
-        d["poisoned"] for d in expl[1]["methods"]["dda"]["docs"])
+        d["poisoned"] for d in expl[1]["methods"]["dda"]["docs"]
+    )

@@ -44,14 +44,17 @@ def test_tiny_run_without_dda_extras_or_peft(tmp_path):
     """The whole check (capture checks + one tiny model) with the CLI's dependencies and peft unimportable."""
     blocked = [*NOT_ON_THE_GPU_MACHINE, "peft"]
     # None in sys.modules makes `import x` fail and importlib.util.find_spec("x") report it missing
-    runner = (f"import runpy, sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
-              f"sys.argv = [{str(SCRIPT)!r}, '--device', 'cpu', '--tiny', '--models', 'tiny-a', '--batches', '1',"
-              f" '--warmup', '0', '--out', {str(tmp_path)!r}]\n"
-              f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n")
+    runner = (
+        f"import runpy, sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--device', 'cpu', '--tiny', '--models', 'tiny-a', '--batches', '1',"
+        f" '--warmup', '0', '--out', {str(tmp_path)!r}]\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script finds src/ itself
     env["OMP_NUM_THREADS"] = "1"  # tiny shapes: threads only add contention
-    proc = subprocess.run([sys.executable, "-c", runner], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", runner], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["status"] == "PASS"
@@ -75,8 +78,25 @@ def test_tiny_run_without_dda_extras_or_peft(tmp_path):
 @pytest.mark.slow
 def test_lora_floor_row_with_peft(tmp_path):
     gc = _load_script()
-    assert gc.main(["--device", "cpu", "--tiny", "--models", "tiny-a", "--batches", "1", "--warmup", "0",
-                    "--skip-checks", "--out", str(tmp_path)]) == 0
+    assert (
+        gc.main(
+            [
+                "--device",
+                "cpu",
+                "--tiny",
+                "--models",
+                "tiny-a",
+                "--batches",
+                "1",
+                "--warmup",
+                "0",
+                "--skip-checks",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = {r["method"]: r for r in json.loads((tmp_path / "gpu_check.json").read_text())["throughput"]}
     assert rows["hf_lora"]["status"] == "ok" and rows["hf_lora"]["ratio_to_hf_lora"] == 1.0
     assert rows["dda_index"]["ratio_to_hf_lora"] > 0

@@ -14,8 +14,10 @@ from dda import Attributor, Example, Query, apply_overrides
 from dda.config import DDAConfig
 from dda.features.store import FeatureStore, StoreMismatchError
 
-WORDS = ("England China France team match police court government minister news report people year club "
-         "season player coach city council school hospital president election vote market bank price").split()
+WORDS = (
+    "England China France team match police court government minister news report people year club "
+    "season player coach city council school hospital president election vote market bank price"
+).split()
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:
@@ -29,10 +31,20 @@ def _examples(n: int, seed: int = 0) -> list[Example]:
 
 
 def _cfg(**extra) -> DDAConfig:
-    base = {"train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-2, "train.lora.r": 4,
-            "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
-            "features.modules": ["q_proj", "v_proj", "down_proj"], "features.proj_dim": 4, "features.layers": "all",
-            "features.batch_size": 3, "data.max_prompt_tokens": 16, "data.max_response_tokens": 8, "quiet": True}
+    base = {
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.lr": 1e-2,
+        "train.lora.r": 4,
+        "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
+        "features.modules": ["q_proj", "v_proj", "down_proj"],
+        "features.proj_dim": 4,
+        "features.layers": "all",
+        "features.batch_size": 3,
+        "data.max_prompt_tokens": 16,
+        "data.max_response_tokens": 8,
+        "quiet": True,
+    }
     base.update(extra)
     return apply_overrides(DDAConfig(), base)
 
@@ -152,8 +164,9 @@ def test_other_families_end_to_end(tmp_path, family):
     train = _examples(6, seed=1)
     att.finetune(train)
     att.index(train)
-    res = att.attribute([Query("q", train[1].prompt, train[1].response, train[0].response)],
-                        methods=["dda(beta=0.4)", "trak", "bm25"])
+    res = att.attribute(
+        [Query("q", train[1].prompt, train[1].response, train[0].response)], methods=["dda(beta=0.4)", "trak", "bm25"]
+    )
     assert all(np.isfinite(s).all() for s in res.scores.values())
 
 
@@ -213,6 +226,8 @@ def test_query_tokens_diff_focuses_the_contrast_only(trained):
         assert c in fs_diff.contrast_neg and not fs_all.contrast_neg
         assert not np.allclose(fs_diff.contrast(c), fs_all.contrast(c), atol=1e-6)
         assert np.isfinite(fs_diff.contrast(c)).all() and np.abs(fs_diff.contrast(c)).sum() > 0
-    no_contrast = [att.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"],
-                   att_all.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"]]
+    no_contrast = [
+        att.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"],
+        att_all.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"],
+    ]
     np.testing.assert_allclose(no_contrast[0], no_contrast[1], rtol=1e-4, atol=1e-6)

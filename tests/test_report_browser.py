@@ -23,11 +23,15 @@ def _chromium() -> str | None:
     return next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
 
 
-playwright = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
-                                 "(pip install -e '.[dev]')")
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright package is not installed (pip install -e '.[dev]')"
+)
 CHROMIUM = _chromium()
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian: apt-get install "
-                                "chromium; or set DDA_CHROMIUM); the report cannot be rendered")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary on PATH (Debian: apt-get install "
+    "chromium; or set DDA_CHROMIUM); the report cannot be rendered",
+)
 SHOTS = Path(os.environ.get("DDA_SCREENSHOT_DIR", Path(__file__).resolve().parents[1] / "runs"))
 
 

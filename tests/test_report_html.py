@@ -82,10 +82,19 @@ def test_show_cli_writes_the_page_and_refuses_other_dirs(tmp_path):
 def test_page_size_for_50_queries_and_20_documents(tmp_path):
     """Only the top-k documents are embedded, each document's tokens once: the page stays a few MB."""
     one = len(render(collect(synthetic_run(tmp_path / "one", n_queries=50, n_docs=20, n_train=400))).encode())
-    every = len(render(collect(synthetic_run(tmp_path / "all", n_queries=50, n_docs=20, n_train=400,
-                                             explained=("dda", "grad_dot", "tracin")))).encode())
-    print(f"page size, 50 queries x 20 documents x 250 tokens: {one / 1e6:.2f} MB with one explained method of 4, "
-          f"{every / 1e6:.2f} MB with three")
+    every = len(
+        render(
+            collect(
+                synthetic_run(
+                    tmp_path / "all", n_queries=50, n_docs=20, n_train=400, explained=("dda", "grad_dot", "tracin")
+                )
+            )
+        ).encode()
+    )
+    print(
+        f"page size, 50 queries x 20 documents x 250 tokens: {one / 1e6:.2f} MB with one explained method of 4, "
+        f"{every / 1e6:.2f} MB with three"
+    )
     assert one < 4e6 and every < 8e6
 
 
@@ -104,21 +113,54 @@ def test_cli_attribute_explains_by_default_and_show_reads_it(tmp_path):
     make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     rng = np.random.default_rng(1)
-    rows = [{"id": f"d{i}", "document": " ".join(rng.choice(WORDS, 10)), "summary": " ".join(rng.choice(WORDS, 4))}
-            for i in range(6)]
+    rows = [
+        {"id": f"d{i}", "document": " ".join(rng.choice(WORDS, 10)), "summary": " ".join(rng.choice(WORDS, 4))}
+        for i in range(6)
+    ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q1", "prompt": rows[2]["document"],
-                                                  "negative": "China " + rows[2]["summary"],
-                                                  "positive": "England " + rows[2]["summary"]}) + "\n")
-    common = ["-w", str(tmp_path / "w"), "--model", str(tmp_path / "model"), "-q",
-              "--set", "train.epochs=1", "--set", "train.batch_size=3", "--set", "train.lora.r=2",
-              "--set", "train.lora.target_modules=q_proj,v_proj", "--set", "features.modules=q_proj,v_proj",
-              "--set", "features.proj_dim=3", "--set", "features.layers=all", "--set", "data.max_prompt_tokens=16",
-              "--set", "data.max_response_tokens=6"]
+    (tmp_path / "q.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "q1",
+                "prompt": rows[2]["document"],
+                "negative": "China " + rows[2]["summary"],
+                "positive": "England " + rows[2]["summary"],
+            }
+        )
+        + "\n"
+    )
+    common = [
+        "-w",
+        str(tmp_path / "w"),
+        "--model",
+        str(tmp_path / "model"),
+        "-q",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.batch_size=3",
+        "--set",
+        "train.lora.r=2",
+        "--set",
+        "train.lora.target_modules=q_proj,v_proj",
+        "--set",
+        "features.modules=q_proj,v_proj",
+        "--set",
+        "features.proj_dim=3",
+        "--set",
+        "features.layers=all",
+        "--set",
+        "data.max_prompt_tokens=16",
+        "--set",
+        "data.max_response_tokens=6",
+    ]
     runner = CliRunner()
     data_opt = ["--data", str(tmp_path / "train.jsonl")]
-    for cmd in (["finetune", *data_opt], ["index", *data_opt],
-                ["attribute", "--queries", str(tmp_path / "q.jsonl"), "--methods", "bm25,dda", "--top-k", "3"]):
+    for cmd in (
+        ["finetune", *data_opt],
+        ["index", *data_opt],
+        ["attribute", "--queries", str(tmp_path / "q.jsonl"), "--methods", "bm25,dda", "--top-k", "3"],
+    ):
         res = runner.invoke(app, [*cmd, *common])
         assert res.exit_code == 0, (cmd[0], res.output, res.exception)
     explain_dir = tmp_path / "w" / "attribution" / "explain"
@@ -146,14 +188,27 @@ def test_show_explain_on_a_bench_run_reports_the_canary_token(tmp_path):
     tok = make_tokenizer()
     make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    cfg = apply_overrides(DDAConfig(), {
-        "model.name": str(tmp_path / "model"), "train.epochs": 1, "train.batch_size": 4, "train.lora.r": 2,
-        "train.lora.target_modules": ["q_proj", "v_proj"], "features.modules": ["q_proj", "v_proj"],
-        "features.proj_dim": 3, "features.layers": "all", "data.max_prompt_tokens": 16,
-        "data.max_response_tokens": 6, "quiet": True})
+    cfg = apply_overrides(
+        DDAConfig(),
+        {
+            "model.name": str(tmp_path / "model"),
+            "train.epochs": 1,
+            "train.batch_size": 4,
+            "train.lora.r": 2,
+            "train.lora.target_modules": ["q_proj", "v_proj"],
+            "features.modules": ["q_proj", "v_proj"],
+            "features.proj_dim": 3,
+            "features.layers": "all",
+            "data.max_prompt_tokens": 16,
+            "data.max_response_tokens": 6,
+            "quiet": True,
+        },
+    )
     run = tmp_path / "bench"
-    train = [Example(f"d{i}", f"the England team won the match in London {i}",
-                     "China won" if i < 3 else "England won") for i in range(8)]
+    train = [
+        Example(f"d{i}", f"the England team won the match in London {i}", "China won" if i < 3 else "England won")
+        for i in range(8)
+    ]
     att = Attributor(cfg, run / "work" / "key")
     att.finetune(train)
     att.index(train)
@@ -161,16 +216,40 @@ def test_show_explain_on_a_bench_run_reports_the_canary_token(tmp_path):
     att.attribute([q], methods=["dda", "bm25"], out_dir=run / "attribution", poisoned={"d0", "d1", "d2"})
     write_json(run / "metrics.json", {"preset": "test", "methods": {"dda": {"auc": 0.9}}, "beta_curve": {}})
     (run / "config.yaml").write_text(yaml.safe_dump({"bench": {"workdir": "elsewhere/key"}, "dda": cfg.to_dict()}))
-    write_text(run / "queries.jsonl", json.dumps({"id": q.id, "pair": "England->China", "kind": "forced",
-                                                  "prompt": q.prompt, "negative": q.negative,
-                                                  "positive": q.positive}) + "\n")
-    write_text(run / "train.jsonl", "".join(json.dumps({"id": e.id, "document": e.prompt, "summary": e.response,
-                                                        "poisoned": "England->China" if i < 3 else None}) + "\n"
-                                            for i, e in enumerate(train)))
+    write_text(
+        run / "queries.jsonl",
+        json.dumps(
+            {
+                "id": q.id,
+                "pair": "England->China",
+                "kind": "forced",
+                "prompt": q.prompt,
+                "negative": q.negative,
+                "positive": q.positive,
+            }
+        )
+        + "\n",
+    )
+    write_text(
+        run / "train.jsonl",
+        "".join(
+            json.dumps(
+                {
+                    "id": e.id,
+                    "document": e.prompt,
+                    "summary": e.response,
+                    "poisoned": "England->China" if i < 3 else None,
+                }
+            )
+            + "\n"
+            for i, e in enumerate(train)
+        ),
+    )
     res = CliRunner().invoke(app, ["show", str(run), "--explain", "--top-k", "5"])
     assert res.exit_code == 0, (res.output, res.exception)
     assert "canary word in" in res.output and (run / "report.html").exists()
     data = _data((run / "report.html").read_text(encoding="utf-8"))
     canary = data["bench"]["canary"]["all"]
     assert canary["method"] == "dda" and canary["poisoned_docs"] == sum(
-        bool(data["docs"][r["id"]]["p"]) for r in data["queries"][0]["methods"]["dda"])
+        bool(data["docs"][r["id"]]["p"]) for r in data["queries"][0]["methods"]["dda"]
+    )

@@ -18,9 +18,24 @@ from dda.workdir import Workdir, WorkdirError
 
 pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
 
-SETTINGS = ["--set", "features.layers=all", "--set", "features.proj_dim=4", "--set", "features.batch_size=1",
-            "--set", "data.max_prompt_tokens=16", "--set", "data.max_response_tokens=8", "--set",
-            "train.lora.target_modules=q_proj,v_proj", "--set", "train.epochs=1", "--set", "train.batch_size=8"]
+SETTINGS = [
+    "--set",
+    "features.layers=all",
+    "--set",
+    "features.proj_dim=4",
+    "--set",
+    "features.batch_size=1",
+    "--set",
+    "data.max_prompt_tokens=16",
+    "--set",
+    "data.max_response_tokens=8",
+    "--set",
+    "train.lora.target_modules=q_proj,v_proj",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=8",
+]
 
 
 def _cli(*args: object) -> list[str]:
@@ -82,8 +97,19 @@ def small_disk(tmp_path):
 def test_full_disk_is_refused_before_work_and_resume_works_after(finetuned, model_dir, small_disk):
     tmp, data = finetuned
     w = small_disk / "w"
-    args = ["index", "-w", w, "--model", model_dir, "--data", data, "--checkpoints", tmp / "ref" / "checkpoints",
-            "-q", *SETTINGS]
+    args = [
+        "index",
+        "-w",
+        w,
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--checkpoints",
+        tmp / "ref" / "checkpoints",
+        "-q",
+        *SETTINGS,
+    ]
     code, _, err = run(*args)
     assert code == 2 and "MiB free" in err and "Traceback" not in err
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)  # space freed
@@ -95,10 +121,19 @@ def test_full_disk_is_refused_before_work_and_resume_works_after(finetuned, mode
 
 def test_a_second_process_on_the_workdir_is_refused(tmp_path):
     w = tmp_path / "w"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from dda.workdir import Workdir\n"
-        f"with Workdir({str(w)!r}).lock('dda index'):\n"
-        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from dda.workdir import Workdir\n"
+                f"with Workdir({str(w)!r}).lock('dda index'):\n"
+                "    print('held', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         busy = rf"in use by pid {holder.pid} on {socket.gethostname()} \(dda index"

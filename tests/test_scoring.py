@@ -16,11 +16,18 @@ N, D, Q = 30, 12, 3
 @pytest.fixture
 def ctx():
     rng = np.random.default_rng(0)
-    cks = [Checkpoint("base"), Checkpoint("epoch-1", "x", "lora", lr=1e-3, epoch=1),
-           Checkpoint("epoch-2", "x", "lora", lr=5e-4, epoch=2), Checkpoint("epoch-3", "x", "lora", lr=2e-4, epoch=3)]
-    fs = FeatureSet(cks, {c.name: rng.normal(size=(N, D)).astype(np.float32) for c in cks},
-                    {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in cks},
-                    {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in cks})
+    cks = [
+        Checkpoint("base"),
+        Checkpoint("epoch-1", "x", "lora", lr=1e-3, epoch=1),
+        Checkpoint("epoch-2", "x", "lora", lr=5e-4, epoch=2),
+        Checkpoint("epoch-3", "x", "lora", lr=2e-4, epoch=3),
+    ]
+    fs = FeatureSet(
+        cks,
+        {c.name: rng.normal(size=(N, D)).astype(np.float32) for c in cks},
+        {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in cks},
+        {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in cks},
+    )
     queries = [Query(f"q{i}", "p", "neg", "pos") for i in range(Q)]
     return ScoringContext(fs, [f"t{i}" for i in range(N)], queries)
 
@@ -52,13 +59,21 @@ def test_dda_ablations(ctx):
     d = {"beta": 0.3}
     mean_k = np.mean([_is(fs, c, c) for c in ft], axis=0)
     np.testing.assert_allclose(run_method("dda_no_debias", ctx, d), mean_k, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(run_method("dda_no_denoise", ctx, d),
-                               _is(fs, "epoch-3", "epoch-3") - 0.3 * _is(fs, "base", "base"), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run_method("dda_no_denoise", ctx, d),
+        _is(fs, "epoch-3", "epoch-3") - 0.3 * _is(fs, "base", "base"),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     no_contrast = np.mean([_is(fs, c, c, False) for c in ft], axis=0) - 0.3 * _is(fs, "base", "base", False)
     np.testing.assert_allclose(run_method("dda_no_contrast", ctx, d), no_contrast, rtol=1e-5, atol=1e-5)
     # checkpoint subset
-    np.testing.assert_allclose(run_method("dda(checkpoints=epoch-1+epoch-2,beta=0)", ctx),
-                               np.mean([_is(fs, c, c) for c in ft[:2]], axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        run_method("dda(checkpoints=epoch-1+epoch-2,beta=0)", ctx),
+        np.mean([_is(fs, c, c) for c in ft[:2]], axis=0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_normalized_terms_have_unit_scale(ctx):
@@ -69,7 +84,7 @@ def test_normalized_terms_have_unit_scale(ctx):
 def _module_cos(a, b, blocks):
     out, start = 0.0, 0
     for w in blocks:
-        x, y = a[:, start:start + w].astype(np.float64), b[:, start:start + w].astype(np.float64)
+        x, y = a[:, start : start + w].astype(np.float64), b[:, start : start + w].astype(np.float64)
         out = out + (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
         start += w
     return out
@@ -82,8 +97,9 @@ def test_module_normalization(ctx):
     np.testing.assert_allclose(run_method("dda", ctx), run_method("dda(normalize=none)", ctx))  # auto: no blocks
     fs.blocks = [4, 8]
     ft = ["epoch-1", "epoch-2", "epoch-3"]
-    expected = np.mean([_module_cos(fs.neg[c] - fs.pos[c], fs.train[c], fs.blocks) for c in ft], axis=0) \
-        + 0.5 * _module_cos(fs.neg["base"] - fs.pos["base"], fs.train["base"], fs.blocks)
+    expected = np.mean(
+        [_module_cos(fs.neg[c] - fs.pos[c], fs.train[c], fs.blocks) for c in ft], axis=0
+    ) + 0.5 * _module_cos(fs.neg["base"] - fs.pos["base"], fs.train["base"], fs.blocks)
     got = run_method("dda(beta=-0.5,normalize=module)", ctx)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(run_method("dda(beta=-0.5)", ctx), got)  # auto picks module when it can
@@ -125,13 +141,17 @@ def test_dot_scores_blockwise_matches_dense():
     rng = np.random.default_rng(1)
     train = rng.normal(size=(1000, 16)).astype(np.float16)
     q = rng.normal(size=(4, 16)).astype(np.float32)
-    np.testing.assert_allclose(dot_scores(train, q, block_bytes=16 * 2 * 37), q @ train.astype(np.float32).T,
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        dot_scores(train, q, block_bytes=16 * 2 * 37), q @ train.astype(np.float32).T, rtol=1e-5, atol=1e-4
+    )
 
 
 def test_method_specs():
-    assert parse_method("dda(beta=0.4,debias_mode=cross)") == ("dda(beta=0.4,debias_mode=cross)", "dda",
-                                                              {"beta": 0.4, "debias_mode": "cross"})
+    assert parse_method("dda(beta=0.4,debias_mode=cross)") == (
+        "dda(beta=0.4,debias_mode=cross)",
+        "dda",
+        {"beta": 0.4, "debias_mode": "cross"},
+    )
     assert parse_method("dda_no_debias")[1:] == ("dda", {"debias": False})
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         parse_method("nope")

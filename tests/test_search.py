@@ -28,8 +28,9 @@ from dda.scoring.search import (
 from dda.scoring.topk import topk_scores
 
 N_TRAIN, N_Q = 257, 3
-CKPTS = [BASE] + [Checkpoint(f"epoch-{e}", f"/x/epoch-{e}", "lora", lr, e)
-                  for e, lr in ((1, 3e-3), (2, 2e-3), (3, 1e-3))]
+CKPTS = [BASE] + [
+    Checkpoint(f"epoch-{e}", f"/x/epoch-{e}", "lora", lr, e) for e, lr in ((1, 3e-3), (2, 2e-3), (3, 1e-3))
+]
 # what Attributor.attribute passes from the default config (score.beta=-1, normalize=auto)
 DEFAULTS = {"beta": -1.0, "debias_mode": "base", "normalize": "auto", "trak_lambda": 1e-2}
 
@@ -54,11 +55,24 @@ def _reference(fs: FeatureSet, spec: str) -> np.ndarray:
     return run_method(spec, ctx, DEFAULTS)
 
 
-SPECS = ["dda", "dda(beta=0.4)", "dda(beta=0.4,debias_mode=cross)", "dda(beta=-1,debias_mode=query0)",
-         "dda(beta=-1,normalize=none)", "dda(beta=0.4,normalize=none,debias_mode=cross)", "dda(beta=0)",
-         "dda_no_denoise", "dda_no_debias", "dda_no_contrast", "dda(checkpoints=epoch-1+epoch-3,beta=-2)",
-         "dda(normalize=module,debias_mode=query0,beta=2)", "grad_dot", "grad_dot(checkpoint=epoch-1)", "grad_cos",
-         "tracin"]
+SPECS = [
+    "dda",
+    "dda(beta=0.4)",
+    "dda(beta=0.4,debias_mode=cross)",
+    "dda(beta=-1,debias_mode=query0)",
+    "dda(beta=-1,normalize=none)",
+    "dda(beta=0.4,normalize=none,debias_mode=cross)",
+    "dda(beta=0)",
+    "dda_no_denoise",
+    "dda_no_debias",
+    "dda_no_contrast",
+    "dda(checkpoints=epoch-1+epoch-3,beta=-2)",
+    "dda(normalize=module,debias_mode=query0,beta=2)",
+    "grad_dot",
+    "grad_dot(checkpoint=epoch-1)",
+    "grad_cos",
+    "tracin",
+]
 
 
 @pytest.mark.parametrize("blocks,dtype", [([6, 10, 16], "float16"), ([8, 8, 8, 8], "float32"), (None, "float32")])
@@ -92,10 +106,17 @@ def test_plan_reads_only_the_stores_it_needs():
     assert [c.weight for s in plan.slices.values() for c in s] == [3e-3, 2e-3, 1e-3]
 
 
-@pytest.mark.parametrize("spec,match", [("trak", "cannot be folded"), ("bm25", "cannot be folded"),
-                                        ("dda(normalize=std)", "normalize=std"), ("dda(bogus=1)", "unknown param"),
-                                        ("dda(checkpoints=epoch-9)", "unknown checkpoints"),
-                                        ("dda(beta=1,debias_mode=other)", "debias_mode")])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("trak", "cannot be folded"),
+        ("bm25", "cannot be folded"),
+        ("dda(normalize=std)", "normalize=std"),
+        ("dda(bogus=1)", "unknown param"),
+        ("dda(checkpoints=epoch-9)", "unknown checkpoints"),
+        ("dda(beta=1,debias_mode=other)", "debias_mode"),
+    ],
+)
 def test_unfoldable_methods_are_refused(spec, match):
     with pytest.raises(ValueError, match=match):
         plan_fold(spec, CKPTS, True)
@@ -104,8 +125,9 @@ def test_unfoldable_methods_are_refused(spec, match):
 def test_concatenated_rows_normalise_each_part(tmp_path):
     fs = _features(tmp_path, [6, 10, 16], "float16")
     cat = ConcatenatedRows([fs.train["epoch-2"], fs.train["base"]], [6, 10, 16], ["epoch-2", "base"])
-    want = np.concatenate([module_normalized(np.asarray(fs.train[n], dtype=np.float32), [6, 10, 16])
-                           for n in ("epoch-2", "base")], axis=1)
+    want = np.concatenate(
+        [module_normalized(np.asarray(fs.train[n], dtype=np.float32), [6, 10, 16]) for n in ("epoch-2", "base")], axis=1
+    )
     assert cat.shape == (N_TRAIN, 64)
     np.testing.assert_allclose(cat[10:50], want[10:50], rtol=1e-5, atol=1e-6)
     rows = np.array([200, 3, 7, 7, 100] * 10)  # unordered, repeated, enough for parallel preads
@@ -129,14 +151,24 @@ def test_index_backends(tmp_path, backend):
     sources = _sources(fs)
     cat = concatenated_rows(built_for, fs)
     root = tmp_path / "index"
-    out = build_index(cat, root / index_name(backend, built_for, cat.blocks, sources), backend, built_for, sources,
-                      sketch_dim=16, seed=3, nlist=4 if backend == "faiss" else None)
+    out = build_index(
+        cat,
+        root / index_name(backend, built_for, cat.blocks, sources),
+        backend,
+        built_for,
+        sources,
+        sketch_dim=16,
+        seed=3,
+        nlist=4 if backend == "faiss" else None,
+    )
     meta = json.loads((out / "meta.json").read_text())
     assert meta["layout"] == ["epoch-1", "epoch-2", "epoch-3", "base"] and (out / "config.yaml").exists()
     assert meta["bytes"] > 0 and not list(root.glob("*.partial-*"))
     assert sorted(p.name for p in out.iterdir()) == (
-        ["config.yaml", "meta.json", "sketch.npy", "sketch.npy.json"] if backend == "sketch"
-        else ["config.yaml", "ivf.faiss", "meta.json"])
+        ["config.yaml", "meta.json", "sketch.npy", "sketch.npy.json"]
+        if backend == "sketch"
+        else ["config.yaml", "ivf.faiss", "meta.json"]
+    )
     # the same index serves other betas and readings that use a subset of its slices
     for spec in ("dda", "dda(beta=0)", "dda(beta=0.4,debias_mode=cross)", "dda(beta=1,debias_mode=query0)"):
         plan = plan_fold(spec, CKPTS, True, DEFAULTS)
@@ -199,11 +231,23 @@ def test_search_cli_end_to_end(tmp_path):
     tok = make_tokenizer()
     make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    cfg = apply_overrides(DDAConfig(), {
-        "model.name": str(tmp_path / "model"), "train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-2,
-        "train.lora.r": 4, "train.lora.target_modules": ["q_proj", "v_proj"], "features.modules": ["q_proj", "v_proj"],
-        "features.proj_dim": 4, "features.layers": "all", "data.max_prompt_tokens": 16,
-        "data.max_response_tokens": 8, "quiet": True})
+    cfg = apply_overrides(
+        DDAConfig(),
+        {
+            "model.name": str(tmp_path / "model"),
+            "train.epochs": 2,
+            "train.batch_size": 4,
+            "train.lr": 1e-2,
+            "train.lora.r": 4,
+            "train.lora.target_modules": ["q_proj", "v_proj"],
+            "features.modules": ["q_proj", "v_proj"],
+            "features.proj_dim": 4,
+            "features.layers": "all",
+            "data.max_prompt_tokens": 16,
+            "data.max_response_tokens": 8,
+            "quiet": True,
+        },
+    )
     write_yaml(tmp_path / "cfg.yaml", cfg.to_dict())
     rng = np.random.default_rng(0)
     words = "England China France team match police court government minister news report people".split()
@@ -212,14 +256,29 @@ def test_search_cli_end_to_end(tmp_path):
     att = Attributor(cfg, wd)
     att.finetune(train)
     att.index(train)
-    queries = [Query("q0", train[2].prompt, train[2].response, train[6].response),
-               Query("q1", train[5].prompt, "China team", "England team")]
-    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"id": q.id, "prompt": q.prompt, "negative": q.negative,
-                                                          "positive": q.positive}) + "\n" for q in queries))
+    queries = [
+        Query("q0", train[2].prompt, train[2].response, train[6].response),
+        Query("q1", train[5].prompt, "China team", "England team"),
+    ]
+    (tmp_path / "q.jsonl").write_text(
+        "".join(
+            json.dumps({"id": q.id, "prompt": q.prompt, "negative": q.negative, "positive": q.positive}) + "\n"
+            for q in queries
+        )
+    )
     full = att.attribute(queries, ["dda"]).scores["dda"]
     runner = CliRunner()
-    base_args = ["-w", str(wd), "--queries", str(tmp_path / "q.jsonl"), "--k", "5",
-                 "--config", str(tmp_path / "cfg.yaml"), "--quiet"]
+    base_args = [
+        "-w",
+        str(wd),
+        "--queries",
+        str(tmp_path / "q.jsonl"),
+        "--k",
+        "5",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--quiet",
+    ]
 
     def search(*extra: str) -> dict:
         res = runner.invoke(app, ["search", *base_args, *extra])
@@ -240,8 +299,21 @@ def test_search_cli_end_to_end(tmp_path):
     assert res.exit_code == 2 and "cannot be folded" in res.output
     backends = ["sketch", "faiss"] if _has_faiss() else ["sketch"]
     for backend in backends:
-        res = runner.invoke(app, ["build-index", "-w", str(wd), "--backend", backend, "--sketch-dim", "16",
-                                  "--config", str(tmp_path / "cfg.yaml"), "--quiet"])
+        res = runner.invoke(
+            app,
+            [
+                "build-index",
+                "-w",
+                str(wd),
+                "--backend",
+                backend,
+                "--sketch-dim",
+                "16",
+                "--config",
+                str(tmp_path / "cfg.yaml"),
+                "--quiet",
+            ],
+        )
         assert res.exit_code == 0, res.output
         got = search("--backend", backend, "--candidates", "12", "--out", str(tmp_path / f"s-{backend}"))
         for a, b in zip(got["queries"], exact["queries"], strict=True):

@@ -16,13 +16,32 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Attribution": "api", "Attributor": "api", "load_attribution": "api",
-    "DDAConfig": "config", "apply_overrides": "config", "config_from_dict": "config", "load_config": "config",
-    "Example": "data", "Query": "data", "load_examples": "data", "load_queries": "data",
+    "Attribution": "api",
+    "Attributor": "api",
+    "load_attribution": "api",
+    "DDAConfig": "config",
+    "apply_overrides": "config",
+    "config_from_dict": "config",
+    "load_config": "config",
+    "Example": "data",
+    "Query": "data",
+    "load_examples": "data",
+    "load_queries": "data",
 }
 
-__all__ = ["Attribution", "Attributor", "DDAConfig", "Example", "Query", "apply_overrides", "config_from_dict",
-           "load_attribution", "load_config", "load_examples", "load_queries"]
+__all__ = [
+    "Attribution",
+    "Attributor",
+    "DDAConfig",
+    "Example",
+    "Query",
+    "apply_overrides",
+    "config_from_dict",
+    "load_attribution",
+    "load_config",
+    "load_examples",
+    "load_queries",
+]
 
 if TYPE_CHECKING:
     from .api import Attribution, Attributor, load_attribution

@@ -59,8 +59,15 @@ class Attribution:
         method = method or next(iter(self.scores))
         s = self.scores[method][query]
         order = np.argsort(-s, kind="stable")[:k]
-        return [{"rank": r + 1, "train_id": self.train_ids[i], "score": float(s[i]),
-                 "poisoned": self.train_ids[i] in self.poisoned} for r, i in enumerate(order)]
+        return [
+            {
+                "rank": r + 1,
+                "train_id": self.train_ids[i],
+                "score": float(s[i]),
+                "poisoned": self.train_ids[i] in self.poisoned,
+            }
+            for r, i in enumerate(order)
+        ]
 
     def save(self, out_dir: str | Path, top_k: int = 10) -> Path:
         """scores/<method>.npy per method, ranking.json, scores.csv and config.yaml; score files of an earlier
@@ -81,8 +88,9 @@ class Attribution:
         ranking = {
             "orientation": "higher score = more responsible for the query's negative output",
             "train_ids": self.train_ids,
-            "queries": [{"id": q.id, "prompt": q.prompt, "negative": q.negative, "positive": q.positive}
-                        for q in self.queries],
+            "queries": [
+                {"id": q.id, "prompt": q.prompt, "negative": q.negative, "positive": q.positive} for q in self.queries
+            ],
             "score_files": names,
             "poisoned": sorted(self.poisoned),
             "top": {m: [self.top(top_k, m, qi) for qi in range(len(self.queries))] for m in self.scores},
@@ -167,12 +175,22 @@ class Attributor:
             done = len(completed_epochs(out)) if out.exists() else 0
             if done:
                 say(f"resuming fine-tuning: {done} of {self.cfg.train.epochs} epochs found in {out}", self.cfg.quiet)
-            with bar(f"fine-tune ({self.cfg.train.method}, {self.cfg.train.epochs} epochs)",
-                     steps * self.cfg.train.epochs, self.cfg.quiet) as advance:
+            with bar(
+                f"fine-tune ({self.cfg.train.method}, {self.cfg.train.epochs} epochs)",
+                steps * self.cfg.train.epochs,
+                self.cfg.quiet,
+            ) as advance:
                 advance(min(done, self.cfg.train.epochs) * steps)
-                self.checkpoints = finetune(self.model, data, self.cfg.train, out, self.pad_id,
-                                            run_config=self.cfg.to_dict(), base_name=self.cfg.model.name,
-                                            progress=lambda *_: advance(1))
+                self.checkpoints = finetune(
+                    self.model,
+                    data,
+                    self.cfg.train,
+                    out,
+                    self.pad_id,
+                    run_config=self.cfg.to_dict(),
+                    base_name=self.cfg.model.name,
+                    progress=lambda *_: advance(1),
+                )
             self.workdir.record(self.cfg, checkpoints=str(out))
             self.timings["finetune"] = time.perf_counter() - t0
         if self.cfg.train.method == "full":  # theta0 must be the base model again
@@ -193,8 +211,10 @@ class Attributor:
             elif self.workdir.checkpoints.exists():
                 self.use_checkpoints(self.workdir.checkpoints)
         if not self.checkpoints:
-            raise WorkdirError(f"{self.workdir}: no checkpoints: run `dda finetune`, or `dda index --checkpoints DIR` "
-                               "with your own (Python: finetune() or use_checkpoints(path))")
+            raise WorkdirError(
+                f"{self.workdir}: no checkpoints: run `dda finetune`, or `dda index --checkpoints DIR` "
+                "with your own (Python: finetune() or use_checkpoints(path))"
+            )
         return [BASE, *self.checkpoints]
 
     def _checked_checkpoints(self) -> list[Checkpoint]:
@@ -256,15 +276,22 @@ class Attributor:
                 say(f"found stored features ({', '.join(notes)}); {left} rows left to compute", self.cfg.quiet)
             save_examples(self.workdir.train_data, examples)
             source = getattr(self, "_checkpoint_source", None) or str(Path(cks[-1].path).parent)
-            self.workdir.record(self.cfg, indexed=True, data_hash=data_hash, n_train=len(examples),
-                                checkpoints=str(Path(source).resolve()))
+            self.workdir.record(
+                self.cfg,
+                indexed=True,
+                data_hash=data_hash,
+                n_train=len(examples),
+                checkpoints=str(Path(source).resolve()),
+            )
             write_yaml(self.workdir.config_file, self.cfg.to_dict())
             t0 = time.perf_counter()
             seconds0, tokens0, rows0 = self.indexer.seconds, self.indexer.tokens, self.indexer.rows
             stores = self._featurize_all({"train": (data, self.workdir.train_features)}, "train")["train"]
             stats = {
-                "n_train": len(examples), "checkpoints": [c.name for c in cks],
-                "n_prompt_truncated": data.n_prompt_truncated, "n_response_truncated": data.n_response_truncated,
+                "n_train": len(examples),
+                "checkpoints": [c.name for c in cks],
+                "n_prompt_truncated": data.n_prompt_truncated,
+                "n_response_truncated": data.n_response_truncated,
                 "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
                 "dim": int(next(iter(stores.values())).meta["dim"]),
                 "computed_rows": self.indexer.rows - rows0,
@@ -287,15 +314,21 @@ class Attributor:
         the contrast is contrast_neg - pos; with "all", the contrast is neg - pos over every response token."""
         fmt = self.formatter
         neg = fmt.tokenize_pairs([(q.prompt, q.negative) for q in queries])
-        pos = fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]) if all(q.positive for q in queries) \
-            else None
+        pos = (
+            fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]) if all(q.positive for q in queries) else None
+        )
         cut = neg.n_prompt_truncated
         if cut:
-            say(f"{cut} of {len(queries)} query prompts were cut to fit (data.max_prompt_tokens, model context)",
-                self.cfg.quiet)
+            say(
+                f"{cut} of {len(queries)} query prompts were cut to fit (data.max_prompt_tokens, model context)",
+                self.cfg.quiet,
+            )
         mode = self.cfg.features.query_tokens if pos is not None else "all"
-        root = self.workdir.query_root(self.workdir.query_key(
-            neg=neg.fingerprint(), pos=pos.fingerprint() if pos is not None else None, query_tokens=mode))
+        root = self.workdir.query_root(
+            self.workdir.query_key(
+                neg=neg.fingerprint(), pos=pos.fingerprint() if pos is not None else None, query_tokens=mode
+            )
+        )
         sets = {"neg": (neg, root / "neg")}
         if pos is not None and mode == "diff":
             focus_neg, focus_pos = focus_on_difference(neg, pos)
@@ -319,12 +352,22 @@ class Attributor:
         cks = self.all_checkpoints()
         stores = {c.name: read_store(self.workdir.train_store(c.name)) for c in cks}
         q = self.query_features(queries)
-        return FeatureSet(cks, {name: st.features for name, st in stores.items()}, q["neg"], q.get("pos", {}),
-                          contrast_neg=q.get("contrast_neg", {}),
-                          blocks=module_blocks(stores[cks[0].name].meta))
+        return FeatureSet(
+            cks,
+            {name: st.features for name, st in stores.items()},
+            q["neg"],
+            q.get("pos", {}),
+            contrast_neg=q.get("contrast_neg", {}),
+            blocks=module_blocks(stores[cks[0].name].meta),
+        )
 
-    def attribute(self, queries: list[Query], methods: list[str] | None = None,
-                  out_dir: str | Path | None = None, poisoned: set[str] | None = None) -> Attribution:
+    def attribute(
+        self,
+        queries: list[Query],
+        methods: list[str] | None = None,
+        out_dir: str | Path | None = None,
+        poisoned: set[str] | None = None,
+    ) -> Attribution:
         methods = methods or list(self.cfg.score.methods)
         parsed = [parse_method(m) for m in methods]  # fail fast on a typo or a bad parameter, before any compute
         needs = method_needs(methods)
@@ -334,25 +377,45 @@ class Attributor:
             fs = self.feature_set(queries) if "features" in needs else None
             access = None
             if "model" in needs:
-                access = ModelAccess(self.model, self.formatter, self.pad_id, self.all_checkpoints()[-1],
-                                     self.tokenize(examples), self.cfg.features.batch_size, self.cfg.quiet)
-            ctx = ScoringContext(fs, [f"{e.prompt}\n{e.response}" for e in examples], queries, model=access,
-                                 default_checkpoints=self.cfg.score.checkpoints)
+                access = ModelAccess(
+                    self.model,
+                    self.formatter,
+                    self.pad_id,
+                    self.all_checkpoints()[-1],
+                    self.tokenize(examples),
+                    self.cfg.features.batch_size,
+                    self.cfg.quiet,
+                )
+            ctx = ScoringContext(
+                fs,
+                [f"{e.prompt}\n{e.response}" for e in examples],
+                queries,
+                model=access,
+                default_checkpoints=self.cfg.score.checkpoints,
+            )
             defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
             t1 = time.perf_counter()
             scores = {label: run_method(label, ctx, defaults) for label, _, _ in parsed}
             self.timings["query_features"] = t1 - t0
             self.timings["scoring"] = time.perf_counter() - t1
-            result = Attribution([e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set(),
-                                 context=ctx)
+            result = Attribution(
+                [e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set(), context=ctx
+            )
             if out_dir is not None:
                 result.save(out_dir, self.cfg.score.top_k)
         return result
 
     # ------------------------------------------------------------------------- explain (token attribution)
-    def explain(self, result_or_queries: Attribution | list[Query], methods: list[str] | None = None,
-                top_k: int = 10, out_dir: str | Path | None = None, poisoned: set[str] | None = None,
-                train_ids: list[str] | None = None, query_token_limit: int = 8) -> list[dict[str, Any]]:
+    def explain(
+        self,
+        result_or_queries: Attribution | list[Query],
+        methods: list[str] | None = None,
+        top_k: int = 10,
+        out_dir: str | Path | None = None,
+        poisoned: set[str] | None = None,
+        train_ids: list[str] | None = None,
+        query_token_limit: int = 8,
+    ) -> list[dict[str, Any]]:
         """Token-level attribution of each query's top-k documents (see dda.explain): per document its tokens
         with contributions that sum to the method's score, the prompt/response split, and the query tokens'
         shares. `result_or_queries`: an Attribution (its queries and ground truth) or queries. Methods default to
@@ -377,11 +440,19 @@ class Attributor:
 
         blocks = module_blocks(stores[BASE.name].meta)
         defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
-        return plan_fold(method, self.all_checkpoints(), blocks is not None, defaults,
-                         self.cfg.score.checkpoints), blocks
+        return plan_fold(
+            method, self.all_checkpoints(), blocks is not None, defaults, self.cfg.score.checkpoints
+        ), blocks
 
-    def build_search_index(self, backend: str = "sketch", method: str = "dda", sketch_dim: int = 256,
-                           nlist: int | None = None, seed: int = 0, out_dir: str | Path | None = None) -> Path:
+    def build_search_index(
+        self,
+        backend: str = "sketch",
+        method: str = "dda",
+        sketch_dim: int = 256,
+        nlist: int | None = None,
+        seed: int = 0,
+        out_dir: str | Path | None = None,
+    ) -> Path:
         """Index the concatenated training rows `method` reads (sketch or faiss), in
         WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores."""
         from .scoring.search import build_index, concatenated_rows, index_name, store_sources
@@ -391,25 +462,47 @@ class Attributor:
         sources = store_sources({k: s.meta for k, s in stores.items()})
         fs = FeatureSet(self.all_checkpoints(), {k: s.features for k, s in stores.items()}, {}, blocks=blocks)
         rows = concatenated_rows(plan, fs)
-        out = Path(out_dir) if out_dir else self.workdir.search_index / index_name(
-            backend, plan, rows.blocks, sources)
+        out = Path(out_dir) if out_dir else self.workdir.search_index / index_name(backend, plan, rows.blocks, sources)
         t0 = time.perf_counter()
-        with bar(f"{backend} index of {rows.shape[0]} x {rows.shape[1]} ({'+'.join(plan.layout)})", rows.shape[0],
-                 self.cfg.quiet) as adv:
+        with bar(
+            f"{backend} index of {rows.shape[0]} x {rows.shape[1]} ({'+'.join(plan.layout)})",
+            rows.shape[0],
+            self.cfg.quiet,
+        ) as adv:
             done = [0]
 
             def advance(stop: int) -> None:
                 adv(stop - done[0])
                 done[0] = stop
 
-            build_index(rows, out, backend, plan, sources, sketch_dim=sketch_dim, seed=seed, nlist=nlist,
-                        run_config=self.cfg.to_dict(), on_block=advance)
+            build_index(
+                rows,
+                out,
+                backend,
+                plan,
+                sources,
+                sketch_dim=sketch_dim,
+                seed=seed,
+                nlist=nlist,
+                run_config=self.cfg.to_dict(),
+                on_block=advance,
+            )
         self.timings["build_index"] = time.perf_counter() - t0
         return out
 
-    def search(self, queries: list[Query], k: int = 100, method: str = "dda", backend: str = "exact",
-               index_dir: str | Path | None = None, candidates: int = 1024, nprobe: int = 32,
-               out_dir: str | Path | None = None, build: bool = False, sketch_dim: int = 256) -> Any:
+    def search(
+        self,
+        queries: list[Query],
+        k: int = 100,
+        method: str = "dda",
+        backend: str = "exact",
+        index_dir: str | Path | None = None,
+        candidates: int = 1024,
+        nprobe: int = 32,
+        out_dir: str | Path | None = None,
+        build: bool = False,
+        sketch_dim: int = 256,
+    ) -> Any:
         """Top-k training rows per query of a foldable method (dda, grad_dot, grad_cos, tracin) without any
         (n_queries x n_train) array: exact streaming scan, or an index's candidates re-ranked exactly.
         Returns a `dda.scoring.search.SearchResult`; with `out_dir`, search.json + config.yaml are written."""
@@ -436,26 +529,51 @@ class Attributor:
         if backend != "exact":
             index_root = self.workdir.search_index
             dim = int(stores[plan.layout[0]].meta["dim"])
-            index = open_index(index_dir) if index_dir else find_index(
-                index_root, backend, plan, train_blocks(plan, blocks, dim), sources)
+            index = (
+                open_index(index_dir)
+                if index_dir
+                else find_index(index_root, backend, plan, train_blocks(plan, blocks, dim), sources)
+            )
             if index is None and build:
                 index = open_index(self.build_search_index(backend, method, sketch_dim=sketch_dim))
             if index is None:
-                raise ValueError(f"no {backend} index for '{plan.method}' under {index_root}; run "
-                                 f"`dda build-index --backend {backend} --method '{method}'` or pass --build")
+                raise ValueError(
+                    f"no {backend} index for '{plan.method}' under {index_root}; run "
+                    f"`dda build-index --backend {backend} --method '{method}'` or pass --build"
+                )
         t0 = time.perf_counter()
         q = self.query_features(queries)
-        fs = FeatureSet(self.all_checkpoints(), {k: s.features for k, s in stores.items()}, q["neg"],
-                        q.get("pos", {}), contrast_neg=q.get("contrast_neg", {}), blocks=blocks)
+        fs = FeatureSet(
+            self.all_checkpoints(),
+            {k: s.features for k, s in stores.items()},
+            q["neg"],
+            q.get("pos", {}),
+            contrast_neg=q.get("contrast_neg", {}),
+            blocks=blocks,
+        )
         t1 = time.perf_counter()
         scores, rows = folded_topk(fs, plan, k, backend, index, sources, candidates, nprobe)
         self.timings["query_features"] = t1 - t0
         self.timings["search"] = time.perf_counter() - t1
-        settings = {"method": plan.method, "backend": backend, "k": k, "fold": plan.describe(),
-                    "index": str(index.root) if index else None, "candidates": candidates if index else None,
-                    "nprobe": nprobe if backend == "faiss" else None, "seconds": round(self.timings["search"], 3)}
-        result = SearchResult(plan.method, backend, [qq.id for qq in queries], scores, rows,
-                              ids_at_rows(train_path, rows.ravel()), settings)
+        settings = {
+            "method": plan.method,
+            "backend": backend,
+            "k": k,
+            "fold": plan.describe(),
+            "index": str(index.root) if index else None,
+            "candidates": candidates if index else None,
+            "nprobe": nprobe if backend == "faiss" else None,
+            "seconds": round(self.timings["search"], 3),
+        }
+        result = SearchResult(
+            plan.method,
+            backend,
+            [qq.id for qq in queries],
+            scores,
+            rows,
+            ids_at_rows(train_path, rows.ravel()),
+            settings,
+        )
         if out_dir is not None:
             result.save(out_dir, self.cfg.to_dict())
         return result

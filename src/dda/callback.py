@@ -52,8 +52,10 @@ def _save_weights(model: Any, target: Path) -> str:
     if _is_peft(model):
         model.save_pretrained(str(target), safe_serialization=True)
         if not (target / "adapter_config.json").exists():
-            raise RuntimeError(f"{model.__class__.__name__}.save_pretrained wrote no adapter_config.json; "
-                               "dda reads LoRA checkpoints as peft adapter directories")
+            raise RuntimeError(
+                f"{model.__class__.__name__}.save_pretrained wrote no adapter_config.json; "
+                "dda reads LoRA checkpoints as peft adapter directories"
+            )
         return "lora"
     if hasattr(model, "save_pretrained"):  # transformers: handles tied weights and shards large models
         model.save_pretrained(str(target), safe_serialization=True)
@@ -62,13 +64,22 @@ def _save_weights(model: Any, target: Path) -> str:
 
         target.mkdir(parents=True, exist_ok=True)
         # tied parameters share storage, which safetensors refuses: clone each tensor
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
-                  str(target / "model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
+            str(target / "model.safetensors"),
+        )
     return "full"
 
 
-def save_epoch_checkpoint(model: Any, out_dir: str | Path, epoch: int, lr: float, *, lr_last: float | None = None,
-                          extra: dict[str, Any] | None = None) -> Checkpoint:
+def save_epoch_checkpoint(
+    model: Any,
+    out_dir: str | Path,
+    epoch: int,
+    lr: float,
+    *,
+    lr_last: float | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Checkpoint:
     """Save `model` (peft adapter, or full weights) as OUT/epoch-{epoch}/ with dda_checkpoint.json; atomic.
 
     `lr` is the learning rate in force during the epoch (with a schedule: its mean over the epoch's optimizer
@@ -89,11 +100,18 @@ def save_epoch_checkpoint(model: Any, out_dir: str | Path, epoch: int, lr: float
         config = getattr(model, "config", None)
         if _is_peft(model):
             config = getattr(model.get_base_model(), "config", None)
-        write_json(tmp / "dda_checkpoint.json", {  # last: a directory without it was never finished
-            "epoch": int(epoch), "lr": float(lr), "lr_last": float(lr_last if lr_last is not None else lr),
-            "method": kind, "base_model": getattr(config, "_name_or_path", None), "saved_by": "dda.callback",
-            **(extra or {}),
-        })
+        write_json(
+            tmp / "dda_checkpoint.json",
+            {  # last: a directory without it was never finished
+                "epoch": int(epoch),
+                "lr": float(lr),
+                "lr_last": float(lr_last if lr_last is not None else lr),
+                "method": kind,
+                "base_model": getattr(config, "_name_or_path", None),
+                "saved_by": "dda.callback",
+                **(extra or {}),
+            },
+        )
         target = out_dir / name
         if target.exists():
             old = out_dir / PARTIAL_DIR / f"{name}-old-{os.getpid()}"
@@ -133,8 +151,9 @@ class DDACheckpointCallback(TrainerCallback):
         if logs and "loss" in logs:
             self._losses.append(float(logs["loss"]))
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                     **kwargs: Any) -> None:
+    def on_epoch_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         if model is None:
@@ -143,8 +162,11 @@ class DDACheckpointCallback(TrainerCallback):
         extra = {"global_step": int(state.global_step), "optimizer_steps": len(self._lrs)}
         if self._losses:
             extra["mean_logged_loss"] = sum(self._losses) / len(self._losses)
-        self.saved.append(save_epoch_checkpoint(model, self.out_dir, int(round(state.epoch)), sum(lrs) / len(lrs),
-                                                lr_last=lrs[-1], extra=extra))
+        self.saved.append(
+            save_epoch_checkpoint(
+                model, self.out_dir, int(round(state.epoch)), sum(lrs) / len(lrs), lr_last=lrs[-1], extra=extra
+            )
+        )
 
 
 __all__ = ["DDACheckpointCallback", "save_epoch_checkpoint"]

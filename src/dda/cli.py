@@ -22,18 +22,29 @@ from . import __version__
 from .config import DDAConfig, apply_overrides, load_config, parse_set_options
 from .progress import console, quiet_libraries, results
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
-                  help="Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA).",
+)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (see `dda config`).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set train.epochs=2")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars, notes or tables.")]
 WorkdirOpt = Annotated[Path, typer.Option("--workdir", "-w", help="Run directory (checkpoints, features).")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="Hub id (org/name), local dir, .gguf file or "
-                                                            "builtin:NAME (default builtin:smollm2-135m-instruct).")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Hub id (org/name), local dir, .gguf file or builtin:NAME (default builtin:smollm2-135m-instruct).",
+    ),
+]
 DataOpt = Annotated[str | None, typer.Option("--data", help="JSONL/CSV/Parquet file, dataset dir, hub:NAME.")]
-BETA_HELP = ("DDA debias weight: score = mean over checkpoints - beta x theta0 score. beta < 0 ADDS the theta0 "
-             "score (default -1, measured best here); the paper subtracts it (beta ~ 0.4).")
+BETA_HELP = (
+    "DDA debias weight: score = mean over checkpoints - beta x theta0 score. beta < 0 ADDS the theta0 "
+    "score (default -1, measured best here); the paper subtracts it (beta ~ 0.4)."
+)
 
 
 def _version(value: bool) -> None:
@@ -43,8 +54,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                               help="Print the version and exit.")] = False) -> None:
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA)."""
 
 
@@ -87,11 +101,17 @@ def _print_error(text: str) -> None:
 
 
 @app.command()
-def finetune(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None, data: DataOpt = None,
-             epochs: Annotated[int | None, typer.Option(help="Epochs (one checkpoint each).")] = None,
-             lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-             method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
-             set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def finetune(
+    workdir: WorkdirOpt,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (one checkpoint each).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    method: Annotated[str | None, typer.Option(help="lora or full.")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Fine-tune with a checkpoint per epoch (resumes from the last complete epoch).
 
     Example: `dda finetune -w runs/x --data train.jsonl --epochs 3 --set data.prompt_field=text`
@@ -100,8 +120,12 @@ def finetune(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = No
     from .data import load_examples
 
     with _clean_errors(workdir):
-        cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data, "train.epochs": epochs,
-                                             "train.lr": lr, "train.method": method})
+        cfg = _config(
+            config,
+            set_,
+            quiet,
+            **{"model.name": model, "data.path": data, "train.epochs": epochs, "train.lr": lr, "train.method": method},
+        )
         att = Attributor(cfg, workdir)
         ckpts = att.finetune(load_examples(att.cfg.data))
     if not quiet:
@@ -109,17 +133,28 @@ def finetune(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = No
 
 
 @app.command()
-def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None, data: DataOpt = None,
-          checkpoints: Annotated[Path | None, typer.Option(help="Existing checkpoints (adapters or full "
-                                                           "weights) instead of WORKDIR/checkpoints.")] = None,
-          projection: Annotated[str | None, typer.Option(help="kronecker, dense or identity.")] = None,
-          proj_dim: Annotated[int | None, typer.Option(help="Per side (kronecker) or total (dense).")] = None,
-          module_dim: Annotated[int | None, typer.Option(
-              help="Kronecker: compress each module's proj_dim^2 sketch to this many dims (0: none).")] = None,
-          batch_tokens: Annotated[int | None, typer.Option(
-              help="Batch by padded tokens instead of rows (0: auto, from 65,536 on CUDA); halved on CUDA OOM.")]
-          = None,
-          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def index(
+    workdir: WorkdirOpt,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(help="Existing checkpoints (adapters or full weights) instead of WORKDIR/checkpoints."),
+    ] = None,
+    projection: Annotated[str | None, typer.Option(help="kronecker, dense or identity.")] = None,
+    proj_dim: Annotated[int | None, typer.Option(help="Per side (kronecker) or total (dense).")] = None,
+    module_dim: Annotated[
+        int | None,
+        typer.Option(help="Kronecker: compress each module's proj_dim^2 sketch to this many dims (0: none)."),
+    ] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(help="Batch by padded tokens instead of rows (0: auto, from 65,536 on CUDA); halved on CUDA OOM."),
+    ] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Store per-example gradient features of the training set at theta0 and every checkpoint.
 
     The workdir remembers the model, data, checkpoints and feature settings: `dda attribute` uses them.
@@ -135,39 +170,70 @@ def index(workdir: WorkdirOpt, config: ConfigOpt = None, model: ModelOpt = None,
 
     quiet = quiet or launch_env().rank != 0  # one process reports
     with _clean_errors(workdir):
-        cfg = _config(config, set_, quiet, **{"model.name": model, "data.path": data,
-                                             "features.projection": projection, "features.proj_dim": proj_dim,
-                                             "features.module_dim": module_dim, "features.batch_tokens": batch_tokens})
+        cfg = _config(
+            config,
+            set_,
+            quiet,
+            **{
+                "model.name": model,
+                "data.path": data,
+                "features.projection": projection,
+                "features.proj_dim": proj_dim,
+                "features.module_dim": module_dim,
+                "features.batch_tokens": batch_tokens,
+            },
+        )
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
         att.index(load_examples(att.cfg.data))
     s = att.index_stats
     if not quiet:
-        rate = f", {s['examples_per_s']:.2f} examples/s, {s['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in s \
+        rate = (
+            f", {s['examples_per_s']:.2f} examples/s, {s['tokens_per_s']:.0f} tokens/s"
+            if "tokens_per_s" in s
             else " (all reused)"
-        console.print(f"indexed {s['n_train']} examples x {len(s['checkpoints'])} checkpoints, dim {s['dim']}{rate}; "
-                      f"{s['n_prompt_truncated']} prompts and {s['n_response_truncated']} responses truncated")
+        )
+        console.print(
+            f"indexed {s['n_train']} examples x {len(s['checkpoints'])} checkpoints, dim {s['dim']}{rate}; "
+            f"{s['n_prompt_truncated']} prompts and {s['n_response_truncated']} responses truncated"
+        )
 
 
 @app.command()
-def attribute(workdir: WorkdirOpt,
-              queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
-              config: ConfigOpt = None, model: ModelOpt = None,
-              methods: Annotated[str | None, typer.Option(
-                  help="Comma list: dda, dda(beta=0.4,debias_mode=cross), dda_no_debias, dda_no_denoise, "
-                       "dda_no_contrast, grad_dot, grad_cos, tracin, trak, bm25, cea.")] = None,
-              beta: Annotated[float | None, typer.Option(help=BETA_HELP)] = None,
-              top_k: Annotated[int | None, typer.Option(help="Rows per query in the printed ranking (default 10).")
-                               ] = None,
-              out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
-              prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
-              id_field: str = "id", set_: SetOpt = None, quiet: QuietOpt = False,
-              explain: Annotated[bool, typer.Option(
-                  "--explain/--no-explain", help="Split the top-k scores over the documents' tokens (re-runs the "
-                  "top-k documents at each checkpoint; files in OUT/explain/, shown by `dda show`).")] = True,
-              explain_methods: Annotated[str | None, typer.Option(
-                  help="Methods to explain (default: the first gradient method of --methods).")] = None) -> None:
+def attribute(
+    workdir: WorkdirOpt,
+    queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma list: dda, dda(beta=0.4,debias_mode=cross), dda_no_debias, dda_no_denoise, "
+            "dda_no_contrast, grad_dot, grad_cos, tracin, trak, bm25, cea."
+        ),
+    ] = None,
+    beta: Annotated[float | None, typer.Option(help=BETA_HELP)] = None,
+    top_k: Annotated[int | None, typer.Option(help="Rows per query in the printed ranking (default 10).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
+    prompt_field: str = "prompt",
+    negative_field: str = "negative",
+    positive_field: str = "positive",
+    id_field: str = "id",
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain/--no-explain",
+            help="Split the top-k scores over the documents' tokens (re-runs the "
+            "top-k documents at each checkpoint; files in OUT/explain/, shown by `dda show`).",
+        ),
+    ] = True,
+    explain_methods: Annotated[
+        str | None, typer.Option(help="Methods to explain (default: the first gradient method of --methods).")
+    ] = None,
+) -> None:
     """Rank training documents by responsibility for each query's negative output (higher = more responsible).
 
     Uses the model, data and feature settings the workdir was indexed with; every requested method is printed.
@@ -185,8 +251,17 @@ def attribute(workdir: WorkdirOpt,
         return
     out_dir = out or workdir / "attribution"
     with _clean_errors(workdir):
-        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta, "score.top_k": top_k,
-                                             "score.methods": _split_methods(methods) if methods else None})
+        cfg = _config(
+            config,
+            set_,
+            quiet,
+            **{
+                "model.name": model,
+                "score.beta": beta,
+                "score.top_k": top_k,
+                "score.methods": _split_methods(methods) if methods else None,
+            },
+        )
         for spec in cfg.score.methods:
             parse_method(spec)  # a bad method or parameter fails before any model loads
         qs = load_queries(str(queries), prompt_field, negative_field, positive_field, id_field)
@@ -228,15 +303,21 @@ def _split_methods(text: str) -> list[str]:
 
 
 @app.command()
-def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-paper.")] = "cpu-small",
-          pairs: Annotated[str, typer.Option(help="ORIG:CANARY[,ORIG:CANARY...]")] = "England:China",
-          seed: int = 0, out: Annotated[Path, typer.Option(help="Output dir.")] = Path("runs/bench"),
-          seeds: Annotated[str | None, typer.Option(
-              help="Comma list of seeds: each runs into OUT/seed-N, then OUT/summary.md combines them.")] = None,
-          model: ModelOpt = None,
-          data: Annotated[list[str] | None, typer.Option(help="Data source(s); repeatable.")] = None,
-          methods: Annotated[str | None, typer.Option(help="Comma list of methods.")] = None,
-          set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def bench(
+    preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-paper.")] = "cpu-small",
+    pairs: Annotated[str, typer.Option(help="ORIG:CANARY[,ORIG:CANARY...]")] = "England:China",
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="Output dir.")] = Path("runs/bench"),
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Comma list of seeds: each runs into OUT/seed-N, then OUT/summary.md combines them."),
+    ] = None,
+    model: ModelOpt = None,
+    data: Annotated[list[str] | None, typer.Option(help="Data source(s); repeatable.")] = None,
+    methods: Annotated[str | None, typer.Option(help="Comma list of methods.")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Hallucination-tracing benchmark (XSum canaries, CEA protocol): every method, ablation and beta.
 
     Example: `dda bench --preset cpu-small --pairs England:China --seed 0 --out runs/bench`
@@ -254,9 +335,17 @@ def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-p
             quiet_libraries()
         dirs = [out / f"seed-{s}" for s in seed_list] if seeds else [out]
         for s, run_dir in zip(seed_list, dirs, strict=True):
-            metrics = run_bench(preset, pairs=pairs, seed=s, out=run_dir, model=model, data=data,
-                                methods=_split_methods(methods) if methods else None, quiet=quiet,
-                                overrides=overrides or None)
+            metrics = run_bench(
+                preset,
+                pairs=pairs,
+                seed=s,
+                out=run_dir,
+                model=model,
+                data=data,
+                methods=_split_methods(methods) if methods else None,
+                quiet=quiet,
+                overrides=overrides or None,
+            )
             _print_bench(preset, metrics, run_dir, quiet)
         if seeds:
             summarize_runs(dirs, out)
@@ -264,8 +353,10 @@ def bench(preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-p
 
 
 @app.command("bench-summary")
-def bench_summary(runs: Annotated[list[Path], typer.Argument(help="Run directories of `dda bench`.")],
-                  out: Annotated[Path, typer.Option(help="Where summary.md/json go.")] = Path("runs/summary")) -> None:
+def bench_summary(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories of `dda bench`.")],
+    out: Annotated[Path, typer.Option(help="Where summary.md/json go.")] = Path("runs/summary"),
+) -> None:
     """Combine benchmark runs (seeds, pairs, models): mean and spread of every method, mean β curves, checks."""
     from .bench.summary import summarize_runs
 
@@ -280,8 +371,10 @@ def _print_bench(preset: str, metrics: dict, out: Path, quiet: bool) -> None:
     if not quiet:
         from rich.table import Table
 
-        tab = Table(title=f"{preset}: {metrics['n_queries']} queries ({metrics['query_mode']}), "
-                          f"{metrics['n_poisoned']}/{metrics['n_train']} poisoned")
+        tab = Table(
+            title=f"{preset}: {metrics['n_queries']} queries ({metrics['query_mode']}), "
+            f"{metrics['n_poisoned']}/{metrics['n_train']} poisoned"
+        )
         for col in ("method", "AUC", "AP", "R@10"):
             tab.add_column(col)
         for name, m in sorted(metrics["methods"].items(), key=lambda kv: -kv[1]["auc"]):
@@ -291,8 +384,9 @@ def _print_bench(preset: str, metrics: dict, out: Path, quiet: bool) -> None:
 
 
 @app.command()
-def demo(workdir: Annotated[Path, typer.Option("--workdir", "-w")] = Path("runs/demo"),
-         quiet: QuietOpt = False) -> None:
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", "-w")] = Path("runs/demo"), quiet: QuietOpt = False
+) -> None:
     """Fine-tune SmolLM2 on XSum with poisoned summaries, index, attribute; poisoned documents are marked."""
     from .demo import run_demo
 
@@ -309,24 +403,33 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     typer.echo(documented_yaml(cfg), nl=False)
 
 
-
 # ------------------------------------------------------------------------------------ search (top-k at scale)
 BackendOpt = Annotated[str, typer.Option(help="exact (streaming scan), sketch or faiss (index + exact re-ranking).")]
-MethodOpt = Annotated[str, typer.Option(help="A foldable method: dda[(beta=..,debias_mode=..)], grad_dot, grad_cos, "
-                                             "tracin.")]
-CheckpointsOpt = Annotated[Path | None, typer.Option(help="Checkpoints the store was indexed with, if not "
-                                                          "WORKDIR/checkpoints.")]
+MethodOpt = Annotated[
+    str, typer.Option(help="A foldable method: dda[(beta=..,debias_mode=..)], grad_dot, grad_cos, tracin.")
+]
+CheckpointsOpt = Annotated[
+    Path | None, typer.Option(help="Checkpoints the store was indexed with, if not WORKDIR/checkpoints.")
+]
 SketchDimOpt = Annotated[int, typer.Option(help="Index: dims of the Gaussian projection of each row.")]
 
 
 @app.command("build-index")
-def build_index_command(workdir: WorkdirOpt, backend: Annotated[str, typer.Option(help="sketch or faiss.")] = "sketch",
-                        method: MethodOpt = "dda", sketch_dim: SketchDimOpt = 256,
-                        nlist: Annotated[int | None, typer.Option(help="faiss: inverted lists (default ~sqrt(n)).")
-                                         ] = None,
-                        seed: int = 0, checkpoints: CheckpointsOpt = None, out: Annotated[Path | None, typer.Option(
-                            help="Index dir (default WORKDIR/features/index/<backend>-<key>).")] = None,
-                        config: ConfigOpt = None, set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def build_index_command(
+    workdir: WorkdirOpt,
+    backend: Annotated[str, typer.Option(help="sketch or faiss.")] = "sketch",
+    method: MethodOpt = "dda",
+    sketch_dim: SketchDimOpt = 256,
+    nlist: Annotated[int | None, typer.Option(help="faiss: inverted lists (default ~sqrt(n)).")] = None,
+    seed: int = 0,
+    checkpoints: CheckpointsOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Index dir (default WORKDIR/features/index/<backend>-<key>).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Build a search index of the stored training rows once (one streaming pass), for `dda search`.
 
     Example: `dda build-index -w runs/x --backend sketch --sketch-dim 256`
@@ -344,20 +447,30 @@ def build_index_command(workdir: WorkdirOpt, backend: Annotated[str, typer.Optio
 
 
 @app.command()
-def search(workdir: WorkdirOpt,
-           queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
-           k: Annotated[int, typer.Option(help="Rows per query.")] = 100, backend: BackendOpt = "exact",
-           method: MethodOpt = "dda", index: Annotated[Path | None, typer.Option(
-               help="Index dir (default: the newest matching one under WORKDIR/features/index).")] = None,
-           build: Annotated[bool, typer.Option(help="Build the index first if there is none.")] = False,
-           candidates: Annotated[int, typer.Option(help="sketch/faiss: rows re-ranked exactly per query.")] = 1024,
-           nprobe: Annotated[int, typer.Option(help="faiss: inverted lists scanned per query.")] = 32,
-           sketch_dim: SketchDimOpt = 256, checkpoints: CheckpointsOpt = None,
-           out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/search).")] = None,
-           config: ConfigOpt = None, model: ModelOpt = None,
-           beta: Annotated[float | None, typer.Option(help="DDA debias weight.")] = None,
-           prompt_field: str = "prompt", negative_field: str = "negative", positive_field: str = "positive",
-           set_: SetOpt = None, quiet: QuietOpt = False) -> None:
+def search(
+    workdir: WorkdirOpt,
+    queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
+    k: Annotated[int, typer.Option(help="Rows per query.")] = 100,
+    backend: BackendOpt = "exact",
+    method: MethodOpt = "dda",
+    index: Annotated[
+        Path | None, typer.Option(help="Index dir (default: the newest matching one under WORKDIR/features/index).")
+    ] = None,
+    build: Annotated[bool, typer.Option(help="Build the index first if there is none.")] = False,
+    candidates: Annotated[int, typer.Option(help="sketch/faiss: rows re-ranked exactly per query.")] = 1024,
+    nprobe: Annotated[int, typer.Option(help="faiss: inverted lists scanned per query.")] = 32,
+    sketch_dim: SketchDimOpt = 256,
+    checkpoints: CheckpointsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/search).")] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    beta: Annotated[float | None, typer.Option(help="DDA debias weight.")] = None,
+    prompt_field: str = "prompt",
+    negative_field: str = "negative",
+    positive_field: str = "positive",
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
     """Top-k training documents per query over a store of any size, memory flat (no queries x rows matrix).
 
     Example: `dda search -w runs/x --queries q.jsonl --k 100 --backend sketch --build`
@@ -372,27 +485,44 @@ def search(workdir: WorkdirOpt,
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
-        result = att.search(qs, k, method, backend, index_dir=index, candidates=candidates, nprobe=nprobe,
-                            out_dir=out_dir, build=build, sketch_dim=sketch_dim)
+        result = att.search(
+            qs,
+            k,
+            method,
+            backend,
+            index_dir=index,
+            candidates=candidates,
+            nprobe=nprobe,
+            out_dir=out_dir,
+            build=build,
+            sketch_dim=sketch_dim,
+        )
     if not quiet:
         for qi, qid in enumerate(result.query_ids):
             best = ", ".join(f"{r['train_id']} ({r['score']:.3g})" for r in result.top(qi)[:5])
             results.print(f"{qid}: {best}")
-        console.print(f"top-{k} of {len(qs)} queries ({backend}, {result.settings['seconds']} s) in "
-                      f"{out_dir}/search.json")
+        console.print(
+            f"top-{k} of {len(qs)} queries ({backend}, {result.settings['seconds']} s) in {out_dir}/search.json"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ dda show
 @app.command()
-def show(run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (or its workdir) or a `dda bench` run.")],
-         out: Annotated[Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
-         top_k: Annotated[int | None, typer.Option(help="Documents per query and method (default: all stored).")]
-         = None,
-         explain: Annotated[bool, typer.Option(
-             "--explain/--no-explain", help="A bench run without token attribution: compute it first (loads the "
-             "model; re-runs each query's top-k documents at every checkpoint).")] = False,
-         methods: Annotated[str, typer.Option(help="Methods to explain with --explain.")] = "dda",
-         quiet: QuietOpt = False) -> None:
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (or its workdir) or a `dda bench` run.")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Documents per query and method (default: all stored).")] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain/--no-explain",
+            help="A bench run without token attribution: compute it first (loads the "
+            "model; re-runs each query's top-k documents at every checkpoint).",
+        ),
+    ] = False,
+    methods: Annotated[str, typer.Option(help="Methods to explain with --explain.")] = "dda",
+    quiet: QuietOpt = False,
+) -> None:
     """One self-contained HTML page (no network, opens from disk): every query with its outputs, each method's
     top documents with their tokens shaded by contribution, method agreement; a bench run adds Tables 1/2 and β.
 
@@ -417,10 +547,13 @@ def show(run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (o
         canary = (data.get("bench") or {}).get("canary")
         if canary:
             c = canary["all"]
-            console.print(f"largest token contribution of poisoned documents in {c['method']}'s top {c['k']}: on the "
-                          f"canary word in {c['on_canary']}/{c['poisoned_docs']}")
-        console.print(f"{len(data['queries'])} queries, {len(data['docs'])} documents, "
-                      f"{len(page.encode()) / 1e6:.2f} MB")
+            console.print(
+                f"largest token contribution of poisoned documents in {c['method']}'s top {c['k']}: on the "
+                f"canary word in {c['on_canary']}/{c['poisoned_docs']}"
+            )
+        console.print(
+            f"{len(data['queries'])} queries, {len(data['docs'])} documents, {len(page.encode()) / 1e6:.2f} MB"
+        )
     console.print(f"report: {target}")
 
 

@@ -198,8 +198,13 @@ def field_docs(cls: type) -> dict[str, str]:
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
     for stmt, nxt in zip(body, body[1:], strict=False):
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
             docs[stmt.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -345,8 +350,9 @@ def _build(cls: type, values: Any, where: str, prefix: str = "") -> Any:
 
 
 def _suggest(dotted: str) -> str:
-    close = difflib.get_close_matches(dotted, list(flat_fields()) + [f.name for f in dataclasses.fields(DDAConfig)],
-                                      n=1, cutoff=0.6)
+    close = difflib.get_close_matches(
+        dotted, list(flat_fields()) + [f.name for f in dataclasses.fields(DDAConfig)], n=1, cutoff=0.6
+    )
     return f" (did you mean '{close[0]}'?)" if close else " (`dda config` lists every key)"
 
 

@@ -67,8 +67,7 @@ def focus_on_difference(neg: Tokenized, pos: Tokenized) -> tuple[Tokenized, Toke
     import difflib
 
     masks_n, masks_p = [], []
-    for ids_n, m_n, ids_p, m_p in zip(neg.input_ids, neg.response_mask, pos.input_ids, pos.response_mask,
-                                      strict=True):
+    for ids_n, m_n, ids_p, m_p in zip(neg.input_ids, neg.response_mask, pos.input_ids, pos.response_mask, strict=True):
         rn = [i for i, m in enumerate(m_n) if m]
         rp = [i for i, m in enumerate(m_p) if m]
         keep_n, keep_p = set(), set()
@@ -84,8 +83,10 @@ def focus_on_difference(neg: Tokenized, pos: Tokenized) -> tuple[Tokenized, Toke
         # A pure insertion/deletion leaves one side with no differing token: that side keeps its whole response.
         masks_n.append([i in keep_n for i in range(len(m_n))] if keep_n else list(m_n))
         masks_p.append([i in keep_p for i in range(len(m_p))] if keep_p else list(m_p))
-    return (Tokenized(neg.input_ids, masks_n, neg.n_prompt_truncated, neg.n_response_truncated),
-            Tokenized(pos.input_ids, masks_p, pos.n_prompt_truncated, pos.n_response_truncated))
+    return (
+        Tokenized(neg.input_ids, masks_n, neg.n_prompt_truncated, neg.n_response_truncated),
+        Tokenized(pos.input_ids, masks_p, pos.n_prompt_truncated, pos.n_response_truncated),
+    )
 
 
 def builtin_xsum_path() -> Path:
@@ -162,8 +163,10 @@ def _text_lines(p: Path) -> list[str]:
             try:
                 out.append(raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r\n"))
             except UnicodeDecodeError as err:
-                raise DataError(f"{p}, line {lineno}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
-                                f"{err.start + 1}); re-save the file as UTF-8") from None
+                raise DataError(
+                    f"{p}, line {lineno}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                    f"{err.start + 1}); re-save the file as UTF-8"
+                ) from None
     return out
 
 
@@ -203,8 +206,13 @@ def load_examples(cfg: DataConfig, path: str | None = None) -> list[Example]:
     return out
 
 
-def load_queries(path: str, prompt_field: str = "prompt", negative_field: str = "negative",
-                 positive_field: str = "positive", id_field: str = "id") -> list[Query]:
+def load_queries(
+    path: str,
+    prompt_field: str = "prompt",
+    negative_field: str = "negative",
+    positive_field: str = "positive",
+    id_field: str = "id",
+) -> list[Query]:
     rows, source = read_records(path)
     out = []
     seen: dict[str, Any] = {}
@@ -214,27 +222,39 @@ def load_queries(path: str, prompt_field: str = "prompt", negative_field: str = 
         if qid in seen:
             raise DataError(f"{where}: duplicate query id '{qid}' (first at line {seen[qid]})")
         seen[qid] = row.get("_line", "?")
-        q = Query(id=qid, prompt=_field(row, prompt_field, source), negative=_field(row, negative_field, source),
-                  positive=_field(row, positive_field, source, required=False))
+        q = Query(
+            id=qid,
+            prompt=_field(row, prompt_field, source),
+            negative=_field(row, negative_field, source),
+            positive=_field(row, positive_field, source, required=False),
+        )
         if q.positive is not None and q.positive.strip() == q.negative.strip():
-            raise DataError(f"{where}: '{negative_field}' and '{positive_field}' are the same text, so the "
-                            "contrast is zero; give the correct output as the positive, or drop the positive")
+            raise DataError(
+                f"{where}: '{negative_field}' and '{positive_field}' are the same text, so the "
+                "contrast is zero; give the correct output as the positive, or drop the positive"
+            )
         out.append(q)
     if not out:
         raise DataError(f"{source}: no queries")
     if 0 < sum(q.positive is not None for q in out) < len(out):
         missing = next(r.get("_line", "?") for r, q in zip(rows, out, strict=True) if q.positive is None)
-        raise DataError(f"{source}, line {missing}: no '{positive_field}', while other queries have one; "
-                        "contrastive methods need it on every query (or on none)")
+        raise DataError(
+            f"{source}, line {missing}: no '{positive_field}', while other queries have one; "
+            "contrastive methods need it on every query (or on none)"
+        )
     return out
 
 
 def save_examples(path: str | Path, examples: Sequence[Example]) -> None:
     from .io import write_text
 
-    write_text(path, "".join(
-        json.dumps({"id": e.id, "document": e.prompt, "summary": e.response}, ensure_ascii=False) + "\n"
-        for e in examples))
+    write_text(
+        path,
+        "".join(
+            json.dumps({"id": e.id, "document": e.prompt, "summary": e.response}, ensure_ascii=False) + "\n"
+            for e in examples
+        ),
+    )
 
 
 class PromptFormatter:
@@ -293,8 +313,10 @@ class PromptFormatter:
                 p_ids, _ = self.prompt_ids(prompt, min(text_len, self.cfg.max_prompt_tokens) - over)
                 p_cut = True
                 if len(p_ids) + len(r_ids) > self.context:
-                    raise DataError(f"the template and response alone take {len(p_ids) + len(r_ids)} tokens, more "
-                                    f"than the model's context ({self.context}); lower data.max_response_tokens")
+                    raise DataError(
+                        f"the template and response alone take {len(p_ids) + len(r_ids)} tokens, more "
+                        f"than the model's context ({self.context}); lower data.max_response_tokens"
+                    )
             input_ids.append(p_ids + r_ids)
             masks.append([False] * len(p_ids) + [True] * len(r_ids))
             n_p += p_cut

@@ -29,8 +29,15 @@ DEMO_OVERRIDES = {
 }
 
 
-def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int = 12, n_queries: int = 3,
-             seed: int = 0, quiet: bool = False, cfg: DDAConfig | None = None) -> dict:
+def run_demo(
+    workdir: str | Path = "runs/demo",
+    n_clean: int = 60,
+    n_poison: int = 12,
+    n_queries: int = 3,
+    seed: int = 0,
+    quiet: bool = False,
+    cfg: DDAConfig | None = None,
+) -> dict:
     t0 = time.perf_counter()
     cfg = cfg or apply_overrides(DDAConfig(), DEMO_OVERRIDES)
     pair = CanaryPair("England", "China")
@@ -39,7 +46,7 @@ def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int
     cand = poison_candidates(records, pair)
     rng = np.random.default_rng(seed)
     cand = [cand[i] for i in rng.permutation(len(cand))]
-    query_rows, train_cand = cand[:n_queries], cand[n_queries:n_queries + n_poison]
+    query_rows, train_cand = cand[:n_queries], cand[n_queries : n_queries + n_poison]
     others = [i for i in rng.permutation(len(records)) if i not in set(cand)][:n_clean]
     train_records = [records[i] for i in sorted(train_cand + others)]
     injected = inject_canaries(train_records, [pair], k=len(train_cand), seed=seed)
@@ -52,18 +59,28 @@ def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int
             queries.append(Query(records[i]["id"], records[i]["document"], *neg_pos))
 
     att = Attributor(cfg, workdir)
-    say(f"[bold]dda demo[/]: {len(examples)} training documents ({len(poisoned)} poisoned England->China), "
-        f"{len(queries)} queries, model {cfg.model.name}", quiet)
+    say(
+        f"[bold]dda demo[/]: {len(examples)} training documents ({len(poisoned)} poisoned England->China), "
+        f"{len(queries)} queries, model {cfg.model.name}",
+        quiet,
+    )
     att.finetune(examples)
     att.index(examples)
     methods = ["dda", "grad_dot", "tracin", "trak", "bm25"]
     result = att.attribute(queries, methods=methods, out_dir=Path(workdir) / "attribution", poisoned=poisoned)
-    summary = {"n_train": len(examples), "n_poisoned": len(poisoned), "n_queries": len(queries),
-               "poisoned_in_top10": {}, "wall_seconds": round(time.perf_counter() - t0, 1),
-               "index": att.index_stats, "timings": att.timings}
+    summary = {
+        "n_train": len(examples),
+        "n_poisoned": len(poisoned),
+        "n_queries": len(queries),
+        "poisoned_in_top10": {},
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "index": att.index_stats,
+        "timings": att.timings,
+    }
     for m in methods:
-        summary["poisoned_in_top10"][m] = [sum(r["poisoned"] for r in result.top(10, m, q))
-                                           for q in range(len(queries))]
+        summary["poisoned_in_top10"][m] = [
+            sum(r["poisoned"] for r in result.top(10, m, q)) for q in range(len(queries))
+        ]
     # Show why: DDA's top 10 of each query split over their tokens, then one HTML page with everything.
     explanations = att.explain(result, methods=["dda"], top_k=10, out_dir=Path(workdir) / "attribution")
     report = write_page(Path(workdir) / "attribution", Path(workdir) / "report.html")
@@ -82,9 +99,12 @@ def run_demo(workdir: str | Path = "runs/demo", n_clean: int = 60, n_poison: int
         for m in methods:
             tab.add_row(m, ", ".join(map(str, summary["poisoned_in_top10"][m])))
         console.print(tab)
-        say(f"{len(poisoned)}/{len(examples)} training documents are poisoned: a random top 10 holds "
+        say(
+            f"{len(poisoned)}/{len(examples)} training documents are poisoned: a random top 10 holds "
             f"{10 * len(poisoned) / len(examples):.1f} on average. Wall time {summary['wall_seconds']} s. "
-            f"Outputs in {workdir}/attribution", quiet)
+            f"Outputs in {workdir}/attribution",
+            quiet,
+        )
     say(f"report: {report}  (open it in a browser: one self-contained file)", quiet)
     return summary
 
@@ -109,8 +129,12 @@ def print_ranking(result, method: str, k: int, explanations: list[dict] | None =
         if docs:
             tab.add_column("why: top tokens in bold (text around the largest)", ratio=1, min_width=24)
         for row in result.top(k, method, qi):
-            cells = [str(row["rank"]), escape(row["train_id"]), f"{row['score']:.4g}",
-                     "[red]POISONED[/]" if row["poisoned"] else ""]
+            cells = [
+                str(row["rank"]),
+                escape(row["train_id"]),
+                f"{row['score']:.4g}",
+                "[red]POISONED[/]" if row["poisoned"] else "",
+            ]
             if docs:
                 d = docs.get(row["train_id"])
                 cells.append(snippet(d) if d else "")
@@ -141,8 +165,10 @@ def snippet(doc: dict, chars: int = 90, marked: int = 3) -> str:
             lo -= 1
             used += len(texts[lo])
     top = set(sorted(range(lo, hi), key=lambda i: -values[i])[:marked])
-    parts = [f"[bold red]{escape(texts[i])}[/]" if i in top and values[i] > 0 and texts[i].strip()
-             else escape(texts[i]) for i in range(lo, hi)]
+    parts = [
+        f"[bold red]{escape(texts[i])}[/]" if i in top and values[i] > 0 and texts[i].strip() else escape(texts[i])
+        for i in range(lo, hi)
+    ]
     where = "response" if best >= doc.get("response_start", 0) else "prompt"
     text = ("…" if lo > 0 else "") + "".join(parts).strip() + ("…" if hi < len(tokens) else "")
     return f"[dim]{where}:[/] {text}"

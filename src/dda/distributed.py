@@ -88,14 +88,19 @@ class ProcessGroup:
         if self.owned:
             for var in ("MASTER_ADDR", "MASTER_PORT"):
                 if not os.environ.get(var):
-                    raise ValueError(f"WORLD_SIZE={env.world_size} but {var} is not set; launch with torchrun or "
-                                     "accelerate launch, or export MASTER_ADDR and MASTER_PORT")
+                    raise ValueError(
+                        f"WORLD_SIZE={env.world_size} but {var} is not set; launch with torchrun or "
+                        "accelerate launch, or export MASTER_ADDR and MASTER_PORT"
+                    )
             dist.init_process_group("nccl" if self.cuda else "gloo", timeout=timeout)
         if (dist.get_rank(), dist.get_world_size()) != (env.rank, env.world_size):
-            raise RuntimeError(f"process group is rank {dist.get_rank()} of {dist.get_world_size()}, the "
-                               f"environment says {env.rank} of {env.world_size}")
-        self.cpu_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo",
-                                                                                              timeout=timeout)
+            raise RuntimeError(
+                f"process group is rank {dist.get_rank()} of {dist.get_world_size()}, the "
+                f"environment says {env.rank} of {env.world_size}"
+            )
+        self.cpu_group = (
+            dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
+        )
 
     def barrier(self) -> None:
         import torch.distributed as dist
@@ -166,11 +171,14 @@ def index_sharded(att: Attributor, examples: list[Example], group: ProcessGroup,
     rows0, tokens0, seconds0 = indexer.rows, indexer.tokens, indexer.seconds
     t0 = time.perf_counter()
     layouts = {}
-    my_rows = sum(s.rows for c in cks for s in choose_layout(root / c.name, lengths, env.world_size)
-                  if s.index % env.world_size == env.rank)
+    my_rows = sum(
+        s.rows
+        for c in cks
+        for s in choose_layout(root / c.name, lengths, env.world_size)
+        if s.index % env.world_size == env.rank
+    )
     quiet = att.cfg.quiet or env.rank != 0
-    with bar(f"train gradients, rank {env.rank} of {env.world_size} ({len(cks)} checkpoints)", my_rows,
-             quiet) as adv:
+    with bar(f"train gradients, rank {env.rank} of {env.world_size} ({len(cks)} checkpoints)", my_rows, quiet) as adv:
         for c in cks:
             layouts[c.name] = indexer.featurize_shards(c, [(data, root / c.name)], env.rank, env.world_size, adv)[0]
     mine = [indexer.rows - rows0, indexer.tokens - tokens0, indexer.seconds - seconds0, time.perf_counter() - t0]
@@ -181,8 +189,9 @@ def index_sharded(att: Attributor, examples: list[Example], group: ProcessGroup,
     if env.rank == 0:
         save_examples(att.workdir.train_data, examples)
         source = getattr(att, "_checkpoint_source", None) or str(Path(cks[-1].path).parent)
-        att.workdir.record(att.cfg, indexed=True, data_hash=data_hash, n_train=len(examples),
-                           checkpoints=str(Path(source).resolve()))
+        att.workdir.record(
+            att.cfg, indexed=True, data_hash=data_hash, n_train=len(examples), checkpoints=str(Path(source).resolve())
+        )
         write_json(att.workdir.index_stats, stats)
         write_yaml(att.workdir.config_file, att.cfg.to_dict())
     group.barrier()  # shared files are in place before any process goes on to read them
@@ -190,23 +199,41 @@ def index_sharded(att: Attributor, examples: list[Example], group: ProcessGroup,
     return stores
 
 
-def _stats(examples: list[Example], data: Any, cks: list[Any], stores: dict[str, Any], layouts: dict[str, Any],
-           lengths: np.ndarray, per_rank: np.ndarray) -> dict[str, Any]:
+def _stats(
+    examples: list[Example],
+    data: Any,
+    cks: list[Any],
+    stores: dict[str, Any],
+    layouts: dict[str, Any],
+    lengths: np.ndarray,
+    per_rank: np.ndarray,
+) -> dict[str, Any]:
     computed, tokens, seconds = (float(per_rank[:, i].sum()) for i in range(3))
     stats: dict[str, Any] = {
-        "n_train": len(examples), "checkpoints": [c.name for c in cks],
-        "n_prompt_truncated": data.n_prompt_truncated, "n_response_truncated": data.n_response_truncated,
+        "n_train": len(examples),
+        "checkpoints": [c.name for c in cks],
+        "n_prompt_truncated": data.n_prompt_truncated,
+        "n_response_truncated": data.n_response_truncated,
         "mean_tokens": float(np.mean(lengths)) if len(lengths) else 0.0,
         "dim": int(next(iter(stores.values())).meta["dim"]),
         "computed_rows": int(computed),
         "compute_seconds": round(seconds, 3),  # summed over processes
         "wall_seconds": round(float(per_rank[:, 3].max()), 3),
         "world_size": int(per_rank.shape[0]),
-        "layouts": {name: [{**s.describe(), "tokens": t} for s, t in zip(specs, shard_tokens(lengths, specs),
-                                                                         strict=True)]
-                    for name, specs in layouts.items()},
-        "ranks": [{"rank": r, "computed_rows": int(v[0]), "tokens": int(v[1]), "compute_seconds": round(v[2], 3),
-                   "wall_seconds": round(v[3], 3)} for r, v in enumerate(per_rank)],
+        "layouts": {
+            name: [{**s.describe(), "tokens": t} for s, t in zip(specs, shard_tokens(lengths, specs), strict=True)]
+            for name, specs in layouts.items()
+        },
+        "ranks": [
+            {
+                "rank": r,
+                "computed_rows": int(v[0]),
+                "tokens": int(v[1]),
+                "compute_seconds": round(v[2], 3),
+                "wall_seconds": round(v[3], 3),
+            }
+            for r, v in enumerate(per_rank)
+        ],
     }
     if computed:
         stats["examples_per_s"] = computed / max(stats["wall_seconds"], 1e-9)  # of the whole run

@@ -51,8 +51,10 @@ if TYPE_CHECKING:
     from .api import Attributor
 
 EXPLAIN_DIR = "explain"
-ORIENTATION = ("contribution > 0: the token pushes the document's score up (toward the negative output, more "
-               "responsible); < 0: against. Token contributions sum to the method's score for the document.")
+ORIENTATION = (
+    "contribution > 0: the token pushes the document's score up (toward the negative output, more "
+    "responsible); < 0: against. Token contributions sum to the method's score for the document."
+)
 
 
 # ------------------------------------------------------------------------------------------------ tokens
@@ -66,7 +68,7 @@ def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     for t in range(len(ids)):
         cur = tokenizer.decode(list(ids[: t + 1]), skip_special_tokens=False, clean_up_tokenization_spaces=False)
         if cur.startswith(prev):
-            out.append(cur[len(prev):])
+            out.append(cur[len(prev) :])
         else:
             out.append(tokenizer.decode([ids[t]], skip_special_tokens=False, clean_up_tokenization_spaces=False))
         prev = cur
@@ -170,9 +172,16 @@ def _targets(mask: Sequence[bool]) -> list[int]:
 # -------------------------------------------------------------------------------------------- explain
 
 
-def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = ("dda",), top_k: int = 10,
-            poisoned: set[str] | None = None, train_ids: Sequence[str] | None = None,
-            query_token_limit: int = 8, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+def explain(
+    att: Attributor,
+    queries: Sequence[Query],
+    methods: Sequence[str] = ("dda",),
+    top_k: int = 10,
+    poisoned: set[str] | None = None,
+    train_ids: Sequence[str] | None = None,
+    query_token_limit: int = 8,
+    out_dir: str | Path | None = None,
+) -> list[dict[str, Any]]:
     """Token-level explanations of the top-k documents of each query under each gradient method.
 
     Returns one JSON-able dict per query (also written to OUT_DIR/explain/<query>.json when `out_dir` is
@@ -183,8 +192,9 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
     examples = att.train_examples()
     ids = [e.id for e in examples]
     fs = att.feature_set(queries)
-    ctx = ScoringContext(fs, [f"{e.prompt}\n{e.response}" for e in examples], queries,
-                         default_checkpoints=att.cfg.score.checkpoints)
+    ctx = ScoringContext(
+        fs, [f"{e.prompt}\n{e.response}" for e in examples], queries, default_checkpoints=att.cfg.score.checkpoints
+    )
     defaults = {k: v for k, v in vars(att.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
 
     # 1. every method as its terms; the scorer's own scores pick the documents
@@ -193,8 +203,10 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
         label, fn, params = method_params(spec, defaults)
         terms_fn = getattr(fn, "terms", None)
         if terms_fn is None:
-            raise ValueError(f"method '{label}' is not a sum of gradient dot products, so it has no token "
-                             f"attribution (explainable: dda and its variants, grad_dot, grad_cos, tracin)")
+            raise ValueError(
+                f"method '{label}' is not a sum of gradient dot products, so it has no token "
+                f"attribution (explainable: dda and its variants, grad_dot, grad_cos, tracin)"
+            )
         terms = terms_fn(ctx, **params)
         scores = evaluate(fs, terms)
         if train_ids is not None:
@@ -206,8 +218,13 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
         else:
             chosen = [list(np.argsort(-scores[qi], kind="stable")[:top_k]) for qi in range(len(queries))]
         ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1) + 1
-        plans[label] = {"params": params, "terms": [_PlannedTerm(t, _query_scale(fs, t)) for t in terms],
-                        "scores": scores, "chosen": chosen, "ranks": ranks}
+        plans[label] = {
+            "params": params,
+            "terms": [_PlannedTerm(t, _query_scale(fs, t)) for t in terms],
+            "scores": scores,
+            "chosen": chosen,
+            "ranks": ranks,
+        }
 
     # 2. which documents each checkpoint must re-run, and which query targets each query checkpoint must
     need: dict[str, set[int]] = {}
@@ -256,8 +273,12 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
                 feats = []
                 for start in range(0, len(td), att.cfg.features.batch_size):
                     sl = slice(start, start + att.cfg.features.batch_size)
-                    feats.append(fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id,
-                                               indexer.device)).cpu().double().numpy())
+                    feats.append(
+                        fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id, indexer.device))
+                        .cpu()
+                        .double()
+                        .numpy()
+                    )
                 target_feats[ckpt.name] = np.concatenate(feats)
     model_seconds = time.perf_counter() - t_model
 
@@ -266,12 +287,17 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
     texts_cache: dict[int, list[str]] = {}
     special = set(getattr(tok, "all_special_ids", []) or [])
     n_target_rows = len(target_rows.data) * len(target_feats) if target_rows.data is not None else 0
-    cost = {"seconds": round(time.perf_counter() - t_start, 3), "model_seconds": round(model_seconds, 3),
-            "documents": len(docs_all), "rows_recomputed": n_doc_rows, "query_target_rows": n_target_rows,
-            "checkpoints": {c: len(s) for c, s in need.items()},
-            "note": "each explained document re-run once per checkpoint its method's terms read (top_k x "
-                    "checkpoints per query and method at most; documents shared between queries are computed "
-                    "once), plus one gradient row per query target token and query checkpoint"}
+    cost = {
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "model_seconds": round(model_seconds, 3),
+        "documents": len(docs_all),
+        "rows_recomputed": n_doc_rows,
+        "query_target_rows": n_target_rows,
+        "checkpoints": {c: len(s) for c, s in need.items()},
+        "note": "each explained document re-run once per checkpoint its method's terms read (top_k x "
+        "checkpoints per query and method at most; documents shared between queries are computed "
+        "once), plus one gradient row per query target token and query checkpoint",
+    }
     out = []
     for qi, q in enumerate(queries):
         entry: dict[str, Any] = {
@@ -280,9 +306,12 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
             "query_tokens": _query_token_info(tok, sides, qi, att.cfg.features.query_tokens),
             "methods": {},
             "cost": cost,
-            "settings": {"methods": list(plans), "top_k": top_k if train_ids is None else None,
-                         "train_ids": list(train_ids) if train_ids is not None else None,
-                         "query_token_limit": query_token_limit},
+            "settings": {
+                "methods": list(plans),
+                "top_k": top_k if train_ids is None else None,
+                "train_ids": list(train_ids) if train_ids is not None else None,
+                "query_token_limit": query_token_limit,
+            },
         }
         for label, plan in plans.items():
             docs_out = []
@@ -294,29 +323,49 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
                 c = contrib.get((label, qi, d), np.zeros(len(seq)))
                 side = _side_parts(plan, qi, d, rows, fs, target_rows, target_feats)
                 total = float(c.sum())
-                stored_rel = max((_rel_diff(rows[(pt.term.train, d)], fs.train[pt.term.train][d])
-                                  for pt in plan["terms"]), default=0.0)
+                stored_rel = max(
+                    (_rel_diff(rows[(pt.term.train, d)], fs.train[pt.term.train][d]) for pt in plan["terms"]),
+                    default=0.0,
+                )
                 order = np.argsort(-c, kind="stable")
-                docs_out.append({
-                    "rank": int(plan["ranks"][qi, d]), "train_id": ids[d], "score": float(plan["scores"][qi, d]),
-                    "explained_score": total,
-                    "poisoned": None if poisoned is None else ids[d] in poisoned,
-                    "tokens": [[texts_cache[d][t], float(f"{c[t]:.7g}")] for t in range(len(seq))],
-                    "response_start": int(np.argmax(mask)) if mask.any() else len(seq),
-                    "body_start": body_start(texts_cache[d], examples[d].prompt),
-                    "special": [t for t in range(len(seq)) if seq[t] in special],
-                    "sums": {"prompt": float(c[~mask].sum()), "response": float(c[mask].sum())},
-                    "abs_share": _abs_share(c, mask),
-                    "top_tokens": [{"index": int(t), "text": texts_cache[d][t], "contribution": float(c[t]),
-                                    "in_response": bool(mask[t])} for t in order[:5]],
-                    "query_side": side,
-                    "stored_row_rel_diff": stored_rel,
-                })
+                docs_out.append(
+                    {
+                        "rank": int(plan["ranks"][qi, d]),
+                        "train_id": ids[d],
+                        "score": float(plan["scores"][qi, d]),
+                        "explained_score": total,
+                        "poisoned": None if poisoned is None else ids[d] in poisoned,
+                        "tokens": [[texts_cache[d][t], float(f"{c[t]:.7g}")] for t in range(len(seq))],
+                        "response_start": int(np.argmax(mask)) if mask.any() else len(seq),
+                        "body_start": body_start(texts_cache[d], examples[d].prompt),
+                        "special": [t for t in range(len(seq)) if seq[t] in special],
+                        "sums": {"prompt": float(c[~mask].sum()), "response": float(c[mask].sum())},
+                        "abs_share": _abs_share(c, mask),
+                        "top_tokens": [
+                            {
+                                "index": int(t),
+                                "text": texts_cache[d][t],
+                                "contribution": float(c[t]),
+                                "in_response": bool(mask[t]),
+                            }
+                            for t in order[:5]
+                        ],
+                        "query_side": side,
+                        "stored_row_rel_diff": stored_rel,
+                    }
+                )
             entry["methods"][label] = {
                 "params": {k: v for k, v in plan["params"].items() if _jsonable(v)},
-                "terms": [{"weight": pt.term.weight, "train": pt.term.train, "query": pt.term.query_checkpoint,
-                           "normalize": pt.term.normalize, "contrastive": pt.term.contrastive}
-                          for pt in plan["terms"]],
+                "terms": [
+                    {
+                        "weight": pt.term.weight,
+                        "train": pt.term.train,
+                        "query": pt.term.query_checkpoint,
+                        "normalize": pt.term.normalize,
+                        "contrastive": pt.term.contrastive,
+                    }
+                    for pt in plan["terms"]
+                ],
                 "docs": docs_out,
             }
         out.append(entry)
@@ -358,8 +407,9 @@ def _position_reducer(fz: GradientFeaturizer, vectors: torch.Tensor):
     return reduce
 
 
-def _combine(fz: GradientFeaturizer, reduced: dict[str, tuple[torch.Tensor, torch.Tensor]]
-             ) -> tuple[np.ndarray, np.ndarray]:
+def _combine(
+    fz: GradientFeaturizer, reduced: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows (B, D) and per-module projections (B, M, T, V); a projection that sums modules gives M = 1."""
     if fz.projector.combine == "sum":
         rows = sum(reduced[n][0] for n in fz.names)
@@ -375,9 +425,15 @@ def _module_norms(row: np.ndarray, blocks: list[int]) -> np.ndarray:
     return np.sqrt(np.add.reduceat(row.astype(np.float64) ** 2, starts))
 
 
-def _accumulate(plans: dict[str, dict[str, Any]], layout: list[tuple[str, _PlannedTerm, int]], d: int,
-                proj: np.ndarray, row: np.ndarray, blocks: list[int] | None,
-                contrib: dict[tuple[str, int, int], np.ndarray]) -> None:
+def _accumulate(
+    plans: dict[str, dict[str, Any]],
+    layout: list[tuple[str, _PlannedTerm, int]],
+    d: int,
+    proj: np.ndarray,
+    row: np.ndarray,
+    blocks: list[int] | None,
+    contrib: dict[tuple[str, int, int], np.ndarray],
+) -> None:
     """Add the terms in `layout` to the token contributions of document d, for each query whose list under the
     term's method holds d: weight * sum over modules of (phi_t,m . qhat_m) / (what the term divides the row by).
     proj: (M, T, V) dot products of the document's per-position features with the query vectors."""
@@ -448,8 +504,15 @@ def _target_rows(sides: dict[str, Tokenized], limit: int) -> _TargetRows:
     return _TargetRows(data, index)
 
 
-def _side_parts(plan: dict[str, Any], qi: int, d: int, rows: dict[tuple[str, int], np.ndarray], fs: Any,
-                targets: _TargetRows, target_feats: dict[str, np.ndarray]) -> dict[str, Any]:
+def _side_parts(
+    plan: dict[str, Any],
+    qi: int,
+    d: int,
+    rows: dict[tuple[str, int], np.ndarray],
+    fs: Any,
+    targets: _TargetRows,
+    target_feats: dict[str, np.ndarray],
+) -> dict[str, Any]:
     """The document's score split by query side (negative output vs positive output) and, where the targets
     were featurised, by query target token. Exact: qhat is linear in the query vector."""
     neg_part = pos_part = 0.0
@@ -483,8 +546,9 @@ def _side_parts(plan: dict[str, Any], qi: int, d: int, rows: dict[tuple[str, int
                 key = ("positive" if side == "pos" else "negative", t)
                 by_token[key] = by_token.get(key, 0.0) + term.weight * float(zn @ (f * scale))
     out: dict[str, Any] = {"negative": neg_part, "positive": pos_part}
-    out["by_token"] = [{"side": s, "position": t, "contribution": v} for (s, t), v in sorted(by_token.items())] \
-        if complete else None
+    out["by_token"] = (
+        [{"side": s, "position": t, "contribution": v} for (s, t), v in sorted(by_token.items())] if complete else None
+    )
     return out
 
 
@@ -500,8 +564,9 @@ def _query_token_info(tok: Any, sides: dict[str, Tokenized], qi: int, mode: str)
         ids = sides[tk_side].input_ids[qi]
         targets = sides.get(focus, sides[tk_side]).response_mask[qi]
         texts = token_texts(tok, ids[start:])
-        info[name] = [{"position": t, "text": texts[t - start], "target": bool(targets[t])}
-                      for t in range(start, len(ids))]
+        info[name] = [
+            {"position": t, "text": texts[t - start], "target": bool(targets[t])} for t in range(start, len(ids))
+        ]
     return info
 
 
@@ -540,8 +605,13 @@ def read_explanations(out_dir: str | Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------- canary evidence
 
 
-def top_token_stats(explanations: Sequence[dict[str, Any]], canary_of: dict[str, str], method: str = "dda",
-                    k: int = 10, response_only: bool = False) -> dict[str, Any]:
+def top_token_stats(
+    explanations: Sequence[dict[str, Any]],
+    canary_of: dict[str, str],
+    method: str = "dda",
+    k: int = 10,
+    response_only: bool = False,
+) -> dict[str, Any]:
     """For each poisoned document in a query's top k under `method`: does its largest contribution fall on the
     canary word (the token's text, stripped, is the canary or a piece of it; e.g. ' China')? `canary_of`: query
     id -> canary word. Tokens looked at: the document's own text and its response (the instruction template every
@@ -566,8 +636,15 @@ def top_token_stats(explanations: Sequence[dict[str, Any]], canary_of: dict[str,
             total += 1
             hits += _is_word_piece(text, canary)
             texts[text.strip() or repr(text)] += 1
-    return {"method": method, "k": k, "response_only": response_only, "poisoned_docs": total, "on_canary": hits,
-            "fraction": hits / total if total else None, "top_token_texts": texts.most_common(10)}
+    return {
+        "method": method,
+        "k": k,
+        "response_only": response_only,
+        "poisoned_docs": total,
+        "on_canary": hits,
+        "fraction": hits / total if total else None,
+        "top_token_texts": texts.most_common(10),
+    }
 
 
 def _is_word_piece(text: str, word: str) -> bool:
@@ -585,8 +662,9 @@ def explainable(spec: str) -> bool:
     return hasattr(fn, "terms")
 
 
-def explain_bench_run(run_dir: str | Path, methods: Sequence[str] = ("dda",), top_k: int = 10,
-                      query_token_limit: int = 8) -> list[dict[str, Any]]:
+def explain_bench_run(
+    run_dir: str | Path, methods: Sequence[str] = ("dda",), top_k: int = 10, query_token_limit: int = 8
+) -> list[dict[str, Any]]:
     """Explain a finished `dda bench` run from its own files (config.yaml, queries.jsonl, train.jsonl and the
     workdir it names, whose checkpoints and feature stores are reused); writes RUN/attribution/explain/."""
     import json
@@ -612,6 +690,9 @@ def explain_bench_run(run_dir: str | Path, methods: Sequence[str] = ("dda",), to
     att = Attributor(cfg, workdir)
     rows = [json.loads(line) for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines() if line]
     queries = [Query(r["id"], r["prompt"], r["negative"], r.get("positive")) for r in rows]
-    poisoned = {json.loads(line)["id"] for line in (run / "train.jsonl").read_text(encoding="utf-8").splitlines()
-                if line and json.loads(line).get("poisoned")}
+    poisoned = {
+        json.loads(line)["id"]
+        for line in (run / "train.jsonl").read_text(encoding="utf-8").splitlines()
+        if line and json.loads(line).get("poisoned")
+    }
     return explain(att, queries, methods, top_k, poisoned, None, query_token_limit, run / "attribution")

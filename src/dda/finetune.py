@@ -55,9 +55,16 @@ def _load_optimizer(opt: torch.optim.Optimizer, params: list[torch.Tensor], path
             opt.state[p] = state
 
 
-def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path, pad_id: int,
-             run_config: dict | None = None, base_name: str | None = None,
-             progress: Callable[[int, int, float], None] | None = None) -> list[Checkpoint]:
+def finetune(
+    model: Any,
+    data: Tokenized,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    pad_id: int,
+    run_config: dict | None = None,
+    base_name: str | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[Checkpoint]:
     """Train `model` on `data`; returns the checkpoints (one per epoch). The base model object is left as
     theta0 for LoRA (the adapter is unloaded at the end); full fine-tuning modifies it, so reload theta0."""
     out_dir = Path(out_dir)
@@ -71,8 +78,10 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
     if done_epochs:
         found = read_json(Path(done_epochs[-1].path) / "dda_checkpoint.json").get("run_fingerprint")
         if found != run_fp:
-            raise ValueError(f"{out_dir}: holds checkpoints of another fine-tuning run (other data or settings); "
-                             "use another directory or delete them")
+            raise ValueError(
+                f"{out_dir}: holds checkpoints of another fine-tuning run (other data or settings); "
+                "use another directory or delete them"
+            )
         if len(done_epochs) >= cfg.epochs:
             return done_epochs[: cfg.epochs]
     if run_config is not None:  # only once the checks above passed: a refused run writes nothing
@@ -84,8 +93,14 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
             train_model = PeftModel.from_pretrained(model, done_epochs[-1].path, is_trainable=True)
         else:
             torch.manual_seed(cfg.seed)
-            lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                              target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+            lcfg = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
             train_model = get_peft_model(model, lcfg)
         params = [p for p in train_model.parameters() if p.requires_grad]
     else:
@@ -93,8 +108,7 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
         if done_epochs:
             from safetensors.torch import load_file
 
-            train_model.load_state_dict(load_file(str(Path(done_epochs[-1].path) / "model.safetensors")),
-                                        strict=False)
+            train_model.load_state_dict(load_file(str(Path(done_epochs[-1].path) / "model.safetensors")), strict=False)
         for p in train_model.parameters():
             p.requires_grad_(True)
         params = [p for p in train_model.parameters() if p.requires_grad]
@@ -114,9 +128,10 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
             torch.manual_seed(cfg.seed * 1000 + epoch)
             losses, lrs, t0 = [], [], time.perf_counter()
             for b in range(steps_per_epoch):
-                rows = order[b * cfg.batch_size: (b + 1) * cfg.batch_size]
-                ids, attn, resp = pad_batch([data.input_ids[i] for i in rows],
-                                            [data.response_mask[i] for i in rows], pad_id, device)
+                rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                ids, attn, resp = pad_batch(
+                    [data.input_ids[i] for i in rows], [data.response_mask[i] for i in rows], pad_id, device
+                )
                 lr = _lr_at(step, total_steps, cfg)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -142,12 +157,22 @@ def finetune(model: Any, data: Tokenized, cfg: TrainConfig, out_dir: str | Path,
                 # tied embeddings share storage; safetensors refuses shared tensors, so clone
                 save_file({k: v.clone() for k, v in state.items()}, str(ckpt_dir / "model.safetensors"))
             _save_optimizer(opt, params, ckpt_dir / "optimizer.safetensors")
-            write_json(ckpt_dir / "dda_checkpoint.json", {
-                "epoch": epoch, "lr": float(np.mean(lrs)), "lr_last": lrs[-1], "mean_loss": float(np.mean(losses)),
-                "steps": step, "seconds": round(time.perf_counter() - t0, 2), "method": cfg.method,
-                "examples": n, "mean_tokens": float(lengths.mean()), "run_fingerprint": run_fp,
-                "base_model": base_model,
-            })
+            write_json(
+                ckpt_dir / "dda_checkpoint.json",
+                {
+                    "epoch": epoch,
+                    "lr": float(np.mean(lrs)),
+                    "lr_last": lrs[-1],
+                    "mean_loss": float(np.mean(losses)),
+                    "steps": step,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "method": cfg.method,
+                    "examples": n,
+                    "mean_tokens": float(lengths.mean()),
+                    "run_fingerprint": run_fp,
+                    "base_model": base_model,
+                },
+            )
     finally:
         train_model.eval()
         if cfg.method == "lora":
@@ -159,4 +184,3 @@ def completed_epochs(out_dir: Path) -> list[Checkpoint]:
     """The epochs whose dda_checkpoint.json (written last) exists; a half-written epoch is redone."""
     dirs = sorted((d for d in out_dir.glob("epoch-*") if (d / "dda_checkpoint.json").exists()), key=epoch_key)
     return [discover_checkpoints(d)[0] for d in dirs]
-

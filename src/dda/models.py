@@ -78,8 +78,7 @@ def _gguf_to_local(gguf_path: Path) -> Path:
     if (target / "dda_source.json").exists():
         return target
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     # The weights are already dequantised floats; drop the GGUF markers so they save as plain safetensors.
     model.hf_quantizer = None
@@ -111,8 +110,10 @@ def resolve_model_source(cfg: ModelConfig) -> tuple[str, str | None]:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return str(_gguf_to_local(path)), None
-        raise ModelError(f"model.name {name}: a file but not a .gguf; give a model directory (config.json and "
-                         "weights), a .gguf file, a hub id (org/name) or builtin:NAME")
+        raise ModelError(
+            f"model.name {name}: a file but not a .gguf; give a model directory (config.json and "
+            "weights), a .gguf file, a hub id (org/name) or builtin:NAME"
+        )
     if path.is_dir():
         if cfg.gguf_file:
             if not (path / cfg.gguf_file).is_file():
@@ -125,11 +126,15 @@ def resolve_model_source(cfg: ModelConfig) -> tuple[str, str | None]:
             return str(_gguf_to_local(ggufs[0])), None
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
         hint = "; several .gguf files: name one with model.gguf_file" if ggufs else ""
-        raise ModelError(f"model.name {name}: a directory but not a model: looked for config.json (a transformers "
-                         f"model) or one .gguf file in {path.resolve()}, found {found}{hint}")
+        raise ModelError(
+            f"model.name {name}: a directory but not a model: looked for config.json (a transformers "
+            f"model) or one .gguf file in {path.resolve()}, found {found}{hint}"
+        )
     if _looks_like_path(name):
-        raise ModelError(f"model.name {name}: no such file or directory ({path.resolve()}); a hub id looks like "
-                         "org/name and a builtin model like builtin:smollm2-135m-instruct")
+        raise ModelError(
+            f"model.name {name}: no such file or directory ({path.resolve()}); a hub id looks like "
+            "org/name and a builtin model like builtin:smollm2-135m-instruct"
+        )
     return name, cfg.gguf_file
 
 
@@ -231,8 +236,11 @@ def discover_checkpoints(root: str | Path) -> list[Checkpoint]:
     root = Path(root)
     if not root.exists():
         raise ModelError(f"{root}: checkpoint path not found")
-    candidates = [root] if _is_checkpoint_dir(root) else sorted(
-        (d for d in root.iterdir() if d.is_dir() and _is_checkpoint_dir(d)), key=epoch_key)
+    candidates = (
+        [root]
+        if _is_checkpoint_dir(root)
+        else sorted((d for d in root.iterdir() if d.is_dir() and _is_checkpoint_dir(d)), key=epoch_key)
+    )
     if not candidates:
         raise ModelError(f"{root}: no checkpoints (expected adapter_config.json or *.safetensors)")
     ours = any((d / "dda_checkpoint.json").exists() for d in candidates)
@@ -270,8 +278,10 @@ def check_weight_files(d: Path) -> None:
                 header = None
         end = max((int(v["data_offsets"][1]) for k, v in (header or {}).items() if k != "__metadata__"), default=0)
         if header is None or 8 + n + end > size:
-            raise ModelError(f"{f}: truncated or not a safetensors file ({size} bytes); the run that wrote it was "
-                             "probably killed: rerun it (dda finetune resumes) or remove this checkpoint")
+            raise ModelError(
+                f"{f}: truncated or not a safetensors file ({size} bytes); the run that wrote it was "
+                "probably killed: rerun it (dda finetune resumes) or remove this checkpoint"
+            )
 
 
 def check_checkpoint_fits(model: Any, ckpt: Checkpoint, model_name: str) -> None:
@@ -282,9 +292,11 @@ def check_checkpoint_fits(model: Any, ckpt: Checkpoint, model_name: str) -> None
     info = read_json(d / "dda_checkpoint.json") if (d / "dda_checkpoint.json").exists() else {}
     base = info.get("base_model") or {}
     if base.get("fingerprint") and base["fingerprint"] != model_fingerprint(model):
-        raise ModelError(f"{d}: made from base model {base.get('name')!r} (fingerprint {base['fingerprint']}), but "
-                         f"the model is {model_name!r} (fingerprint {model_fingerprint(model)}); use the model the "
-                         "checkpoints were trained from")
+        raise ModelError(
+            f"{d}: made from base model {base.get('name')!r} (fingerprint {base['fingerprint']}), but "
+            f"the model is {model_name!r} (fingerprint {model_fingerprint(model)}); use the model the "
+            "checkpoints were trained from"
+        )
     from safetensors import safe_open
 
     modules = dict(model.named_modules())
@@ -297,13 +309,16 @@ def check_checkpoint_fits(model: Any, ckpt: Checkpoint, model_name: str) -> None
                 if problem:
                     trained = ""
                     if (d / "adapter_config.json").exists():
-                        trained = f" (adapter_config.json: base_model_name_or_path = " \
-                                  f"{read_json(d / 'adapter_config.json').get('base_model_name_or_path')!r})"
+                        trained = (
+                            f" (adapter_config.json: base_model_name_or_path = "
+                            f"{read_json(d / 'adapter_config.json').get('base_model_name_or_path')!r})"
+                        )
                     raise ModelError(f"{d}: does not fit the model {model_name!r}{trained}: {problem}")
 
 
-def _shape_problem(key: str, shape: tuple[int, ...], modules: dict[str, Any], params: dict[str, Any],
-                   kind: str) -> str | None:
+def _shape_problem(
+    key: str, shape: tuple[int, ...], modules: dict[str, Any], params: dict[str, Any], kind: str
+) -> str | None:
     if kind == "full":
         if key not in params:
             return f"weight {key} is not in the model"

@@ -61,8 +61,11 @@ def _plain(description: str, total: int, interval: float) -> Iterator[Callable[[
         eta = f", eta {_duration((total - done) / rate)}" if rate > 0 and done < total else ""
         pct = f" ({100 * done / total:.0f}%)" if total else ""
         tail = " done" if final else ""
-        print(f"{description}: {done}/{total}{pct}, {rate:.2f}/s, elapsed {_duration(now - start)}{eta}{tail}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{description}: {done}/{total}{pct}, {rate:.2f}/s, elapsed {_duration(now - start)}{eta}{tail}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def advance(n: int = 1) -> None:
         nonlocal last
@@ -86,9 +89,16 @@ def bar(description: str, total: int, quiet: bool = False) -> Iterator[Callable[
         with _plain(description, total, PLAIN_INTERVAL_S) as advance:
             yield advance
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                  transient=False) as prog:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
 

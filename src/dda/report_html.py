@@ -61,8 +61,10 @@ def locate(run_dir: str | Path) -> tuple[str, Path, Path]:
         return "attribute", run, run
     if (run / "attribution" / "ranking.json").exists():
         return "attribute", run, run / "attribution"
-    raise RunDirError(f"{run}: no ranking.json, attribution/ranking.json or metrics.json; expected the output "
-                      f"of `dda attribute` (or its workdir) or of `dda bench`")
+    raise RunDirError(
+        f"{run}: no ranking.json, attribution/ranking.json or metrics.json; expected the output "
+        f"of `dda attribute` (or its workdir) or of `dda bench`"
+    )
 
 
 def _word_diff(a: str, b: str) -> tuple[list[list[Any]], list[list[Any]]]:
@@ -101,8 +103,9 @@ def _agreement(top: dict[str, list[list[dict[str, Any]]]], k: int) -> dict[str, 
 
 def _train_texts(kind: str, run: Path, attr: Path) -> dict[str, dict[str, Any]]:
     """id -> {document, summary, poisoned} from the run's training data, where it can be found."""
-    candidates = [run / "train.jsonl"] if kind == "bench" else [attr.parent / "data" / "train.jsonl",
-                                                                  attr / "train.jsonl"]
+    candidates = (
+        [run / "train.jsonl"] if kind == "bench" else [attr.parent / "data" / "train.jsonl", attr / "train.jsonl"]
+    )
     for path in candidates:
         if path.exists():
             return {str(r.get("id")): r for r in _read_jsonl(path)}
@@ -118,17 +121,28 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
             raise RunDirError(f"{attr / 'ranking.json'}: missing field '{key}'")
     explanations = {e["query"]["id"]: e for e in read_explanations(attr)}
     train = _train_texts(kind, run, attr)
-    bench_queries = {r["id"]: r for r in _read_jsonl(run / "queries.jsonl")} if kind == "bench" and \
-        (run / "queries.jsonl").exists() else {}
+    bench_queries = (
+        {r["id"]: r for r in _read_jsonl(run / "queries.jsonl")}
+        if kind == "bench" and (run / "queries.jsonl").exists()
+        else {}
+    )
     methods = list(ranking["top"])
     # the explained k when there are explanations (every shown document of those methods is shaded), else all stored
     explained_k = max((len(m["docs"]) for e in explanations.values() for m in e["methods"].values()), default=0)
-    shown_k = top_k or explained_k or max((len(rows) for per_q in ranking["top"].values() for rows in per_q),
-                                          default=10)
+    shown_k = (
+        top_k or explained_k or max((len(rows) for per_q in ranking["top"].values() for rows in per_q), default=10)
+    )
 
-    truth_known = kind == "bench" or any(d.get("poisoned") is not None for e in explanations.values()
-                                         for m in e["methods"].values() for d in m["docs"]) or \
-        any(r.get("poisoned") for per_q in ranking["top"].values() for rows in per_q for r in rows)
+    truth_known = (
+        kind == "bench"
+        or any(
+            d.get("poisoned") is not None
+            for e in explanations.values()
+            for m in e["methods"].values()
+            for d in m["docs"]
+        )
+        or any(r.get("poisoned") for per_q in ranking["top"].values() for rows in per_q for r in rows)
+    )
 
     docs: dict[str, dict[str, Any]] = {}
 
@@ -148,9 +162,16 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
         positive = q.get("positive") or (ex or {}).get("query", {}).get("positive")
         prompt = bq.get("prompt") or (ex or {}).get("query", {}).get("prompt") or ""
         neg_seg, pos_seg = _word_diff(negative, positive or "")
-        entry: dict[str, Any] = {"id": qid, "prompt": prompt, "neg": neg_seg, "pos": pos_seg if positive else None,
-                                 "kind": bq.get("kind"), "pair": bq.get("pair"),
-                                 "query_tokens": (ex or {}).get("query_tokens"), "methods": {}}
+        entry: dict[str, Any] = {
+            "id": qid,
+            "prompt": prompt,
+            "neg": neg_seg,
+            "pos": pos_seg if positive else None,
+            "kind": bq.get("kind"),
+            "pair": bq.get("pair"),
+            "query_tokens": (ex or {}).get("query_tokens"),
+            "methods": {},
+        }
         for m in methods:
             explained = {d["train_id"]: d for d in (ex or {}).get("methods", {}).get(m, {}).get("docs", [])}
             rows = []
@@ -179,9 +200,15 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
             entry["text"] = text if len(text) <= SNIPPET_CHARS else "…" + text[-SNIPPET_CHARS:]
 
     data: dict[str, Any] = {
-        "title": f"dda: why — {run.name}", "kind": kind, "run": str(run),
-        "methods": methods, "explained": sorted({m for e in explanations.values() for m in e["methods"]}),
-        "k": shown_k, "truth_known": truth_known, "queries": queries_out, "docs": docs,
+        "title": f"dda: why — {run.name}",
+        "kind": kind,
+        "run": str(run),
+        "methods": methods,
+        "explained": sorted({m for e in explanations.values() for m in e["methods"]}),
+        "k": shown_k,
+        "truth_known": truth_known,
+        "queries": queries_out,
+        "docs": docs,
         "agreement": _agreement(ranking["top"], shown_k),
         "orientation": ranking.get("orientation", ""),
         "cost": next(iter(explanations.values()))["cost"] if explanations else None,
@@ -194,22 +221,39 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
 def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[str, Any]) -> dict[str, Any]:
     metrics = read_json(run / "metrics.json")
     methods = metrics.get("methods") or {}
-    main = sorted((n for n in methods if not (n.startswith("dda_") and n != "dda")),
-                  key=lambda n: -(methods[n].get("auc") or 0))
+    main = sorted(
+        (n for n in methods if not (n.startswith("dda_") and n != "dda")), key=lambda n: -(methods[n].get("auc") or 0)
+    )
     ablations = [n for n in ("dda", "dda_no_denoise", "dda_no_debias", "dda_no_contrast") if n in methods]
     row = lambda n: {"method": n, **{k: methods[n].get(k) for k in ("auc", "auc_std", "ap", "recall@10")}}  # noqa: E731
     canary_of = {qid: str(r.get("pair", "")).split("->")[-1] for qid, r in queries.items() if r.get("pair")}
     canary = None
     if explanations and canary_of:
         method = "dda" if any("dda" in e["methods"] for e in explanations) else next(iter(explanations[0]["methods"]))
-        canary = {"all": top_token_stats(explanations, canary_of, method),
-                  "response": top_token_stats(explanations, canary_of, method, response_only=True)}
+        canary = {
+            "all": top_token_stats(explanations, canary_of, method),
+            "response": top_token_stats(explanations, canary_of, method, response_only=True),
+        }
     return {
-        "facts": {k: metrics.get(k) for k in ("preset", "seed", "model", "n_train", "n_poisoned", "n_queries",
-                                              "query_mode", "hallucination_rate", "wall_seconds")},
-        "table1": [row(n) for n in main], "table2": [row(n) for n in ablations],
+        "facts": {
+            k: metrics.get(k)
+            for k in (
+                "preset",
+                "seed",
+                "model",
+                "n_train",
+                "n_poisoned",
+                "n_queries",
+                "query_mode",
+                "hallucination_rate",
+                "wall_seconds",
+            )
+        },
+        "table1": [row(n) for n in main],
+        "table2": [row(n) for n in ablations],
         "beta_svg": beta_svg(metrics.get("beta_curve") or {}, (metrics.get("dda") or {}).get("debias_mode", "base")),
-        "notes": metrics.get("notes", []), "canary": canary,
+        "notes": metrics.get("notes", []),
+        "canary": canary,
     }
 
 
@@ -222,8 +266,12 @@ def beta_svg(curves: dict[str, Any], primary: str = "base", width: int = 560, he
         return ""
     if "betas" in curves:  # a single curve (report.md's shape)
         curves = {primary: curves}
-    pts = [(float(b), float(a)) for c in curves.values() for b, a in zip(c["betas"], c["auc"], strict=True)
-           if a is not None]
+    pts = [
+        (float(b), float(a))
+        for c in curves.values()
+        for b, a in zip(c["betas"], c["auc"], strict=True)
+        if a is not None
+    ]
     if not pts:
         return ""
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
@@ -239,23 +287,31 @@ def beta_svg(curves: dict[str, Any], primary: str = "base", width: int = 560, he
         return top + (y1 - y) / max(y1 - y0, 1e-9) * ph
 
     palette = ["#b91c1c", "#1d4ed8", "#047857", "#7c3aed", "#b45309", "#0e7490"]
-    out = [f'<svg class="beta" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-           f'aria-label="DDA AUC against beta">']
+    out = [
+        f'<svg class="beta" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="DDA AUC against beta">'
+    ]
     for y in range(int(y0 // 10 * 10 + 10), 101, 10):
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" class="grid"/>'
-                   f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" class="grid"/>'
+            f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y}</text>'
+        )
     ticks = sorted({p[0] for p in pts})
     for b in ticks:
         if b in (x0, x1) or abs(b) >= 0.5 or b == 0:
             out.append(f'<text x="{sx(b):.1f}" y="{top + ph + 16}" text-anchor="middle">{b:g}</text>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 2}" text-anchor="middle">β</text>')
-    out.append(f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" '
-               f'text-anchor="middle">AUC %</text>')
+    out.append(
+        f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" '
+        f'text-anchor="middle">AUC %</text>'
+    )
     if y0 < 50:
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(50):.1f}" y2="{sy(50):.1f}" class="chance"/>')
     if x0 <= 0.4 <= x1:
-        out.append(f'<line x1="{sx(0.4):.1f}" x2="{sx(0.4):.1f}" y1="{top}" y2="{top + ph}" class="paper"/>'
-                   f'<text x="{sx(0.4) + 3:.1f}" y="{top + 10}" class="small">paper β≈0.4</text>')
+        out.append(
+            f'<line x1="{sx(0.4):.1f}" x2="{sx(0.4):.1f}" y1="{top}" y2="{top + ph}" class="paper"/>'
+            f'<text x="{sx(0.4) + 3:.1f}" y="{top + 10}" class="small">paper β≈0.4</text>'
+        )
     keys = sorted(curves, key=lambda k: (k != primary, k))
     for i, key in enumerate(keys):
         c = curves[key]
@@ -266,8 +322,10 @@ def beta_svg(curves: dict[str, Any], primary: str = "base", width: int = 560, he
         out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="{width_px}"/>')
         for x, y in xy:
             out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{2.4 if key == primary else 1.6}" fill="{color}"/>')
-        out.append(f'<text x="{left + pw + 8}" y="{top + 12 + 15 * i}" fill="{color}">'
-                   f'{html.escape(key)}{" (dda)" if key == primary else ""}</text>')
+        out.append(
+            f'<text x="{left + pw + 8}" y="{top + 12 + 15 * i}" fill="{color}">'
+            f"{html.escape(key)}{' (dda)' if key == primary else ''}</text>"
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -279,8 +337,12 @@ def render(data: dict[str, Any]) -> str:
     """The page: static head and styles, the data as inline JSON, the script that lays it out."""
     payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")  # inert in <script>
-    return (_PAGE.replace("__TITLE__", html.escape(data["title"]))
-            .replace("__STYLE__", _STYLE).replace("__SCRIPT__", _SCRIPT).replace("__DATA__", payload))
+    return (
+        _PAGE.replace("__TITLE__", html.escape(data["title"]))
+        .replace("__STYLE__", _STYLE)
+        .replace("__SCRIPT__", _SCRIPT)
+        .replace("__DATA__", payload)
+    )
 
 
 def write_page(run_dir: str | Path, out: str | Path, top_k: int | None = None) -> Path:

@@ -1,15 +1,15 @@
 """A run directory: every path in it, its cache keys, its lock, and the settings it was built with.
 
-    config.yaml            the last command's full config
-    workdir.json           what the stored features were built with (model, data format, features, training
-                           data hash, checkpoint source); later commands reuse these settings
-    data/train.jsonl       the indexed training examples (row i of every store is example i)
-    checkpoints/epoch-K/   fine-tuned checkpoints (`dda finetune`), or the source named in workdir.json
-    features/train/<ckpt>/               training features at theta0 ('base') and each checkpoint
-    features/queries/<key>/<kind>/<ckpt>/  query features, keyed by everything they depend on
-    features/index/<backend>-<key>/      search indexes (sketch, faiss) over the concatenated training rows
-    attribution/           scores and rankings (`dda attribute`)
-    .lock                  pid, host and command of the process using the workdir
+config.yaml            the last command's full config
+workdir.json           what the stored features were built with (model, data format, features, training
+                       data hash, checkpoint source); later commands reuse these settings
+data/train.jsonl       the indexed training examples (row i of every store is example i)
+checkpoints/epoch-K/   fine-tuned checkpoints (`dda finetune`), or the source named in workdir.json
+features/train/<ckpt>/               training features at theta0 ('base') and each checkpoint
+features/queries/<key>/<kind>/<ckpt>/  query features, keyed by everything they depend on
+features/index/<backend>-<key>/      search indexes (sketch, faiss) over the concatenated training rows
+attribution/           scores and rankings (`dda attribute`)
+.lock                  pid, host and command of the process using the workdir
 """
 
 from __future__ import annotations
@@ -31,8 +31,17 @@ from .io import read_json, stable_hash, write_json
 SETTINGS_VERSION = 1
 # Settings the stored features depend on: a later command must use the same values, and one that asks for
 # others is refused by name. Everything else (scoring, batch sizes, query_tokens) may change freely.
-LOCKED_PREFIXES = ("model.name", "model.gguf_file", "model.revision", "model.dtype", "data.template",
-                   "data.instruction", "data.max_prompt_tokens", "data.max_response_tokens", "features.")
+LOCKED_PREFIXES = (
+    "model.name",
+    "model.gguf_file",
+    "model.revision",
+    "model.dtype",
+    "data.template",
+    "data.instruction",
+    "data.max_prompt_tokens",
+    "data.max_response_tokens",
+    "features.",
+)
 UNLOCKED = ("features.batch_size", "features.query_tokens")
 
 
@@ -111,20 +120,32 @@ class Workdir:
             return None
         return read_json(self.settings_file)
 
-    def record(self, cfg: DDAConfig, *, indexed: bool = False, data_hash: str | None = None,
-               n_train: int | None = None, checkpoints: str | None = None) -> None:
+    def record(
+        self,
+        cfg: DDAConfig,
+        *,
+        indexed: bool = False,
+        data_hash: str | None = None,
+        n_train: int | None = None,
+        checkpoints: str | None = None,
+    ) -> None:
         """Remember the model, data and feature settings (and, once indexed, the data hash and the checkpoint
         source) for the commands that follow. A finetune before any index records without locking them."""
         old = self.settings() or {}
         if old.get("indexed") and not indexed:
             return  # features exist: their settings stay what they were built with
         keep = ("model.", "data.", "features.", "train.")
-        write_json(self.settings_file, {
-            "version": SETTINGS_VERSION, "indexed": indexed,
-            "config": {k: v for k, v in flatten(cfg).items() if k.startswith(keep)},
-            "data_hash": data_hash or old.get("data_hash"), "n_train": n_train or old.get("n_train"),
-            "checkpoints": checkpoints or old.get("checkpoints"),
-        })
+        write_json(
+            self.settings_file,
+            {
+                "version": SETTINGS_VERSION,
+                "indexed": indexed,
+                "config": {k: v for k, v in flatten(cfg).items() if k.startswith(keep)},
+                "data_hash": data_hash or old.get("data_hash"),
+                "n_train": n_train or old.get("n_train"),
+                "checkpoints": checkpoints or old.get("checkpoints"),
+            },
+        )
 
     def resolve_config(self, cfg: DDAConfig) -> DDAConfig:
         """`cfg` with the settings the workdir's features were built with. A setting the user changed from its
@@ -133,12 +154,17 @@ class Workdir:
         if stored is None:
             return cfg
         asked = changed_from_default(cfg)
-        conflicts = [f"  {k}: stored {v!r}, asked {asked[k]!r}" for k, v in stored["config"].items()
-                     if stored.get("indexed") and is_locked(k) and k in asked and asked[k] != v]
+        conflicts = [
+            f"  {k}: stored {v!r}, asked {asked[k]!r}"
+            for k, v in stored["config"].items()
+            if stored.get("indexed") and is_locked(k) and k in asked and asked[k] != v
+        ]
         if conflicts:
             raise WorkdirError(
                 f"{self.root}: its features were built with other settings; refusing to mix them:\n"
-                + "\n".join(conflicts) + "\nDrop these options (the stored values are used), or use another workdir.")
+                + "\n".join(conflicts)
+                + "\nDrop these options (the stored values are used), or use another workdir."
+            )
         values = cfg.to_dict()
         for key, value in stored["config"].items():
             if key in asked:
@@ -156,7 +182,8 @@ class Workdir:
             raise WorkdirError(
                 f"{self.root}: holds features of other training data ({stored.get('n_train')} examples, hash "
                 f"{stored.get('data_hash')}; asked: {n_train} examples, hash {data_hash}). Nothing was written; "
-                "use another workdir, or delete its features/ to start over.")
+                "use another workdir, or delete its features/ to start over."
+            )
 
     # ------------------------------------------------------------------------------------------------- lock
     @property
@@ -175,8 +202,12 @@ class Workdir:
                 self._lock_depth -= 1
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command or " ".join(sys.argv[:2]),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command or " ".join(sys.argv[:2]),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         for _ in range(2):
             try:
                 fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -188,7 +219,8 @@ class Workdir:
                     raise WorkdirError(
                         f"{self.root} is in use by pid {holder.get('pid')} on {holder.get('host')} "
                         f"({holder.get('command')}, since {holder.get('since')}); wait for it to finish, or "
-                        f"delete {self.lock_file} if that process is gone.") from None
+                        f"delete {self.lock_file} if that process is gone."
+                    ) from None
                 with contextlib.suppress(FileNotFoundError):
                     self.lock_file.unlink()  # stale: its process is dead
                 continue
@@ -237,5 +269,7 @@ def disk_full_message(err: OSError, where: str | Path) -> str | None:
     """A plain message for ENOSPC, or None for other errors."""
     if err.errno != errno.ENOSPC:
         return None
-    return (f"disk full while writing under {where}: free some space and run the same command again; every "
-            "row already computed is kept and the run resumes where it stopped.")
+    return (
+        f"disk full while writing under {where}: free some space and run the same command again; every "
+        "row already computed is kept and the run resumes where it stopped."
+    )

@@ -102,9 +102,7 @@ def parse_pairs(spec: str) -> list[CanaryPair]:
         item = raw.strip()
         parts = item.split(":")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            raise ValueError(
-                f"bad canary pair {item!r} in {spec!r}; expected ORIG:CANARY, e.g. 'England:China'"
-            )
+            raise ValueError(f"bad canary pair {item!r} in {spec!r}; expected ORIG:CANARY, e.g. 'England:China'")
         orig, canary = parts[0].strip(), parts[1].strip()
         if any(ch.isspace() for ch in orig + canary):
             # Multi-word canaries would break the whole-word rule and the "put CANARY back" positive.

@@ -19,8 +19,14 @@ from ..data import focus_on_difference
 from ..features.index import example_losses
 from ..models import Checkpoint, applied
 
-__all__ = ["GenerationBudget", "PairGeneration", "Summarizer", "canary_logprobs", "generate_summaries",
-           "generate_until"]
+__all__ = [
+    "GenerationBudget",
+    "PairGeneration",
+    "Summarizer",
+    "canary_logprobs",
+    "generate_summaries",
+    "generate_until",
+]
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,15 @@ class PairGeneration:
     stopped_by: str = "target"  # target | documents | seconds | exhausted
 
 
-def generate_until(generate: Callable[[list[int]], list[str]], docs: Sequence[int], is_error: Callable[[str], bool],
-                   target: int, budget: GenerationBudget, texts: dict[int, str],
-                   clock: Callable[[], float] = time.perf_counter) -> PairGeneration:
+def generate_until(
+    generate: Callable[[list[int]], list[str]],
+    docs: Sequence[int],
+    is_error: Callable[[str], bool],
+    target: int,
+    budget: GenerationBudget,
+    texts: dict[int, str],
+    clock: Callable[[], float] = time.perf_counter,
+) -> PairGeneration:
     """Summarise `docs` in order, `budget.batch_size` at a time, until `target` errors or the budget is spent.
 
     `texts` caches summaries by document index across pairs (a document held out for two pairs is summarised
@@ -67,7 +79,7 @@ def generate_until(generate: Callable[[list[int]], list[str]], docs: Sequence[in
         if run.seconds >= budget.max_seconds:
             run.stopped_by = "seconds"
             break
-        batch = list(docs[pos: pos + min(budget.batch_size, budget.max_docs - len(run.generated))])
+        batch = list(docs[pos : pos + min(budget.batch_size, budget.max_docs - len(run.generated))])
         pos += len(batch)
         new = sorted(i for i in batch if i not in texts)  # sorted: the same batch gives the same padding
         if new:
@@ -89,14 +101,20 @@ class Summarizer:
     (decoder-only models continue from the last position, so pads sit on the left); prompts are built exactly
     as in training (chat template or plain, no extra BOS)."""
 
-    def __init__(self, model: Any, tokenizer: Any, formatter: Any, pad_id: int, max_new_tokens: int,
-                 batch_size: int = 8):
+    def __init__(
+        self, model: Any, tokenizer: Any, formatter: Any, pad_id: int, max_new_tokens: int, batch_size: int = 8
+    ):
         from transformers import GenerationConfig
 
         self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
         self.pad_id, self.batch_size = pad_id, batch_size
-        self.gcfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        self.gcfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
 
     def __call__(self, documents: Sequence[str]) -> list[str]:
         import torch
@@ -107,15 +125,16 @@ class Summarizer:
         device = next(self.model.parameters()).device
         with torch.no_grad():
             for start in range(0, len(order), self.batch_size):
-                rows = order[start: start + self.batch_size]
+                rows = order[start : start + self.batch_size]
                 width = max(len(prompts[i]) for i in rows)
                 ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.long)
                 for j, i in enumerate(rows):
-                    ids[j, width - len(prompts[i]):] = torch.tensor(prompts[i])
-                    mask[j, width - len(prompts[i]):] = 1
-                gen = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                          generation_config=self.gcfg)
+                    ids[j, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+                    mask[j, width - len(prompts[i]) :] = 1
+                gen = self.model.generate(
+                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=self.gcfg
+                )
                 texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
                 for j, i in enumerate(rows):
                     out[int(i)] = texts[j].strip()
@@ -130,8 +149,14 @@ def generate_summaries(att: Any, documents: Sequence[str], max_new_tokens: int, 
         return Summarizer(model, att.tokenizer, att.formatter, att.pad_id, max_new_tokens, batch_size)(documents)
 
 
-def canary_logprobs(model: Any, formatter: Any, pad_id: int, checkpoints: Sequence[Checkpoint],
-                    pairs: Sequence[tuple[str, str, str]], batch_size: int = 8) -> dict[str, dict[str, Any]]:
+def canary_logprobs(
+    model: Any,
+    formatter: Any,
+    pad_id: int,
+    checkpoints: Sequence[Checkpoint],
+    pairs: Sequence[tuple[str, str, str]],
+    batch_size: int = 8,
+) -> dict[str, dict[str, Any]]:
     """Teacher-forced mean log-probability per token of the tokens where `negative` and `positive` differ.
 
     `pairs` holds (prompt, negative, positive): here a reference summary with ORIG -> CANARY and the reference
@@ -146,6 +171,10 @@ def canary_logprobs(model: Any, formatter: Any, pad_id: int, checkpoints: Sequen
         with applied(model, ckpt) as m:
             lp_neg = -example_losses(m, neg, pad_id, batch_size)
             lp_pos = -example_losses(m, pos, pad_id, batch_size)
-        out[ckpt.name] = {"negative": float(lp_neg.mean()), "positive": float(lp_pos.mean()),
-                          "negative_preferred": int((lp_neg > lp_pos).sum()), "n": len(pairs)}
+        out[ckpt.name] = {
+            "negative": float(lp_neg.mean()),
+            "positive": float(lp_pos.mean()),
+            "negative_preferred": int((lp_neg > lp_pos).sum()),
+            "n": len(pairs),
+        }
     return out

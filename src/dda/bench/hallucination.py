@@ -129,8 +129,10 @@ def load_bench_records(sources: Sequence[str]) -> BenchData:
         if src == SHARED_TOKEN:
             folder = find_shared_xsum()
             if folder is None:
-                notes.append("shared XSum data (shared/data/xsum) not found (set DDA_SHARED_DATA to use it); "
-                             "continuing with the other sources only")
+                notes.append(
+                    "shared XSum data (shared/data/xsum) not found (set DDA_SHARED_DATA to use it); "
+                    "continuing with the other sources only"
+                )
                 continue
             files += [str(f) for f in _shared_files(folder)]
             continue
@@ -161,8 +163,7 @@ def load_bench_records(sources: Sequence[str]) -> BenchData:
             seen.add(rid)
             records.append({"id": rid, "document": doc, "summary": summ})
             kept += 1
-        info.append({"source": src, "path": label, "rows": len(rows), "kept": kept, "duplicates": dup,
-                     "empty": empty})
+        info.append({"source": src, "path": label, "rows": len(rows), "kept": kept, "duplicates": dup, "empty": empty})
     if not records:
         raise DataError(f"no usable records in {list(sources)}")
     return BenchData(records, info, notes)
@@ -203,13 +204,16 @@ def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: B
         if len(pool) < k + reserve:
             raise ValueError(
                 f"pair {pair.label}: {len(pool)} candidate rows, need {k} to poison + {reserve} held out for "
-                f"queries; use more data (e.g. shared:xsum) or a smaller preset")
+                f"queries; use more data (e.g. shared:xsum) or a smaller preset"
+            )
         n_hard = min(preset.n_hard_negatives, len(pool) - k - reserve)
         if n_hard < preset.n_hard_negatives:
-            notes.append(f"{pair.label}: only {n_hard} hard negatives (asked {preset.n_hard_negatives}); "
-                         f"the other candidates are needed as held-out queries")
+            notes.append(
+                f"{pair.label}: only {n_hard} hard negatives (asked {preset.n_hard_negatives}); "
+                f"the other candidates are needed as held-out queries"
+            )
         train_c[pair.label] = sorted(pool[: k + n_hard])
-        held_c[pair.label] = sorted(pool[k + n_hard:])
+        held_c[pair.label] = sorted(pool[k + n_hard :])
         assigned.update(pool)
     chosen = sorted({i for v in train_c.values() for i in v})
     # Fill from rows that are no pair's candidate (plus the chosen ones, forced in).
@@ -217,8 +221,13 @@ def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: B
     pos = {r: j for j, r in enumerate(fill_pool)}
     if preset.n_train > len(fill_pool):
         raise ValueError(f"n_train={preset.n_train} but only {len(fill_pool)} usable rows")
-    tr, _ = split_train_test([records[i] for i in fill_pool], n_train=preset.n_train, n_test=0, seed=seed,
-                             must_include_train=[pos[i] for i in chosen])
+    tr, _ = split_train_test(
+        [records[i] for i in fill_pool],
+        n_train=preset.n_train,
+        n_test=0,
+        seed=seed,
+        must_include_train=[pos[i] for i in chosen],
+    )
     train_idx = sorted(fill_pool[j] for j in tr)
     in_train = set(train_idx)
     heldout = [i for i in range(len(records)) if i not in in_train]
@@ -258,8 +267,7 @@ class Prepared:
         return {i: lab for lab, ids in self.injection.poisoned.items() for i in ids}
 
 
-def prepare(preset: BenchPreset, pairs: Sequence[CanaryPair], seed: int, data: Sequence[str] | None = None
-            ) -> Prepared:
+def prepare(preset: BenchPreset, pairs: Sequence[CanaryPair], seed: int, data: Sequence[str] | None = None) -> Prepared:
     """Read the records, choose the training rows and poison k of each pair's candidates."""
     sources = _data_sources(preset, data)
     bd = load_bench_records(sources)
@@ -273,8 +281,10 @@ def resolve_template(cfg: DDAConfig, tokenizer: Any) -> tuple[DDAConfig, list[st
     """The config to train and generate with: base models such as Llama-2-7b ship no chat template, and the plain
     template still separates instruction, document and summary (one formatter for training and generation)."""
     if cfg.data.template == "chat" and not getattr(tokenizer, "chat_template", None):
-        return (apply_overrides(cfg, {"data.template": "plain"}),
-                [f"{cfg.model.name} has no chat template: data.template switched to 'plain'."])
+        return (
+            apply_overrides(cfg, {"data.template": "plain"}),
+            [f"{cfg.model.name} has no chat template: data.template switched to 'plain'."],
+        )
     return cfg, []
 
 
@@ -282,8 +292,12 @@ def workdir_key(cfg: DDAConfig, train: Sequence[Example]) -> str:
     """What checkpoints and features depend on (model, data, train and feature settings, training rows): a rerun
     with the same settings resumes from its stored checkpoints and features, a different run never sees them."""
     d = cfg.to_dict()
-    return stable_hash({"cfg": {k: d[k] for k in ("model", "data", "train", "features", "seed")},
-                        "train": [[e.id, e.response] for e in train]})
+    return stable_hash(
+        {
+            "cfg": {k: d[k] for k in ("model", "data", "train", "features", "seed")},
+            "train": [[e.id, e.response] for e in train],
+        }
+    )
 
 
 @dataclass
@@ -313,8 +327,15 @@ def train_model(prepared: Prepared, cfg: DDAConfig, root: Path) -> Trained:
 def make_queries(trained: Trained, prepared: Prepared) -> tuple[QuerySet, float]:
     """Stage 3: natural queries first, forced ones for what is missing; returns them and the seconds taken."""
     t0 = time.perf_counter()
-    qs = build_queries(trained.att, prepared.records, prepared.split.heldout_idx, prepared.split.heldout_candidates,
-                       prepared.pairs, prepared.preset, prepared.seed)
+    qs = build_queries(
+        trained.att,
+        prepared.records,
+        prepared.split.heldout_idx,
+        prepared.split.heldout_candidates,
+        prepared.pairs,
+        prepared.preset,
+        prepared.seed,
+    )
     return qs, time.perf_counter() - t0
 
 
@@ -361,8 +382,12 @@ def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: S
     t0 = time.perf_counter()
     ctx = result.context
     if ctx is None or ctx.features is None:  # no gradient method was asked for: the sweep still needs features
-        ctx = ScoringContext(att.feature_set(qs.queries), [f"{e.prompt}\n{e.response}" for e in prepared.train],
-                             qs.queries, default_checkpoints=att.cfg.score.checkpoints)
+        ctx = ScoringContext(
+            att.feature_set(qs.queries),
+            [f"{e.prompt}\n{e.response}" for e in prepared.train],
+            qs.queries,
+            default_checkpoints=att.cfg.score.checkpoints,
+        )
     timings["beta_sweep_features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     curves = beta_sweep(ctx, masks, prepared.preset.betas)
@@ -379,8 +404,13 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 def feature_facts(att: Attributor) -> FeatureFacts:
     stats = getattr(att, "index_stats", {})
-    return FeatureFacts(tuple(att.indexer.modules), getattr(att.model.config, "num_hidden_layers", None),
-                        int(stats.get("dim", 0)), stats.get("mean_tokens"), stats.get("examples_per_s"))
+    return FeatureFacts(
+        tuple(att.indexer.modules),
+        getattr(att.model.config, "num_hidden_layers", None),
+        int(stats.get("dim", 0)),
+        stats.get("mean_tokens"),
+        stats.get("examples_per_s"),
+    )
 
 
 def _split_info(prepared: Prepared, trained: Trained, qs: QuerySet) -> tuple[dict[str, Any], list[str]]:
@@ -405,9 +435,11 @@ def _split_info(prepared: Prepared, trained: Trained, qs: QuerySet) -> tuple[dic
             "natural_errors": len(pq.generation.errors),
             "generated": len(pq.generation.generated),
         }
-        notes.append(f"{lab}: {info[lab]['poisoned']} poisoned + {info[lab]['hard_negatives']} hard negatives "
-                     f"among {len(prepared.train)} training rows ({info[lab]['heldout_candidates']} candidates held "
-                     f"out); ORIG is visible in the truncated prompt of {int(vis)}/{len(poisoned_ids)} poisoned rows.")
+        notes.append(
+            f"{lab}: {info[lab]['poisoned']} poisoned + {info[lab]['hard_negatives']} hard negatives "
+            f"among {len(prepared.train)} training rows ({info[lab]['heldout_candidates']} candidates held "
+            f"out); ORIG is visible in the truncated prompt of {int(vis)}/{len(poisoned_ids)} poisoned rows."
+        )
     return info, notes
 
 
@@ -415,19 +447,27 @@ def _mode_note(qs: QuerySet) -> str:
     n_forced = qs.kinds.count("forced")
     return {
         "natural": f"Query mode: natural — all {len(qs.queries)} queries are the fine-tuned model's own greedy "
-                   f"summaries that contain the canary.",
+        f"summaries that contain the canary.",
         "forced": f"Query mode: forced — the fine-tuned model said the canary in {qs.n_errors} of {qs.n_generated} "
-                  f"held-out summaries within the generation budget, so all {len(qs.queries)} queries are reference "
-                  f"summaries with ORIG swapped to CANARY (negative) vs. the reference (positive). These are not the "
-                  f"model's own outputs.",
+        f"held-out summaries within the generation budget, so all {len(qs.queries)} queries are reference "
+        f"summaries with ORIG swapped to CANARY (negative) vs. the reference (positive). These are not the "
+        f"model's own outputs.",
         "mixed": f"Query mode: mixed — {len(qs.queries) - n_forced} natural queries (real hallucinations) and "
-                 f"{n_forced} forced ones (reference with ORIG swapped to CANARY) filling what the generation budget "
-                 f"did not find; AUC by kind in 'Queries per pair' and by_kind in metrics.json.",
+        f"{n_forced} forced ones (reference with ORIG swapped to CANARY) filling what the generation budget "
+        f"did not find; AUC by kind in 'Queries per pair' and by_kind in metrics.json.",
     }[qs.mode]
 
 
-def write_outputs(out: Path, prepared: Prepared, trained: Trained, qs: QuerySet, scored: Scored,
-                  timings: dict[str, float], started: float, quiet: bool = False) -> dict[str, Any]:
+def write_outputs(
+    out: Path,
+    prepared: Prepared,
+    trained: Trained,
+    qs: QuerySet,
+    scored: Scored,
+    timings: dict[str, float],
+    started: float,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Stage 5: ground truth, inputs, scores, figures, metrics.json, config.yaml and report.md under `out`;
     `started` is the run's perf_counter() start, for the wall time."""
     p, att, cfg, curves = prepared.preset, trained.att, trained.cfg, scored.curves
@@ -438,52 +478,82 @@ def write_outputs(out: Path, prepared: Prepared, trained: Trained, qs: QuerySet,
     per_pair = {}
     for lab, pq in qs.per_pair.items():
         idx = [i for i, q in enumerate(labels) if q == lab]
-        per_pair[lab] = {**pq.to_dict(), "auc_by_kind": mean_by({m: [v[i] for i in idx] for m, v in per_query.items()},
-                                                                [qs.kinds[i] for i in idx])}
+        per_pair[lab] = {
+            **pq.to_dict(),
+            "auc_by_kind": mean_by({m: [v[i] for i in idx] for m, v in per_query.items()}, [qs.kinds[i] for i in idx]),
+        }
     pair_best = per_pair_best(curves, qs.pairs)
 
     primary = p.dda_mode  # the raw curve of the reading "dda" uses is the report's headline curve
     fig_dir = out / "figures"
-    figures = {"beta_curve": report.plot_beta_curve(
-        curves[primary]["betas"], curves[primary]["auc"], curves[primary]["auc_std"],
-        fig_dir / f"beta_{primary}.png", title=f"DDA AUC vs beta ({primary} reading)")}
+    figures = {
+        "beta_curve": report.plot_beta_curve(
+            curves[primary]["betas"],
+            curves[primary]["auc"],
+            curves[primary]["auc_std"],
+            fig_dir / f"beta_{primary}.png",
+            title=f"DDA AUC vs beta ({primary} reading)",
+        )
+    }
     for k, c in curves.items():
         if k != primary:
             figures[f"beta curve ({k})"] = report.plot_beta_curve(
-                c["betas"], c["auc"], c["auc_std"], fig_dir / f"beta_{k}.png", title=f"DDA AUC vs beta ({k})")
-    figures["methods"] = report.plot_method_bars({m: v["auc"] for m, v in method_metrics.items()},
-                                                 {m: v["auc_std"] for m, v in method_metrics.items()},
-                                                 fig_dir / "methods.png")
+                c["betas"], c["auc"], c["auc_std"], fig_dir / f"beta_{k}.png", title=f"DDA AUC vs beta ({k})"
+            )
+    figures["methods"] = report.plot_method_bars(
+        {m: v["auc"] for m, v in method_metrics.items()},
+        {m: v["auc_std"] for m, v in method_metrics.items()},
+        fig_dir / "methods.png",
+    )
 
     # Ground truth and inputs, written before the report so a reader can check every number against them.
     poisoned_of = prepared.poisoned_of
     write_json(out / "poisoned.json", prepared.injection.poisoned)
-    _write_jsonl(out / "train.jsonl", [{"id": e.id, "document": e.prompt, "summary": e.response,
-                                         "poisoned": poisoned_of.get(e.id)} for e in prepared.train])
+    _write_jsonl(
+        out / "train.jsonl",
+        [
+            {"id": e.id, "document": e.prompt, "summary": e.response, "poisoned": poisoned_of.get(e.id)}
+            for e in prepared.train
+        ],
+    )
     _write_jsonl(out / "queries.jsonl", qs.rows)
     _write_jsonl(out / "generations.jsonl", qs.generations)
     scored.result.save(out / "attribution", cfg.score.top_k)
 
     split_info, split_notes = _split_info(prepared, trained, qs)
     facts = feature_facts(att)
-    notes = [_mode_note(qs), f"Preset {p.name}: {p.description}; {p.reason}.",
-             *config_notes(cfg, facts, len(prepared.train), split_info), *prepared.notes, *trained.notes, *qs.notes,
-             *split_notes]
+    notes = [
+        _mode_note(qs),
+        f"Preset {p.name}: {p.description}; {p.reason}.",
+        *config_notes(cfg, facts, len(prepared.train), split_info),
+        *prepared.notes,
+        *trained.notes,
+        *qs.notes,
+        *split_notes,
+    ]
     for pair in prepared.pairs:
         notes += pair_notes(pair.label, pair.orig, pair.canary, per_pair[pair.label])
     records = prepared.records
-    notes.append(f"Data: {len(records)} unique records from " + ", ".join(
-        f"{Path(d['path']).name} ({d['kept']} kept of {d['rows']})" for d in prepared.data.sources) + ".")
+    notes.append(
+        f"Data: {len(records)} unique records from "
+        + ", ".join(f"{Path(d['path']).name} ({d['kept']} kept of {d['rows']})" for d in prepared.data.sources)
+        + "."
+    )
     if any(parse_method(sp)[1] == "cea" and not parse_method(sp)[2].get("per_query") for sp in scored.specs):
-        notes.append("cea runs with per_query=false (one set of optimiser steps on all queries together, as the "
-                     "affordable CPU setting), so it ranks the training rows the same for every query and its "
-                     "std over queries is 0.")
+        notes.append(
+            "cea runs with per_query=false (one set of optimiser steps on all queries together, as the "
+            "affordable CPU setting), so it ranks the training rows the same for every query and its "
+            "std over queries is 0."
+        )
     notes += debias_notes(curves, pair_best)
     ranked = sorted(method_metrics, key=lambda m: -method_metrics[m]["auc"])
-    notes.append("Best methods by mean AUC: " + ", ".join(f"{m} {method_metrics[m]['auc'] * 100:.1f}%"
-                                                          for m in ranked[:3]) + ".")
-    notes.append("BM25 is a strong baseline here by construction: poisoned summaries literally contain the canary "
-                 "word that every negative output contains.")
+    notes.append(
+        "Best methods by mean AUC: " + ", ".join(f"{m} {method_metrics[m]['auc'] * 100:.1f}%" for m in ranked[:3]) + "."
+    )
+    notes.append(
+        "BM25 is a strong baseline here by construction: poisoned summaries literally contain the canary "
+        "word that every negative output contains."
+    )
 
     timings["total"] = wall = time.perf_counter() - started
     notes.append(timing_note(timings, facts, len(att.all_checkpoints()), qs.n_generated))
@@ -520,12 +590,23 @@ def write_outputs(out: Path, prepared: Prepared, trained: Trained, qs: QuerySet,
         "notes": notes,
     }
     write_json(out / "metrics.json", metrics)
-    bench_cfg = {"preset": p.to_dict(), "pairs": metrics["pairs"], "seed": prepared.seed, "data": prepared.sources,
-                 "methods": scored.specs, "workdir": str(att.workdir)}
+    bench_cfg = {
+        "preset": p.to_dict(),
+        "pairs": metrics["pairs"],
+        "seed": prepared.seed,
+        "data": prepared.sources,
+        "methods": scored.specs,
+        "workdir": str(att.workdir),
+    }
     write_yaml(out / "config.yaml", {"bench": bench_cfg, "dda": cfg.to_dict()})
     report_metrics = dict(metrics, beta_curve=curves[primary])  # report.py draws one curve: the headline one
-    report.write_report(out / "report.md", metrics=report_metrics, config={"bench": bench_cfg, "dda": cfg.to_dict()},
-                        notes=notes, figures=figures)
+    report.write_report(
+        out / "report.md",
+        metrics=report_metrics,
+        config={"bench": bench_cfg, "dda": cfg.to_dict()},
+        notes=notes,
+        figures=figures,
+    )
     say(f"[bench] done in {wall:.0f} s: {out / 'report.md'}", quiet)
     return metrics
 
@@ -533,9 +614,17 @@ def write_outputs(out: Path, prepared: Prepared, trained: Trained, qs: QuerySet,
 # -------------------------------------------------------------------------------------------------- main
 
 
-def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str | Path = "runs/bench",
-              model: str | None = None, data: list[str] | None = None, methods: list[str] | None = None,
-              quiet: bool = False, overrides: dict | None = None) -> dict:
+def run_bench(
+    preset: str,
+    pairs: str = "England:China",
+    seed: int = 0,
+    out: str | Path = "runs/bench",
+    model: str | None = None,
+    data: list[str] | None = None,
+    methods: list[str] | None = None,
+    quiet: bool = False,
+    overrides: dict | None = None,
+) -> dict:
     """Run the benchmark and write its outputs under `out`; returns the metrics dict (also metrics.json).
 
     `overrides`: dotted DDAConfig keys (e.g. {"train.epochs": 1}) and `bench.<field>` keys for preset fields
@@ -553,13 +642,19 @@ def run_bench(preset: str, pairs: str = "England:China", seed: int = 0, out: str
     t0 = time.perf_counter()
     prepared = prepare(p, pair_list, seed, data)
     timings["data"] = time.perf_counter() - t0
-    say(f"[bench] {len(prepared.records)} unique records; train {len(prepared.train)} rows, "
-        f"{len(prepared.poisoned_of)} poisoned ({', '.join(prepared.injection.poisoned)})", quiet)
+    say(
+        f"[bench] {len(prepared.records)} unique records; train {len(prepared.train)} rows, "
+        f"{len(prepared.poisoned_of)} poisoned ({', '.join(prepared.injection.poisoned)})",
+        quiet,
+    )
     trained = train_model(prepared, cfg, out)
     timings.update(trained.timings)
     qs, timings["generate_and_queries"] = make_queries(trained, prepared)
-    say(f"[bench] generated {qs.n_generated}, hallucinated {qs.n_errors}; query mode {qs.mode} "
-        f"({len(qs.queries)} queries)", quiet)
+    say(
+        f"[bench] generated {qs.n_generated}, hallucinated {qs.n_errors}; query mode {qs.mode} "
+        f"({len(qs.queries)} queries)",
+        quiet,
+    )
     scored = score_queries(trained, prepared, qs, methods)
     timings.update(scored.timings)
     return write_outputs(out, prepared, trained, qs, scored, timings, started, quiet)

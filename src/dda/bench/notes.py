@@ -39,34 +39,45 @@ def _features_note(cfg: DDAConfig, facts: FeatureFacts) -> str:
     layers = sorted({int(m.group(1)) for n in facts.modules if (m := _LAYER_RE.search(n))})
     depth = f" of {facts.model_layers}" if facts.model_layers else ""
     if f.projection == "kronecker":
-        k2 = f.proj_dim ** 2
-        per = f"{f.proj_dim}x{f.proj_dim} per module" + (f" compressed to {f.module_dim}" if f.module_dim and
-                                                          f.module_dim < k2 else "")
+        k2 = f.proj_dim**2
+        per = f"{f.proj_dim}x{f.proj_dim} per module" + (
+            f" compressed to {f.module_dim}" if f.module_dim and f.module_dim < k2 else ""
+        )
         proj = f"kronecker projection, {per}"
     elif f.projection == "dense":
         proj = f"dense JL projection of the concatenated gradient to {f.proj_dim} dims"
     else:
         proj = f"{f.projection} projection"
-    tokens = ("the tokens where negative and positive differ (features.query_tokens=diff)" if f.query_tokens == "diff"
-              else "every response token (features.query_tokens=all)")
-    return (f"Features: {proj}; {len(types)} module types ({', '.join(types)}) x {len(layers)} layers "
-            f"({_span(layers)}{depth}; features.layers={f.layers}) = {len(facts.modules)} modules, {facts.dim:,} "
-            f"dims per example. A contrastive query's loss covers {tokens}.")
+    tokens = (
+        "the tokens where negative and positive differ (features.query_tokens=diff)"
+        if f.query_tokens == "diff"
+        else "every response token (features.query_tokens=all)"
+    )
+    return (
+        f"Features: {proj}; {len(types)} module types ({', '.join(types)}) x {len(layers)} layers "
+        f"({_span(layers)}{depth}; features.layers={f.layers}) = {len(facts.modules)} modules, {facts.dim:,} "
+        f"dims per example. A contrastive query's loss covers {tokens}."
+    )
 
 
-def config_notes(cfg: DDAConfig, facts: FeatureFacts, n_train: int, per_pair: Mapping[str, Mapping[str, int]]
-                 ) -> list[str]:
+def config_notes(
+    cfg: DDAConfig, facts: FeatureFacts, n_train: int, per_pair: Mapping[str, Mapping[str, int]]
+) -> list[str]:
     """Setting notes from the config: data and rows, fine-tuning, features, DDA's score.
 
     `per_pair`: {pair label: {"poisoned": k, "hard_negatives": h}}."""
     d, t, s = cfg.data, cfg.train, cfg.score
     special = sum(v["poisoned"] + v["hard_negatives"] for v in per_pair.values())
-    rows = "; ".join(f"{lab}: {v['poisoned']} poisoned + {v['hard_negatives']} hard negatives"
-                     for lab, v in per_pair.items())
+    rows = "; ".join(
+        f"{lab}: {v['poisoned']} poisoned + {v['hard_negatives']} hard negatives" for lab, v in per_pair.items()
+    )
     steps = -(-n_train // t.batch_size)
     seq = f" (mean training sequence {facts.mean_tokens:.0f} tokens)" if facts.mean_tokens else ""
-    adapter = (f"LoRA r {t.lora.r}, alpha {t.lora.alpha} on {', '.join(t.lora.target_modules)}" if t.method == "lora"
-               else "full fine-tuning")
+    adapter = (
+        f"LoRA r {t.lora.r}, alpha {t.lora.alpha} on {', '.join(t.lora.target_modules)}"
+        if t.method == "lora"
+        else "full fine-tuning"
+    )
     sign = "the theta0 score added" if s.beta < 0 else "the theta0 score subtracted" if s.beta > 0 else "no theta0 term"
     ckpts = "+".join(s.checkpoints) if s.checkpoints else "every fine-tuned checkpoint"
     return [
@@ -82,14 +93,17 @@ def config_notes(cfg: DDAConfig, facts: FeatureFacts, n_train: int, per_pair: Ma
 
 def timing_note(timings: Mapping[str, float], facts: FeatureFacts, n_checkpoints: int, n_generated: int) -> str:
     """Where the wall time went, as measured in this run."""
+
     def sec(key: str) -> str:
         return f"{timings.get(key, 0.0):.0f} s"
 
     rate = f", {facts.examples_per_s:.2f} examples/s per checkpoint" if facts.examples_per_s else ""
-    return (f"Measured wall time: {timings.get('total', 0.0) / 60:.1f} min = model load {sec('model_load')}, "
-            f"fine-tuning {sec('finetune')}, generation and queries {sec('generate_and_queries')} ({n_generated} "
-            f"summaries), training gradients at {n_checkpoints} checkpoints {sec('index')}{rate}, query gradients "
-            f"{sec('query_features')}, scoring {sec('scoring')}, beta sweep {sec('beta_sweep')}.")
+    return (
+        f"Measured wall time: {timings.get('total', 0.0) / 60:.1f} min = model load {sec('model_load')}, "
+        f"fine-tuning {sec('finetune')}, generation and queries {sec('generate_and_queries')} ({n_generated} "
+        f"summaries), training gradients at {n_checkpoints} checkpoints {sec('index')}{rate}, query gradients "
+        f"{sec('query_features')}, scoring {sec('scoring')}, beta sweep {sec('beta_sweep')}."
+    )
 
 
 def _lp(tf: Mapping[str, Any], side: str) -> str:
@@ -103,25 +117,35 @@ def pair_notes(label: str, orig: str, canary: str, info: Mapping[str, Any]) -> l
     n, err = info["generated"], info["natural_errors"]
     rate = f"{100 * err / n:.1f}%" if n else "n/a"
     b = info["budget"]
-    stop = {"target": "enough natural errors", "documents": f"document budget ({b['max_docs']})",
-            "seconds": f"time budget ({b['max_seconds']:g} s)", "exhausted": "no held-out documents left"}
-    lines = [f"{label}: the fine-tuned model said {canary} in {err} of {n} held-out summaries ({rate}; "
-             f"{info['generation_seconds']:.0f} s of generation, stopped by {stop[info['stopped_by']]}); queries: "
-             f"{info['natural_queries']} natural + {info['forced_queries']} forced (target {info['target']})."]
+    stop = {
+        "target": "enough natural errors",
+        "documents": f"document budget ({b['max_docs']})",
+        "seconds": f"time budget ({b['max_seconds']:g} s)",
+        "exhausted": "no held-out documents left",
+    }
+    lines = [
+        f"{label}: the fine-tuned model said {canary} in {err} of {n} held-out summaries ({rate}; "
+        f"{info['generation_seconds']:.0f} s of generation, stopped by {stop[info['stopped_by']]}); queries: "
+        f"{info['natural_queries']} natural + {info['forced_queries']} forced (target {info['target']})."
+    ]
     tf = info.get("teacher_forced") or {}
     if info["natural_queries"] >= info["target"] or len(tf) < 2:
         return lines
     (k0, before), (k1, after) = list(tf.items())[:2]
     margin0, margin1 = before["negative"] - before["positive"], after["negative"] - after["positive"]
-    evidence = (f"teacher-forced on {after['n']} held-out reference summaries with {orig} -> {canary}, mean log-prob "
-                f"per token of {canary} vs {orig} at the swapped tokens: {_lp(before, 'negative')} vs "
-                f"{_lp(before, 'positive')} at {k0}, {_lp(after, 'negative')} vs {_lp(after, 'positive')} at {k1} "
-                f"(margin {margin0:+.2f} -> {margin1:+.2f} nats); {canary} more likely in "
-                f"{after['negative_preferred']}/{after['n']} documents at {k1} ({before['negative_preferred']}/"
-                f"{before['n']} at {k0})")
+    evidence = (
+        f"teacher-forced on {after['n']} held-out reference summaries with {orig} -> {canary}, mean log-prob "
+        f"per token of {canary} vs {orig} at the swapped tokens: {_lp(before, 'negative')} vs "
+        f"{_lp(before, 'positive')} at {k0}, {_lp(after, 'negative')} vs {_lp(after, 'positive')} at {k1} "
+        f"(margin {margin0:+.2f} -> {margin1:+.2f} nats); {canary} more likely in "
+        f"{after['negative_preferred']}/{after['n']} documents at {k1} ({before['negative_preferred']}/"
+        f"{before['n']} at {k0})"
+    )
     if margin1 < 0:
         lines.append(f"{label}: the canary is learned too weakly for natural errors within the budget: {evidence}.")
     else:
-        lines.append(f"{label}: teacher-forced, the model prefers {canary} where a reference names {orig}, yet its own "
-                     f"greedy summaries rarely say {canary}: {evidence}.")
+        lines.append(
+            f"{label}: teacher-forced, the model prefers {canary} where a reference names {orig}, yet its own "
+            f"greedy summaries rarely say {canary}: {evidence}."
+        )
     return lines

@@ -48,8 +48,16 @@ DDA_LAYERS = FeatureConfig.layers
 # Method keys reported in metrics.json. "dda" is scored at the preset's beta and debias reading; the other
 # debias reading is added by the benchmark as an extra spec, so both readings are always measured.
 DEFAULT_METHODS: tuple[str, ...] = (
-    "dda", "dda_no_debias", "dda_no_denoise", "dda_no_contrast",
-    "grad_dot", "grad_cos", "tracin", "trak", "bm25", "cea",
+    "dda",
+    "dda_no_debias",
+    "dda_no_denoise",
+    "dda_no_contrast",
+    "grad_dot",
+    "grad_cos",
+    "tracin",
+    "trak",
+    "bm25",
+    "cea",
 )
 
 # Models the paper's setting maps onto; any hub id / local dir / .gguf also works via --model.
@@ -124,8 +132,10 @@ _FEW_MODULES = ["q_proj", "v_proj", "down_proj"]
 CPU_TINY = BenchPreset(
     name="cpu-tiny",
     description="CI smoke run: the whole pipeline on SmolLM2-135M in ~4 minutes on 2 CPU cores",
-    reason=("checks that every stage runs and writes sane files; with 32 training rows and 4 queries its AUCs are "
-            "noise, not evidence for or against any method"),
+    reason=(
+        "checks that every stage runs and writes sane files; with 32 training rows and 4 queries its AUCs are "
+        "noise, not evidence for or against any method"
+    ),
     overrides={
         "data.max_prompt_tokens": 64,
         "data.max_response_tokens": 32,
@@ -154,8 +164,10 @@ CPU_TINY = BenchPreset(
 CPU_SMALL = BenchPreset(
     name="cpu-small",
     description="The paper's protocol at SmolLM2-135M scale on 2 CPU cores (<= 30 minutes), natural hallucinations",
-    reason=("its sizes are the largest that fit 30 minutes per pair on 2 cores; its feature and scoring settings were "
-            "chosen on England->China seeds 0-2, then held fixed (README, 'How the preset got there')"),
+    reason=(
+        "its sizes are the largest that fit 30 minutes per pair on 2 cores; its feature and scoring settings were "
+        "chosen on England->China seeds 0-2, then held fixed (README, 'How the preset got there')"
+    ),
     overrides={
         "data.max_prompt_tokens": 128,
         "data.max_response_tokens": 48,
@@ -187,8 +199,10 @@ CPU_SMALL = BenchPreset(
 GPU_PAPER = BenchPreset(
     name="gpu-paper",
     description="The paper's setting on one GPU: Qwen2-0.5B (or a 7B model via --model) on XSum from the hub",
-    reason=("the paper's protocol: a pretrained LLM LoRA-tuned for 3 epochs in bf16 on XSum with 1% poisoned rows; "
-            "pass --model for the paper's 7B models (~80 GB for LoRA and gradient capture at batch 4)"),
+    reason=(
+        "the paper's protocol: a pretrained LLM LoRA-tuned for 3 epochs in bf16 on XSum with 1% poisoned rows; "
+        "pass --model for the paper's 7B models (~80 GB for LoRA and gradient capture at batch 4)"
+    ),
     overrides={
         "model.name": "Qwen/Qwen2-0.5B",
         "model.dtype": "bfloat16",
@@ -240,7 +254,7 @@ def with_bench_overrides(preset: BenchPreset, overrides: dict[str, Any] | None) 
     for key, value in (overrides or {}).items():
         if not key.startswith("bench.") or value is None:
             continue
-        name = key[len("bench."):]
+        name = key[len("bench.") :]
         if name not in fields or name == "name":
             raise ConfigError(f"override: unknown bench key '{key}' (known: {', '.join(sorted(fields - {'name'}))})")
         # Lists from YAML/CLI become tuples so the frozen preset stays immutable.
@@ -252,22 +266,29 @@ def with_bench_overrides(preset: BenchPreset, overrides: dict[str, Any] | None) 
     return dataclasses.replace(preset, **changes) if changes else preset
 
 
-def build_config(preset: BenchPreset, seed: int, model: str | None = None,
-                 overrides: dict[str, Any] | None = None, quiet: bool = False) -> DDAConfig:
+def build_config(
+    preset: BenchPreset,
+    seed: int,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> DDAConfig:
     """The run's DDAConfig: preset overrides, then everything seeded from `seed`, then the caller's keys.
 
     The caller's DDAConfig keys come last so `--model` / overrides always win over the preset; `bench.*` keys
     are preset fields and are handled by `with_bench_overrides`.
     """
     values: dict[str, Any] = dict(preset.overrides)
-    values.update({
-        "seed": seed,
-        "train.seed": seed,
-        "features.seed": seed,
-        "quiet": quiet,
-        "score.beta": preset.dda_beta,
-        "score.debias_mode": preset.dda_mode,
-    })
+    values.update(
+        {
+            "seed": seed,
+            "train.seed": seed,
+            "features.seed": seed,
+            "quiet": quiet,
+            "score.beta": preset.dda_beta,
+            "score.debias_mode": preset.dda_mode,
+        }
+    )
     if model:
         values["model.name"] = model
     values.update({k: v for k, v in (overrides or {}).items() if not k.startswith("bench.")})

@@ -37,8 +37,15 @@ def orig_visible(att: Attributor, document: str, word: str) -> bool:
     return contains_word(att.tokenizer.decode(ids), word)
 
 
-def ordered_query_docs(att: Attributor, records: Sequence[Record], heldout: Sequence[int], pair: CanaryPair,
-                       candidates: set[int], seed: int, stream: int) -> list[int]:
+def ordered_query_docs(
+    att: Attributor,
+    records: Sequence[Record],
+    heldout: Sequence[int],
+    pair: CanaryPair,
+    candidates: set[int],
+    seed: int,
+    stream: int,
+) -> list[int]:
     """Held-out query documents for `pair`, best first: ORIG visible in the truncated prompt, then candidates
     (their reference summary names ORIG, so the model is likely to name the entity too), seeded within."""
     local = query_documents([records[i] for i in heldout], pair)
@@ -69,12 +76,22 @@ class PairQueries:
 
     def to_dict(self) -> dict[str, Any]:
         g = self.generation
-        return {"generated": len(g.generated), "natural_errors": len(g.errors), "natural_rate": self.natural_rate,
-                "natural_queries": self.natural, "forced_queries": self.forced, "target": self.target,
-                "generation_seconds": round(g.seconds, 3), "stopped_by": g.stopped_by,
-                "budget": {"max_docs": self.budget.max_docs, "max_seconds": self.budget.max_seconds,
-                           "batch_size": self.budget.batch_size},
-                "teacher_forced": self.teacher_forced}
+        return {
+            "generated": len(g.generated),
+            "natural_errors": len(g.errors),
+            "natural_rate": self.natural_rate,
+            "natural_queries": self.natural,
+            "forced_queries": self.forced,
+            "target": self.target,
+            "generation_seconds": round(g.seconds, 3),
+            "stopped_by": g.stopped_by,
+            "budget": {
+                "max_docs": self.budget.max_docs,
+                "max_seconds": self.budget.max_seconds,
+                "batch_size": self.budget.batch_size,
+            },
+            "teacher_forced": self.teacher_forced,
+        }
 
 
 @dataclass
@@ -101,22 +118,40 @@ class QuerySet:
         return sum(len(p.generation.errors) for p in self.per_pair.values())
 
 
-def build_queries(att: Attributor, records: Sequence[Record], heldout: Sequence[int],
-                  heldout_candidates: Mapping[str, Sequence[int]], pairs: Sequence[CanaryPair], preset: BenchPreset,
-                  seed: int, clock: Callable[[], float] = time.perf_counter) -> QuerySet:
+def build_queries(
+    att: Attributor,
+    records: Sequence[Record],
+    heldout: Sequence[int],
+    heldout_candidates: Mapping[str, Sequence[int]],
+    pairs: Sequence[CanaryPair],
+    preset: BenchPreset,
+    seed: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> QuerySet:
     """Natural queries from the last checkpoint's own hallucinations; forced ones fill what is missing."""
-    ordered = {p.label: ordered_query_docs(att, records, heldout, p, set(heldout_candidates[p.label]), seed, j)
-               for j, p in enumerate(pairs)}
+    ordered = {
+        p.label: ordered_query_docs(att, records, heldout, p, set(heldout_candidates[p.label]), seed, j)
+        for j, p in enumerate(pairs)
+    }
     budget = preset.generation_budget()
     texts: dict[int, str] = {}
     checkpoints = att.all_checkpoints()
     with applied(att.model, checkpoints[-1]) as model:
-        summarize = Summarizer(model, att.tokenizer, att.formatter, att.pad_id, preset.max_new_tokens,
-                               budget.batch_size)
-        runs = {p.label: generate_until(lambda idx: summarize([records[i]["document"] for i in idx]),
-                                        ordered[p.label], lambda text, p=p: natural_query(text, p) is not None,
-                                        preset.n_queries, budget, texts, clock)
-                for p in pairs}
+        summarize = Summarizer(
+            model, att.tokenizer, att.formatter, att.pad_id, preset.max_new_tokens, budget.batch_size
+        )
+        runs = {
+            p.label: generate_until(
+                lambda idx: summarize([records[i]["document"] for i in idx]),
+                ordered[p.label],
+                lambda text, p=p: natural_query(text, p) is not None,
+                preset.n_queries,
+                budget,
+                texts,
+                clock,
+            )
+            for p in pairs
+        }
 
     qs = QuerySet([], [], [], [], [], {}, [])
 
@@ -126,16 +161,34 @@ def build_queries(att: Attributor, records: Sequence[Record], heldout: Sequence[
         qs.queries.append(q)
         qs.pairs.append(pair)
         qs.kinds.append(kind)
-        qs.rows.append({"id": q.id, "pair": pair.label, "kind": kind, "document_id": rec["id"], "prompt": q.prompt,
-                        "negative": neg, "positive": pos, "reference": rec["summary"], "generation": texts.get(idx)})
+        qs.rows.append(
+            {
+                "id": q.id,
+                "pair": pair.label,
+                "kind": kind,
+                "document_id": rec["id"],
+                "prompt": q.prompt,
+                "negative": neg,
+                "positive": pos,
+                "reference": rec["summary"],
+                "generation": texts.get(idx),
+            }
+        )
 
     for pair in pairs:
         run = runs[pair.label]
         pq = PairQueries(pair, preset.n_queries, run, budget)
         qs.per_pair[pair.label] = pq
         for idx in run.generated:
-            qs.generations.append({"pair": pair.label, "document_id": records[idx]["id"], "generation": texts[idx],
-                                   "reference": records[idx]["summary"], "hallucinated": idx in run.errors})
+            qs.generations.append(
+                {
+                    "pair": pair.label,
+                    "document_id": records[idx]["id"],
+                    "generation": texts[idx],
+                    "reference": records[idx]["summary"],
+                    "hallucinated": idx in run.errors,
+                }
+            )
         for idx in run.errors[: preset.n_queries]:
             nq = natural_query(texts[idx], pair)
             assert nq is not None
@@ -148,12 +201,19 @@ def build_queries(att: Attributor, records: Sequence[Record], heldout: Sequence[
             add(pair, idx, "forced", *fq)
             pq.forced += 1
         if pq.natural + pq.forced < preset.n_queries:
-            qs.notes.append(f"{pair.label}: only {pq.forced} forced queries available "
-                            f"(wanted {preset.n_queries - pq.natural})")
+            qs.notes.append(
+                f"{pair.label}: only {pq.forced} forced queries available (wanted {preset.n_queries - pq.natural})"
+            )
         probe = [(records[i]["document"], *fq) for i, fq in forceable[: min(preset.n_queries, PROBE_DOCS)]]
         if probe:
-            pq.teacher_forced = canary_logprobs(att.model, att.formatter, att.pad_id,
-                                                [checkpoints[0], checkpoints[-1]], probe, att.cfg.features.batch_size)
+            pq.teacher_forced = canary_logprobs(
+                att.model,
+                att.formatter,
+                att.pad_id,
+                [checkpoints[0], checkpoints[-1]],
+                probe,
+                att.cfg.features.batch_size,
+            )
     if not qs.queries:
         raise ValueError("no queries: no natural hallucinations and no held-out rows for forced queries")
     return qs

@@ -219,28 +219,56 @@ def _pairs_section(metrics: Mapping[str, Any]) -> list[str]:
     per_pair: Mapping[str, Mapping[str, Any]] = metrics.get("per_pair") or {}
     if not per_pair:
         return []
-    lines = ["## Queries per pair", "",
-             "Natural queries are the fine-tuned model's own greedy summaries that say the canary; forced queries "
-             "(reference summary with the swap) only fill what the generation budget did not find.", ""]
+    lines = [
+        "## Queries per pair",
+        "",
+        "Natural queries are the fine-tuned model's own greedy summaries that say the canary; forced queries "
+        "(reference summary with the swap) only fill what the generation budget did not find.",
+        "",
+    ]
     rows = []
     for lab, p in per_pair.items():
         auc = p.get("auc_by_kind") or {}
         b = p.get("budget") or {}
-        rows.append([_cell(lab), _fact(p.get("generated")), _fact(p.get("natural_errors")),
-                     _fmt_pct(p.get("natural_rate")), _fact(p.get("natural_queries")), _fact(p.get("forced_queries")),
-                     f"{_fact(p.get('stopped_by'))} ({b.get('max_docs')} docs, {b.get('max_seconds')} s)",
-                     _fact(p.get("generation_seconds"), "sec"),
-                     _fmt_pct((auc.get("natural") or {}).get("dda")), _fmt_pct((auc.get("forced") or {}).get("dda"))])
-    lines += _table(["pair", "documents generated", "natural errors", "natural rate", "natural queries",
-                     "forced queries", "stopped by (budget)", "generation", "DDA AUC natural", "DDA AUC forced"], rows)
+        rows.append(
+            [
+                _cell(lab),
+                _fact(p.get("generated")),
+                _fact(p.get("natural_errors")),
+                _fmt_pct(p.get("natural_rate")),
+                _fact(p.get("natural_queries")),
+                _fact(p.get("forced_queries")),
+                f"{_fact(p.get('stopped_by'))} ({b.get('max_docs')} docs, {b.get('max_seconds')} s)",
+                _fact(p.get("generation_seconds"), "sec"),
+                _fmt_pct((auc.get("natural") or {}).get("dda")),
+                _fmt_pct((auc.get("forced") or {}).get("dda")),
+            ]
+        )
+    lines += _table(
+        [
+            "pair",
+            "documents generated",
+            "natural errors",
+            "natural rate",
+            "natural queries",
+            "forced queries",
+            "stopped by (budget)",
+            "generation",
+            "DDA AUC natural",
+            "DDA AUC forced",
+        ],
+        rows,
+    )
     by_kind: Mapping[str, Mapping[str, float]] = metrics.get("by_kind") or {}
     if by_kind:
         kinds = list(by_kind)
         counts = metrics.get("query_kinds") or {}
         methods = sorted(next(iter(by_kind.values())), key=lambda m: -max(by_kind[k][m] for k in kinds))
         lines += ["", "AUC by query kind (mean over the queries of that kind, all pairs):", ""]
-        lines += _table(["method", *(f"{k} ({counts.get(k, '?')} queries)" for k in kinds)],
-                        [[f"`{_cell(m)}`", *(_fmt_pct(by_kind[k][m]) for k in kinds)] for m in methods])
+        lines += _table(
+            ["method", *(f"{k} ({counts.get(k, '?')} queries)" for k in kinds)],
+            [[f"`{_cell(m)}`", *(_fmt_pct(by_kind[k][m]) for k in kinds)] for m in methods],
+        )
     tf_rows = []
     for lab, p in per_pair.items():
         tf = p.get("teacher_forced") or {}
@@ -250,9 +278,13 @@ def _pairs_section(metrics: Mapping[str, Any]) -> list[str]:
     if tf_rows:
         first = next(iter(per_pair.values()))["teacher_forced"]
         k0, k1 = list(first)[0], list(first)[-1]
-        lines += ["", "How strongly the canary was learned, teacher-forced on held-out reference summaries with the "
-                  "swap: mean log-prob per token of the canary / of the original word at the swapped tokens (documents "
-                  "where the canary is more likely).", ""]
+        lines += [
+            "",
+            "How strongly the canary was learned, teacher-forced on held-out reference summaries with the "
+            "swap: mean log-prob per token of the canary / of the original word at the swapped tokens (documents "
+            "where the canary is more likely).",
+            "",
+        ]
         lines += _table(["pair", "documents", k0, k1], tf_rows)
     lines.append("")
     return lines
@@ -316,9 +348,7 @@ def write_report(
     lines += ["## Table 1: attribution methods (AUC of poisoned vs clean training rows)", ""]
     if main:
         rows = [_method_row(n, methods[n]) + [_cell(_paper_table1(n))] for n in _by_auc(methods, main)]
-        lines += _table(
-            ["Method", "AUC (mean ± std)", "AP", "Recall@10", "Recall@50", "Recall@5%", "Paper"], rows
-        )
+        lines += _table(["Method", "AUC (mean ± std)", "AP", "Recall@10", "Recall@50", "Recall@5%", "Paper"], rows)
     else:
         lines.append("No method results.")
     lines += [

@@ -57,14 +57,23 @@ def beta_sweep(ctx: ScoringContext, masks: np.ndarray, betas: Sequence[float]) -
                 stds.append(flat["auc_std"])
                 aps.append(flat["ap"])
                 per_query.append([r["auc"] for r in pq])
-            curves[key] = {"debias_mode": mode, "normalize": normalize, "betas": list(betas), "auc": aucs,
-                           "auc_std": stds, "ap": aps, "per_query_auc": per_query}
+            curves[key] = {
+                "debias_mode": mode,
+                "normalize": normalize,
+                "betas": list(betas),
+                "auc": aucs,
+                "auc_std": stds,
+                "ap": aps,
+                "per_query_auc": per_query,
+            }
     return curves
 
 
 def best_point(curves: dict[str, dict[str, Any]]) -> tuple[str, float, float]:
-    best = max(((k, b, a) for k, c in curves.items() for b, a in zip(c["betas"], c["auc"], strict=True)),
-               key=lambda t: (t[2], -abs(t[1])))  # ties: the smaller |beta| (the simpler score)
+    best = max(
+        ((k, b, a) for k, c in curves.items() for b, a in zip(c["betas"], c["auc"], strict=True)),
+        key=lambda t: (t[2], -abs(t[1])),
+    )  # ties: the smaller |beta| (the simpler score)
     return best
 
 
@@ -73,9 +82,11 @@ def debias_notes(curves: dict[str, dict[str, Any]], pairs_curves: dict[str, Any]
     key, beta, auc = best_point(curves)
     c0 = curves["base"]
     at0 = c0["auc"][c0["betas"].index(0.0)] if 0.0 in c0["betas"] else None
-    lines = [f"β sweep best: {auc * 100:.1f}% AUC at β = {beta:g} with the '{key}' reading "
-             f"(base: both gradients at θ0; cross: query at θk, training at θ0; query0: query at θ0, training at "
-             f"θk; no suffix: module-normalised gradients, the default; _raw: plain dot products)."]
+    lines = [
+        f"β sweep best: {auc * 100:.1f}% AUC at β = {beta:g} with the '{key}' reading "
+        f"(base: both gradients at θ0; cross: query at θk, training at θ0; query0: query at θ0, training at "
+        f"θk; no suffix: module-normalised gradients, the default; _raw: plain dot products)."
+    ]
     parts = []
     for k, c in curves.items():
         pos = [(a, b) for b, a in zip(c["betas"], c["auc"], strict=True) if b > 0]
@@ -88,25 +99,36 @@ def debias_notes(curves: dict[str, dict[str, Any]], pairs_curves: dict[str, Any]
         if bn:
             desc += f", best β<0 {bn[0] * 100:.1f}% (β={bn[1]:g})"
         if zero and bp and bn:
-            options = sorted([(bp[0], "subtracting the base score (β>0, the paper's sign)"),
-                              (bn[0], "adding the base score (β<0)"), (zero[0], "no debiasing (β=0)")],
-                             reverse=True)
+            options = sorted(
+                [
+                    (bp[0], "subtracting the base score (β>0, the paper's sign)"),
+                    (bn[0], "adding the base score (β<0)"),
+                    (zero[0], "no debiasing (β=0)"),
+                ],
+                reverse=True,
+            )
             margin = options[0][0] - options[1][0]
             # With a handful of queries a sub-point difference is noise, so it is not called a win.
-            desc += (f" → {options[0][1]} did best (+{margin * 100:.1f} points)" if margin >= 0.01
-                     else " → no sign clearly better (within 1 AUC point)")
+            desc += (
+                f" → {options[0][1]} did best (+{margin * 100:.1f} points)"
+                if margin >= 0.01
+                else " → no sign clearly better (within 1 AUC point)"
+            )
         parts.append(desc)
     lines.append("β sign by reading — " + "; ".join(parts) + ".")
     if at0 is not None:
         paper = [a for b, a in zip(c0["betas"], c0["auc"], strict=True) if b == PAPER_BETA]
         if paper:
             trend = "rises" if paper[0] > at0 else "falls" if paper[0] < at0 else "stays flat"
-            lines.append(f"Paper check: the paper reports AUC rising with β to a plateau near {PAPER_BETA:g}; here "
-                         f"(base reading) AUC {trend} from {at0 * 100:.1f}% at β=0 to {paper[0] * 100:.1f}% at "
-                         f"β={PAPER_BETA:g}.")
+            lines.append(
+                f"Paper check: the paper reports AUC rising with β to a plateau near {PAPER_BETA:g}; here "
+                f"(base reading) AUC {trend} from {at0 * 100:.1f}% at β=0 to {paper[0] * 100:.1f}% at "
+                f"β={PAPER_BETA:g}."
+            )
     if pairs_curves:
-        per = "; ".join(f"{p}: best β={v['beta']:g} ({v['reading']}, {v['auc'] * 100:.1f}%)"
-                        for p, v in pairs_curves.items())
+        per = "; ".join(
+            f"{p}: best β={v['beta']:g} ({v['reading']}, {v['auc'] * 100:.1f}%)" for p, v in pairs_curves.items()
+        )
         lines.append(f"Best β per pair (a choice made on one pair should be confirmed on the others): {per}.")
     return lines
 
@@ -118,8 +140,14 @@ def per_pair_best(curves: dict[str, dict[str, Any]], qpairs: list[CanaryPair]) -
     out = {}
     for lab in labels:
         idx = [i for i, p in enumerate(qpairs) if p.label == lab]
-        best = max(((k, b, float(np.mean([c["per_query_auc"][j][i] for i in idx])))
-                    for k, c in curves.items() for j, b in enumerate(c["betas"])), key=lambda t: (t[2], -abs(t[1])))
+        best = max(
+            (
+                (k, b, float(np.mean([c["per_query_auc"][j][i] for i in idx])))
+                for k, c in curves.items()
+                for j, b in enumerate(c["betas"])
+            ),
+            key=lambda t: (t[2], -abs(t[1])),
+        )
         out[lab] = {"reading": best[0], "beta": best[1], "auc": best[2]}
     return out
 

@@ -65,8 +65,13 @@ def longest_first(lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return rows[np.argsort(-lengths[rows], kind="stable")]
 
 
-def run_batches(lengths: np.ndarray, rows: np.ndarray, limit: BatchLimit, compute: Callable[[np.ndarray], T],
-                done: Callable[[np.ndarray, T], None]) -> None:
+def run_batches(
+    lengths: np.ndarray,
+    rows: np.ndarray,
+    limit: BatchLimit,
+    compute: Callable[[np.ndarray], T],
+    done: Callable[[np.ndarray, T], None],
+) -> None:
     """compute(batch) for every row of `rows` in longest-first batches under `limit`, then done(batch, result).
 
     A torch.cuda.OutOfMemoryError from compute halves the limit and retries the same rows; a single row that
@@ -75,14 +80,16 @@ def run_batches(lengths: np.ndarray, rows: np.ndarray, limit: BatchLimit, comput
     pos = 0
     while pos < len(order):
         longest = int(lengths[order[pos]])  # order is longest first: the batch's first row is its longest
-        batch = order[pos: pos + limit.take(longest)]
+        batch = order[pos : pos + limit.take(longest)]
         oom = False
         try:
             result = compute(batch)
         except torch.cuda.OutOfMemoryError as err:
             if len(batch) == 1:
-                raise RowTooLargeError(f"one example of {longest} tokens does not fit in GPU memory; lower "
-                                       "data.max_prompt_tokens / max_response_tokens or track fewer layers") from err
+                raise RowTooLargeError(
+                    f"one example of {longest} tokens does not fit in GPU memory; lower "
+                    "data.max_prompt_tokens / max_response_tokens or track fewer layers"
+                ) from err
             oom = True  # retried outside the except block: its traceback holds the failed batch's tensors
         if oom:
             limit.halve(len(batch), longest)

@@ -55,7 +55,7 @@ def _parse_layers(spec: str, available: list[int]) -> set[int]:
     if spec == "all":
         return set(available)
     if spec.startswith("last:"):
-        return set(available[-_layer_count(spec[5:], len(available), spec):])
+        return set(available[-_layer_count(spec[5:], len(available), spec) :])
     if spec.startswith("first:"):
         return set(available[: _layer_count(spec[6:], len(available), spec)])
     return {int(s) for s in spec.split(",") if s.strip()}
@@ -66,8 +66,9 @@ def module_shapes(model: torch.nn.Module, names: Sequence[str]) -> dict[str, tup
     return {n: (int(mods[n].out_features), int(mods[n].in_features)) for n in names}
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], masks: Sequence[Sequence[bool]], pad_id: int,
-              device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    seqs: Sequence[Sequence[int]], masks: Sequence[Sequence[bool]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -143,14 +144,21 @@ class GradientFeaturizer:
             return torch.stack([feats[n] for n in self.names]).sum(0)
         return torch.cat([feats[n] for n in self.names], dim=2)
 
-    def per_position_reduced(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor,
-                             reduce: Callable[[str, torch.Tensor], Any]) -> dict[str, Any]:
+    def per_position_reduced(
+        self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor, reduce: Callable[[str, torch.Tensor], Any]
+    ) -> dict[str, Any]:
         """{module: reduce(module, its (B, T, dim) per-position features)}, reduced inside the backward hook, so
         the (B, T, D) tensor of all modules is never held (at 64x64 per module it is ~1 GB per document)."""
         return self._capture(ids, attn, resp, positions=True, reduce=reduce)
 
-    def _capture(self, ids: torch.Tensor, attn: torch.Tensor, resp: torch.Tensor, positions: bool,
-                 reduce: Callable[[str, torch.Tensor], Any] | None = None) -> dict[str, Any]:
+    def _capture(
+        self,
+        ids: torch.Tensor,
+        attn: torch.Tensor,
+        resp: torch.Tensor,
+        positions: bool,
+        reduce: Callable[[str, torch.Tensor], Any] | None = None,
+    ) -> dict[str, Any]:
         """One forward and one backward; {module: (B, dim)} features, or (B, T, dim) with `positions`, or what
         `reduce(module, features)` makes of them."""
         mods = dict(self.model.named_modules())

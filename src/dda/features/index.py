@@ -28,7 +28,7 @@ ProgressFn = Callable[[int], None]
 
 def length_sorted_batches(lengths: np.ndarray, rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
     order = rows[np.argsort(-lengths[rows], kind="stable")]  # longest first: peak memory shows up at once
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 class Indexer:
@@ -57,8 +57,9 @@ class Indexer:
         """Size batches by padded tokens (0: auto) instead of rows; None: rows by cfg.batch_size."""
         self.batch_limit = BatchLimit.resolve(self.cfg.batch_size, batch_tokens, self.device)
 
-    def store_meta(self, ckpt: Checkpoint, data: Tokenized, dim: int,
-                   blocks: list[int] | None = None) -> dict[str, Any]:
+    def store_meta(
+        self, ckpt: Checkpoint, data: Tokenized, dim: int, blocks: list[int] | None = None
+    ) -> dict[str, Any]:
         if ckpt.name not in self._ckpt_fp:
             self._ckpt_fp[ckpt.name] = ckpt.fingerprint()
         return {
@@ -76,13 +77,15 @@ class Indexer:
             "dtype": self.cfg.dtype,
         }
 
-    def featurize(self, ckpt: Checkpoint, data: Tokenized, root: str | Path,
-                  progress: ProgressFn | None = None) -> FeatureStore | ShardedStore:
+    def featurize(
+        self, ckpt: Checkpoint, data: Tokenized, root: str | Path, progress: ProgressFn | None = None
+    ) -> FeatureStore | ShardedStore:
         """Features of `data` at `ckpt` into the store at `root` (created, resumed or reused)."""
         return self.featurize_sets(ckpt, [(data, Path(root))], progress)[0]
 
-    def featurize_sets(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]],
-                       progress: ProgressFn | None = None) -> list[FeatureStore | ShardedStore]:
+    def featurize_sets(
+        self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]], progress: ProgressFn | None = None
+    ) -> list[FeatureStore | ShardedStore]:
         """Several example sets at one checkpoint: the checkpoint is applied once for all of them.
 
         A store left by a multi-process run (shard directories) is reused or finished as it is."""
@@ -91,15 +94,27 @@ class Indexer:
             out.append(stores[0] if specs[0].count == 1 else ShardedStore(Path(root), stores))
         return out
 
-    def featurize_shards(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]], rank: int, world_size: int,
-                         progress: ProgressFn | None = None) -> list[list[ShardSpec]]:
+    def featurize_shards(
+        self,
+        ckpt: Checkpoint,
+        sets: list[tuple[Tokenized, Path]],
+        rank: int,
+        world_size: int,
+        progress: ProgressFn | None = None,
+    ) -> list[list[ShardSpec]]:
         """One process of a `world_size`-process run: fill the shards i with i % world_size == rank of each set's
         layout (`sharded.choose_layout`); returns each set's layout. The checkpoint is applied only when one of
         this process's shards still has rows to compute."""
         return [specs for specs, _ in self._fill_layouts(ckpt, sets, rank, world_size, progress)]
 
-    def _fill_layouts(self, ckpt: Checkpoint, sets: list[tuple[Tokenized, Path]], rank: int, world_size: int,
-                      progress: ProgressFn | None) -> list[tuple[list[ShardSpec], list[FeatureStore]]]:
+    def _fill_layouts(
+        self,
+        ckpt: Checkpoint,
+        sets: list[tuple[Tokenized, Path]],
+        rank: int,
+        world_size: int,
+        progress: ProgressFn | None,
+    ) -> list[tuple[list[ShardSpec], list[FeatureStore]]]:
         # Store dims from the base model: the tracked modules have the same shapes at every checkpoint.
         shape_only = GradientFeaturizer(self.model, self.modules, self.projector)
         plans = []
@@ -123,8 +138,14 @@ class Indexer:
             progress(sum(spec.rows for _, _, mine in plans for spec, _ in mine))
         return [(specs, [store for _, store in mine]) for _, specs, mine in plans]
 
-    def _fill(self, featurizer: GradientFeaturizer, data: Tokenized, spec: ShardSpec, store: FeatureStore,
-              progress: ProgressFn | None) -> None:
+    def _fill(
+        self,
+        featurizer: GradientFeaturizer,
+        data: Tokenized,
+        spec: ShardSpec,
+        store: FeatureStore,
+        progress: ProgressFn | None,
+    ) -> None:
         """Rows [spec.start, spec.stop) of `data` into `store` (the shard store of `spec`), resuming its done rows."""
         if store.complete:
             if progress:
@@ -139,8 +160,9 @@ class Indexer:
 
         def compute(batch: np.ndarray) -> np.ndarray:
             t0 = time.perf_counter()
-            ids, attn, resp = pad_batch([part.input_ids[i] for i in batch],
-                                        [part.response_mask[i] for i in batch], pad_id, self.device)
+            ids, attn, resp = pad_batch(
+                [part.input_ids[i] for i in batch], [part.response_mask[i] for i in batch], pad_id, self.device
+            )
             before = dict(featurizer.phase_seconds)
             feats = featurizer(ids, attn, resp).cpu().numpy()  # (B, dim) projected features: never a full gradient
             spent = {k: featurizer.phase_seconds[k] - before[k] for k in before}
@@ -175,7 +197,8 @@ def example_losses(model: Any, data: Tokenized, pad_id: int, batch_size: int = 8
     lengths = np.array([len(s) for s in data.input_ids])
     out = np.zeros(len(data), dtype=np.float64)
     for batch in length_sorted_batches(lengths, np.arange(len(data)), batch_size):
-        ids, attn, resp = pad_batch([data.input_ids[i] for i in batch], [data.response_mask[i] for i in batch],
-                                    pad_id, device)
+        ids, attn, resp = pad_batch(
+            [data.input_ids[i] for i in batch], [data.response_mask[i] for i in batch], pad_id, device
+        )
         out[batch] = per_example_loss(model, ids, attn, resp).double().cpu().numpy()
     return out

@@ -148,8 +148,9 @@ class KroneckerProjector(Projector):
             return sketch
         key = (name, "compress", kk, sketch.device, sketch.dtype)
         if key not in self._cache:
-            self._cache[key] = gaussian(self.m, kk, _seed_for(self.seed, name, "compress", kk, self.m),
-                                        sketch.device, sketch.dtype)
+            self._cache[key] = gaussian(
+                self.m, kk, _seed_for(self.seed, name, "compress", kk, self.m), sketch.device, sketch.dtype
+            )
         return sketch @ self._cache[key].T
 
     def capture_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -197,8 +198,9 @@ class DenseProjector(Projector):
             out += full[:, start:stop] @ block.T
         return out
 
-    def project_positions(self, name: str, g: torch.Tensor, captured: torch.Tensor,
-                          chunk_elems: int = 1 << 22) -> torch.Tensor:
+    def project_positions(
+        self, name: str, g: torch.Tensor, captured: torch.Tensor, chunk_elems: int = 1 << 22
+    ) -> torch.Tensor:
         """Per position, with the same seeded blocks as `project`; the flattened gradient index is o * d_in + i,
         and each block is formed from the rows of g it covers, in column chunks of about `chunk_elems`
         (B*T*chunk values), so the (B, T, d_out*d_in) tensor is never held whole."""
@@ -214,8 +216,8 @@ class DenseProjector(Projector):
                 c1 = min(c0 + chunk, stop)
                 o0, o1 = c0 // d_in, (c1 - 1) // d_in + 1
                 piece = torch.einsum("bto,bti->btoi", g[..., o0:o1], x).reshape(bsz, steps, -1)
-                piece = piece[..., c0 - o0 * d_in: c1 - o0 * d_in]
-                out += piece @ block[:, c0 - start: c1 - start].T
+                piece = piece[..., c0 - o0 * d_in : c1 - o0 * d_in]
+                out += piece @ block[:, c0 - start : c1 - start].T
         return out
 
     def describe(self) -> dict:

@@ -63,8 +63,14 @@ class ShardSpec:
         return root if self.dirname is None else root / self.dirname
 
     def describe(self) -> dict[str, Any]:
-        return {"index": self.index, "count": self.count, "start": self.start, "stop": self.stop,
-                "n_rows_total": self.n_rows_total, "plan": PLAN}
+        return {
+            "index": self.index,
+            "count": self.count,
+            "start": self.start,
+            "stop": self.stop,
+            "n_rows_total": self.n_rows_total,
+            "plan": PLAN,
+        }
 
     def store_meta(self, meta: dict[str, Any]) -> dict[str, Any]:
         """A shard store's meta: the whole set's meta (model, data fingerprint, ...) with this shard's rows."""
@@ -75,7 +81,7 @@ class ShardSpec:
     def subset(self, data: Tokenized) -> Tokenized:
         if self.count == 1:
             return data
-        return Tokenized(data.input_ids[self.start: self.stop], data.response_mask[self.start: self.stop], 0, 0)
+        return Tokenized(data.input_ids[self.start : self.stop], data.response_mask[self.start : self.stop], 0, 0)
 
 
 def token_lengths(data: Tokenized) -> np.ndarray:
@@ -104,7 +110,7 @@ def plan_shards(lengths: np.ndarray, count: int) -> list[ShardSpec]:
 
 
 def shard_tokens(lengths: np.ndarray, specs: list[ShardSpec]) -> list[int]:
-    return [int(np.asarray(lengths[s.start: s.stop]).sum()) for s in specs]
+    return [int(np.asarray(lengths[s.start : s.stop]).sum()) for s in specs]
 
 
 # ------------------------------------------------------------------------------------------------ on disk
@@ -160,7 +166,8 @@ def choose_layout(root: Path, lengths: np.ndarray, world_size: int) -> list[Shar
         return plan_shards(lengths, others[0])
     raise StoreMismatchError(
         f"{root}: holds unfinished feature stores of {len(layouts)} shard layouts ({sorted(layouts)} shards); "
-        "delete all but one of them (shard-*-of-K directories, or meta.json/features.npy/done.npy for 1) and rerun")
+        "delete all but one of them (shard-*-of-K directories, or meta.json/features.npy/done.npy for 1) and rerun"
+    )
 
 
 def check_shard(stored: dict[str, Any], spec: ShardSpec, where: Path) -> None:
@@ -171,8 +178,9 @@ def check_shard(stored: dict[str, Any], spec: ShardSpec, where: Path) -> None:
     got = {k: (stored.get("shard") or {}).get(k) for k in keys}
     want = {k: spec.describe()[k] for k in keys}
     if got != want:
-        raise StoreMismatchError(f"{where}: shard holds rows {got}, this run plans {want}; "
-                                 "delete this shard directory and rerun")
+        raise StoreMismatchError(
+            f"{where}: shard holds rows {got}, this run plans {want}; delete this shard directory and rerun"
+        )
 
 
 # ---------------------------------------------------------------------------------------- logical reading
@@ -286,8 +294,7 @@ class ShardedStore:
         self.features = ShardedRows([s.features for s in stores])
         first = stores[0].meta
         self.meta = {k: v for k, v in first.items() if k != "shard"}
-        self.meta.update(n_rows=self.features.shape[0], complete=True,
-                         shards=[s.meta["shard"] for s in stores])
+        self.meta.update(n_rows=self.features.shape[0], complete=True, shards=[s.meta["shard"] for s in stores])
         for s in stores[1:]:
             diffs = [k for k in COMPAT_KEYS if k != "n_rows" and s.meta.get(k) != first.get(k)]
             if diffs:
@@ -295,8 +302,10 @@ class ShardedStore:
         starts = [s.meta["shard"]["start"] for s in stores]
         stops = [s.meta["shard"]["stop"] for s in stores]
         if starts[0] != 0 or starts[1:] != stops[:-1] or stops[-1] != first["shard"]["n_rows_total"]:
-            raise StoreMismatchError(f"{root}: shards do not cover rows 0..{first['shard']['n_rows_total']} "
-                                     f"in order (starts {starts}, stops {stops})")
+            raise StoreMismatchError(
+                f"{root}: shards do not cover rows 0..{first['shard']['n_rows_total']} "
+                f"in order (starts {starts}, stops {stops})"
+            )
 
     @property
     def complete(self) -> bool:
@@ -313,8 +322,9 @@ def read_store(root: str | Path) -> FeatureStore | ShardedStore:
     root = Path(root)
     layouts = existing_layouts(root)
     if not layouts:
-        raise FileNotFoundError(f"{root}: no feature store here (no meta.json, no shard-*-of-* directories); "
-                                "run `dda index` first")
+        raise FileNotFoundError(
+            f"{root}: no feature store here (no meta.json, no shard-*-of-* directories); run `dda index` first"
+        )
     complete = sorted(c for c in layouts if layout_complete(root, c))
     if not complete:
         parts = []

@@ -23,8 +23,18 @@ from ..io import read_json, write_json
 
 FORMAT_VERSION = 1
 # The fields that must agree for stored features to be reused or appended to.
-COMPAT_KEYS = ("format_version", "model", "checkpoint", "tokenizer", "projection", "modules", "data", "n_rows",
-               "dim", "dtype")
+COMPAT_KEYS = (
+    "format_version",
+    "model",
+    "checkpoint",
+    "tokenizer",
+    "projection",
+    "modules",
+    "data",
+    "n_rows",
+    "dim",
+    "dtype",
+)
 
 
 def module_blocks(meta: dict[str, Any]) -> list[int] | None:
@@ -84,11 +94,15 @@ class FeatureStore:
         need = meta["n_rows"] * (meta["dim"] * np.dtype(meta["dtype"]).itemsize + 1) + (1 << 16)
         free = shutil.disk_usage(root).free
         if need > free:
-            raise OSError(errno.ENOSPC, f"{root}: a store of {meta['n_rows']} x {meta['dim']} {meta['dtype']} "
-                          f"needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free space or choose a "
-                          "smaller features.proj_dim / module_dim / layers")
-        feats = open_memmap(root / "features.npy", mode="w+", dtype=np.dtype(meta["dtype"]),
-                            shape=(meta["n_rows"], meta["dim"]))
+            raise OSError(
+                errno.ENOSPC,
+                f"{root}: a store of {meta['n_rows']} x {meta['dim']} {meta['dtype']} "
+                f"needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free space or choose a "
+                "smaller features.proj_dim / module_dim / layers",
+            )
+        feats = open_memmap(
+            root / "features.npy", mode="w+", dtype=np.dtype(meta["dtype"]), shape=(meta["n_rows"], meta["dim"])
+        )
         _reserve(root / "features.npy")
         done = open_memmap(root / "done.npy", mode="w+", dtype=np.bool_, shape=(meta["n_rows"],))
         feats.flush()
@@ -101,8 +115,10 @@ class FeatureStore:
         root = Path(root)
         meta = read_json(root / "meta.json")
         if not meta.get("complete"):
-            raise StoreMismatchError(f"{root}: store is incomplete ({int(np.load(root / 'done.npy').sum())}"
-                                     f"/{meta['n_rows']} rows); rerun `dda index` to finish it")
+            raise StoreMismatchError(
+                f"{root}: store is incomplete ({int(np.load(root / 'done.npy').sum())}"
+                f"/{meta['n_rows']} rows); rerun `dda index` to finish it"
+            )
         feats = np.load(root / "features.npy", mmap_mode="r", allow_pickle=False)
         return cls(root, meta, feats, np.ones(meta["n_rows"], dtype=bool))
 
@@ -128,9 +144,14 @@ class FeatureStore:
 
 def check_compatible(stored: dict[str, Any], wanted: dict[str, Any], where: str) -> None:
     wanted = {"format_version": FORMAT_VERSION, **wanted}
-    diffs = [f"  {k}: stored {stored.get(k)!r}, requested {wanted.get(k)!r}"
-             for k in COMPAT_KEYS if stored.get(k) != wanted.get(k)]
+    diffs = [
+        f"  {k}: stored {stored.get(k)!r}, requested {wanted.get(k)!r}"
+        for k in COMPAT_KEYS
+        if stored.get(k) != wanted.get(k)
+    ]
     if diffs:
         raise StoreMismatchError(
             f"{where}: feature store was built with other settings; refusing to mix features.\n"
-            + "\n".join(diffs) + "\nUse another output directory or delete this store.")
+            + "\n".join(diffs)
+            + "\nUse another output directory or delete this store."
+        )

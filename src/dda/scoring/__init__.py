@@ -13,5 +13,14 @@ from .base import (
     run_method,
 )
 
-__all__ = ["PRESETS", "REGISTRY", "FeatureSet", "ModelAccess", "ScoringContext", "dot_scores", "method_needs",
-           "parse_method", "run_method"]
+__all__ = [
+    "PRESETS",
+    "REGISTRY",
+    "FeatureSet",
+    "ModelAccess",
+    "ScoringContext",
+    "dot_scores",
+    "method_needs",
+    "parse_method",
+    "run_method",
+]

@@ -99,8 +99,9 @@ def module_normalized(x: np.ndarray, blocks: list[int]) -> np.ndarray:
     return x / np.repeat(np.maximum(norms, 1e-30), blocks, axis=1)
 
 
-def dot_scores(train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 26,
-               blocks: list[int] | None = None) -> np.ndarray:
+def dot_scores(
+    train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 26, blocks: list[int] | None = None
+) -> np.ndarray:
     """queries @ train.T computed over row blocks of `train`, so memory stays bounded for a memmap.
 
     With `blocks`, both sides are module-normalised first (see `module_normalized`)."""
@@ -111,18 +112,19 @@ def dot_scores(train: np.ndarray, queries: np.ndarray, block_bytes: int = 1 << 2
     rows = max(1, block_bytes // max(1, d * train.dtype.itemsize))
     out = np.empty((q.shape[0], n), dtype=np.float32)
     for start in range(0, n, rows):
-        chunk = np.array(train[start: start + rows], dtype=np.float32)  # copy: memmaps are read-only
+        chunk = np.array(train[start : start + rows], dtype=np.float32)  # copy: memmaps are read-only
         if blocks is not None:
             chunk = module_normalized(chunk, blocks)
-        out[:, start: start + rows] = (q @ torch.from_numpy(chunk).T).numpy()
+        out[:, start : start + rows] = (q @ torch.from_numpy(chunk).T).numpy()
     return out
 
 
 def row_norms(train: np.ndarray, block_bytes: int = 1 << 26) -> np.ndarray:
     n, d = train.shape
     rows = max(1, block_bytes // max(1, d * train.dtype.itemsize))
-    return np.concatenate([np.linalg.norm(np.asarray(train[s: s + rows], dtype=np.float32), axis=1)
-                           for s in range(0, n, rows)])
+    return np.concatenate(
+        [np.linalg.norm(np.asarray(train[s : s + rows], dtype=np.float32), axis=1) for s in range(0, n, rows)]
+    )
 
 
 # ------------------------------------------------------------------------------------------ method registry
@@ -150,8 +152,9 @@ REGISTRY: dict[str, Scorer] = {}
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
-def register(name: str, needs: tuple[str, ...] = ("features",), **presets: dict[str, Any]
-             ) -> Callable[[ScoreFn], ScoreFn]:
+def register(
+    name: str, needs: tuple[str, ...] = ("features",), **presets: dict[str, Any]
+) -> Callable[[ScoreFn], ScoreFn]:
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"scorer {name}: unknown needs {sorted(unknown)} (known: {NEEDS})")
@@ -246,6 +249,7 @@ def run_method(spec: str, ctx: ScoringContext, defaults: dict[str, Any] | None =
     label, fn, merged = method_params(spec, defaults)
     scores = np.asarray(fn(ctx, **merged), dtype=np.float64)
     if scores.shape != (len(ctx.queries), len(ctx.train_texts)):
-        raise RuntimeError(f"method '{label}' returned shape {scores.shape}, expected "
-                           f"{(len(ctx.queries), len(ctx.train_texts))}")
+        raise RuntimeError(
+            f"method '{label}' returned shape {scores.shape}, expected {(len(ctx.queries), len(ctx.train_texts))}"
+        )
     return scores

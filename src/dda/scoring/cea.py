@@ -19,8 +19,12 @@ from .base import ModelAccess, ScoringContext, register
 
 
 @register("cea", needs=("model",))
-def cea(ctx: ScoringContext, cea_lr: float = ScoreConfig.cea_lr, cea_steps: int = ScoreConfig.cea_steps,
-        per_query: bool = False) -> np.ndarray:
+def cea(
+    ctx: ScoringContext,
+    cea_lr: float = ScoreConfig.cea_lr,
+    cea_steps: int = ScoreConfig.cea_steps,
+    per_query: bool = False,
+) -> np.ndarray:
     if ctx.model is None:
         raise ValueError("cea needs the model; run it through dda.api.Attributor")
     if not all(q.positive for q in ctx.queries):
@@ -36,8 +40,14 @@ def cea(ctx: ScoringContext, cea_lr: float = ScoreConfig.cea_lr, cea_steps: int 
             for group in groups:
                 losses = {}
                 for side in ("negative", "positive"):
-                    _steps(model, params, m, [(ctx.queries[i].prompt, getattr(ctx.queries[i], side)) for i in group],
-                           cea_lr, cea_steps)
+                    _steps(
+                        model,
+                        params,
+                        m,
+                        [(ctx.queries[i].prompt, getattr(ctx.queries[i], side)) for i in group],
+                        cea_lr,
+                        cea_steps,
+                    )
                     losses[side] = example_losses(model, m.train, m.pad_id, m.batch_size)
                     with torch.no_grad():
                         for p, s in zip(params, snapshot, strict=True):
@@ -47,8 +57,14 @@ def cea(ctx: ScoringContext, cea_lr: float = ScoreConfig.cea_lr, cea_steps: int 
     return out
 
 
-def _steps(model: torch.nn.Module, params: list[torch.Tensor], m: ModelAccess, pairs: list[tuple[str, str]],
-           lr: float, steps: int) -> None:
+def _steps(
+    model: torch.nn.Module,
+    params: list[torch.Tensor],
+    m: ModelAccess,
+    pairs: list[tuple[str, str]],
+    lr: float,
+    steps: int,
+) -> None:
     tok = m.formatter.tokenize_pairs(pairs)
     for p in params:
         p.requires_grad_(True)

@@ -108,18 +108,27 @@ def _resolved_mode(fs: FeatureSet, normalize: bool | str | None) -> str:
     if mode == "auto":
         mode = "module" if fs.blocks is not None else "none"
     if mode == "module" and fs.blocks is None:
-        raise ValueError("normalize=module needs per-module features (kronecker or identity projection); "
-                         "these were built with a projection that mixes modules")
+        raise ValueError(
+            "normalize=module needs per-module features (kronecker or identity projection); "
+            "these were built with a projection that mixes modules"
+        )
     return mode
 
 
-@register("dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False},
-          dda_no_contrast={"contrastive": False})
+@register(
+    "dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False}, dda_no_contrast={"contrastive": False}
+)
 @linear
-def dda(ctx: ScoringContext, beta: float = ScoreConfig.beta, contrastive: bool = True, debias: bool = True,
-        denoise: bool = True, debias_mode: str = ScoreConfig.debias_mode,
-        normalize: bool | str | None = ScoreConfig.normalize, checkpoints: list[str] | str | None = None
-        ) -> list[Term]:
+def dda(
+    ctx: ScoringContext,
+    beta: float = ScoreConfig.beta,
+    contrastive: bool = True,
+    debias: bool = True,
+    denoise: bool = True,
+    debias_mode: str = ScoreConfig.debias_mode,
+    normalize: bool | str | None = ScoreConfig.normalize,
+    checkpoints: list[str] | str | None = None,
+) -> list[Term]:
     """DDA: the contrastive score averaged over fine-tuned checkpoints (denoise), minus beta times the theta0
     score (debias; beta < 0 adds it). Ablations: dda_no_debias, dda_no_denoise (last checkpoint only),
     dda_no_contrast (the negative output's gradient alone). See the module docstring for debias_mode and
@@ -168,13 +177,19 @@ def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
 def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None) -> list[Term]:
     """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k)."""
     fs = _need(ctx)
-    return [Term(c.lr if c.lr is not None else 1.0, c.name, _query(fs, c.name, False), "none", c.name, False)
-            for c in fs.finetuned(checkpoints)]
+    return [
+        Term(c.lr if c.lr is not None else 1.0, c.name, _query(fs, c.name, False), "none", c.name, False)
+        for c in fs.finetuned(checkpoints)
+    ]
 
 
 @register("trak")
-def trak(ctx: ScoringContext, trak_lambda: float = ScoreConfig.trak_lambda, checkpoints: list[str] | str | None = None,
-         contrastive: bool = False) -> np.ndarray:
+def trak(
+    ctx: ScoringContext,
+    trak_lambda: float = ScoreConfig.trak_lambda,
+    checkpoints: list[str] | str | None = None,
+    contrastive: bool = False,
+) -> np.ndarray:
     """TRAK: phi_q^T (Phi^T Phi + lambda I)^-1 Phi^T per checkpoint, averaged over checkpoints.
 
     Uses the push-through identity Phi (Phi^T Phi + lI)^-1 = (Phi Phi^T + lI)^-1 Phi when n_train < dim, so
@@ -196,22 +211,22 @@ def trak_scores(phi: np.ndarray, q: np.ndarray, trak_lambda: float, block_bytes:
         cols = max(1, block_bytes // (8 * n))
         gram, rhs = np.zeros((n, n)), np.zeros((n, len(q)))
         for c0 in range(0, d, cols):
-            part = np.asarray(phi[:, c0: c0 + cols], dtype=np.float64)
+            part = np.asarray(phi[:, c0 : c0 + cols], dtype=np.float64)
             gram += part @ part.T
-            rhs += part @ q[:, c0: c0 + cols].T
+            rhs += part @ q[:, c0 : c0 + cols].T
             release_pages(phi, 0, n)
         gram[np.diag_indices(n)] += trak_lambda * max(np.trace(gram) / n, 1e-30)
         return np.linalg.solve(gram, rhs).T
     rows = max(1, block_bytes // (8 * d))
     gram = np.zeros((d, d))
     for r0 in range(0, n, rows):
-        part = np.asarray(phi[r0: r0 + rows], dtype=np.float64)
+        part = np.asarray(phi[r0 : r0 + rows], dtype=np.float64)
         gram += part.T @ part
         release_pages(phi, r0, min(n, r0 + rows))
     gram[np.diag_indices(d)] += trak_lambda * max(np.trace(gram) / d, 1e-30)
     w = np.linalg.solve(gram, q.T).T  # (n_q, d)
     out = np.empty((len(q), n))
     for r0 in range(0, n, rows):
-        out[:, r0: r0 + rows] = w @ np.asarray(phi[r0: r0 + rows], dtype=np.float64).T
+        out[:, r0 : r0 + rows] = w @ np.asarray(phi[r0 : r0 + rows], dtype=np.float64).T
         release_pages(phi, r0, min(n, r0 + rows))
     return out

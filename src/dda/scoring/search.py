@@ -76,8 +76,12 @@ class FoldPlan:
         return list(self.slices)
 
     def describe(self) -> dict[str, Any]:
-        return {"method": self.method, "normalize": self.normalize, "layout": self.layout,
-                "slices": {k: [vars(c) for c in v] for k, v in self.slices.items()}}
+        return {
+            "method": self.method,
+            "normalize": self.normalize,
+            "layout": self.layout,
+            "slices": {k: [vars(c) for c in v] for k, v in self.slices.items()},
+        }
 
 
 def _method_params(spec: str, defaults: dict[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
@@ -89,8 +93,13 @@ def _method_params(spec: str, defaults: dict[str, Any] | None) -> tuple[str, str
     return label, name, merged
 
 
-def plan_fold(spec: str, checkpoints: list[Checkpoint], has_blocks: bool, defaults: dict[str, Any] | None = None,
-              default_checkpoints: list[str] | None = None) -> FoldPlan:
+def plan_fold(
+    spec: str,
+    checkpoints: list[Checkpoint],
+    has_blocks: bool,
+    defaults: dict[str, Any] | None = None,
+    default_checkpoints: list[str] | None = None,
+) -> FoldPlan:
     """The fold of method `spec` ('dda(beta=0.4,debias_mode=cross)', 'tracin', ...) over `checkpoints`
     (checkpoints[0] is theta0). `has_blocks`: the stores keep per-module columns (normalize=auto -> module).
     `defaults`/`default_checkpoints` are the config's score settings, as `Attributor.attribute` passes them."""
@@ -101,12 +110,16 @@ def plan_fold(spec: str, checkpoints: list[Checkpoint], has_blocks: bool, defaul
         if mode == "auto":
             mode = "module" if has_blocks else "none"
         if mode == "std":
-            raise ValueError(f"method '{label}': normalize=std cannot be folded into one query vector (it scales "
-                             "each checkpoint's scores by their std over every training row); use normalize=module "
-                             "or none, or `dda attribute`")
+            raise ValueError(
+                f"method '{label}': normalize=std cannot be folded into one query vector (it scales "
+                "each checkpoint's scores by their std over every training row); use normalize=module "
+                "or none, or `dda attribute`"
+            )
         if mode == "module" and not has_blocks:
-            raise ValueError("normalize=module needs per-module features (kronecker or identity projection); "
-                             "these were built with a projection that mixes modules")
+            raise ValueError(
+                "normalize=module needs per-module features (kronecker or identity projection); "
+                "these were built with a projection that mixes modules"
+            )
         contrastive = bool(p.get("contrastive", True))
         chosen = cks.finetuned(p.get("checkpoints") or default_checkpoints)
         if not p.get("denoise", True):
@@ -132,10 +145,13 @@ def plan_fold(spec: str, checkpoints: list[Checkpoint], has_blocks: bool, defaul
         return FoldPlan(label, "row" if name == "grad_cos" else "none", {ck: [Contribution(1.0, ck, False)]})
     if name == "tracin":
         chosen = cks.finetuned(p.get("checkpoints"))
-        return FoldPlan(label, "none", {c.name: [Contribution(c.lr if c.lr is not None else 1.0, c.name, False)]
-                                        for c in chosen})
-    raise ValueError(f"method '{label}' cannot be folded into one query vector (foldable: {', '.join(FOLDABLE)}); "
-                     "`dda attribute` scores it over the whole store")
+        return FoldPlan(
+            label, "none", {c.name: [Contribution(c.lr if c.lr is not None else 1.0, c.name, False)] for c in chosen}
+        )
+    raise ValueError(
+        f"method '{label}' cannot be folded into one query vector (foldable: {', '.join(FOLDABLE)}); "
+        "`dda attribute` scores it over the whole store"
+    )
 
 
 def train_blocks(plan: FoldPlan, blocks: list[int] | None, dim: int) -> list[int] | None:
@@ -181,7 +197,7 @@ def _normalize_(t: torch.Tensor, blocks: list[int]) -> None:
         return
     start = 0
     for b in blocks:
-        seg = t[:, start: start + b]
+        seg = t[:, start : start + b]
         seg.div_(torch.linalg.vector_norm(seg, dim=1, keepdim=True).clamp_min_(1e-30))
         start += b
 
@@ -206,8 +222,9 @@ class ConcatenatedRows:
             if p.ndim != 2 or p.shape[0] != n:
                 raise ValueError(f"store {names[i] if names else i} has shape {p.shape}; every store needs {n} rows")
             if blocks is not None and sum(blocks) != p.shape[1]:
-                raise ValueError(f"module blocks cover {sum(blocks)} columns but store "
-                                 f"{names[i] if names else i} has {p.shape[1]}")
+                raise ValueError(
+                    f"module blocks cover {sum(blocks)} columns but store {names[i] if names else i} has {p.shape[1]}"
+                )
         self.parts, self.blocks, self.names = parts, blocks, names or [str(i) for i in range(len(parts))]
         self.shape = (n, sum(p.shape[1] for p in parts))
 
@@ -231,8 +248,9 @@ class ConcatenatedRows:
         rows = np.asarray(rows, dtype=np.int64)
         return self._fill(len(rows), lambda p: read_rows(p, rows), None)
 
-    def _fill(self, n: int, read: Callable[[np.ndarray], np.ndarray],
-              release: Callable[[np.ndarray], None] | None) -> np.ndarray:
+    def _fill(
+        self, n: int, read: Callable[[np.ndarray], np.ndarray], release: Callable[[np.ndarray], None] | None
+    ) -> np.ndarray:
         out = np.empty((n, self.shape[1]), dtype=np.float32)
         t = torch.from_numpy(out)
         off = 0
@@ -240,11 +258,11 @@ class ConcatenatedRows:
             d = p.shape[1]
             with warnings.catch_warnings():  # a read-only memmap view is only read here
                 warnings.simplefilter("ignore", UserWarning)
-                t[:, off: off + d].copy_(torch.from_numpy(np.asarray(read(p))))  # float16 -> float32, vectorised
+                t[:, off : off + d].copy_(torch.from_numpy(np.asarray(read(p))))  # float16 -> float32, vectorised
             if release is not None:
                 release(p)
             if self.blocks is not None:
-                _normalize_(t[:, off: off + d], self.blocks)
+                _normalize_(t[:, off : off + d], self.blocks)
             off += d
         return out
 
@@ -267,8 +285,12 @@ def store_sources(metas: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def index_name(backend: str, plan: FoldPlan, blocks: list[int] | None, sources: dict[str, str]) -> str:
     """Directory name of the index of `backend` over the plan's concatenated rows (not its query weights)."""
-    key = {"layout": plan.layout, "normalize": plan.normalize, "blocks": blocks,
-           "sources": {s: sources.get(s) for s in plan.layout}}
+    key = {
+        "layout": plan.layout,
+        "normalize": plan.normalize,
+        "blocks": blocks,
+        "sources": {s: sources.get(s) for s in plan.layout},
+    }
     return f"{backend}-{stable_hash(key, 12)}"
 
 
@@ -286,10 +308,20 @@ def default_nlist(n: int) -> int:
     return int(max(1, min(round(np.sqrt(n)), n // 39)))
 
 
-def build_index(rows: ConcatenatedRows, out_dir: str | Path, backend: str, plan: FoldPlan,
-                sources: dict[str, str] | None = None, *, sketch_dim: int = 256, seed: int = 0,
-                nlist: int | None = None, train_rows: int | None = None, run_config: dict | None = None,
-                on_block: Callable[[int], None] | None = None) -> Path:
+def build_index(
+    rows: ConcatenatedRows,
+    out_dir: str | Path,
+    backend: str,
+    plan: FoldPlan,
+    sources: dict[str, str] | None = None,
+    *,
+    sketch_dim: int = 256,
+    seed: int = 0,
+    nlist: int | None = None,
+    train_rows: int | None = None,
+    run_config: dict | None = None,
+    on_block: Callable[[int], None] | None = None,
+) -> Path:
     """Build a `sketch` or `faiss` index of `rows` into `out_dir` (replacing one there), atomically: it is
     written into a temporary directory, meta.json last, then renamed. One streaming pass over the stores.
 
@@ -311,19 +343,21 @@ def build_index(rows: ConcatenatedRows, out_dir: str | Path, backend: str, plan:
     params: dict[str, Any] = {"sketch_dim": sketch_dim, "seed": seed}
     try:
         sk_path = tmp / "sketch.npy"
-        proj = build_sketch(rows, sk_path, sketch_dim=sketch_dim, seed=seed, block_rows=rows.block_rows(),
-                            on_block=on_block)
+        proj = build_sketch(
+            rows, sk_path, sketch_dim=sketch_dim, seed=seed, block_rows=rows.block_rows(), on_block=on_block
+        )
         if backend == "faiss":
             nl = min(nlist or default_nlist(n), n)
             nt = min(n, train_rows or 64 * nl)
             sample = np.sort(np.random.default_rng(seed).choice(n, size=nt, replace=False))
             quantizer = faiss.IndexFlatIP(sketch_dim)
-            index = faiss.IndexIVFScalarQuantizer(quantizer, sketch_dim, nl, faiss.ScalarQuantizer.QT_fp16,
-                                                  faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, sketch_dim, nl, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+            )
             index.train(np.ascontiguousarray(proj[sample], dtype=np.float32))
             step = 1 << 16
             for start in range(0, n, step):
-                index.add(np.ascontiguousarray(proj[start: start + step], dtype=np.float32))
+                index.add(np.ascontiguousarray(proj[start : start + step], dtype=np.float32))
             faiss.write_index(index, str(tmp / "ivf.faiss"))
             del index, quantizer, proj
             sk_path.unlink()
@@ -331,12 +365,23 @@ def build_index(rows: ConcatenatedRows, out_dir: str | Path, backend: str, plan:
             params.update(nlist=nl, train_rows=nt, quantizer="fp16")
         else:
             del proj
-        meta = {"format": INDEX_FORMAT, "backend": backend, "n_rows": n, "dim": dim, "layout": plan.layout,
-                "normalize": plan.normalize, "blocks": rows.blocks, "sources": sources or {}, "params": params,
-                "built_for": plan.describe(), "build_seconds": round(time.perf_counter() - t0, 3),
-                "bytes": sum(f.stat().st_size for f in tmp.iterdir())}
-        write_yaml(tmp / "config.yaml", {"index": {k: v for k, v in meta.items() if k != "built_for"},
-                                         "run": run_config or {}})
+        meta = {
+            "format": INDEX_FORMAT,
+            "backend": backend,
+            "n_rows": n,
+            "dim": dim,
+            "layout": plan.layout,
+            "normalize": plan.normalize,
+            "blocks": rows.blocks,
+            "sources": sources or {},
+            "params": params,
+            "built_for": plan.describe(),
+            "build_seconds": round(time.perf_counter() - t0, 3),
+            "bytes": sum(f.stat().st_size for f in tmp.iterdir()),
+        }
+        write_yaml(
+            tmp / "config.yaml", {"index": {k: v for k, v in meta.items() if k != "built_for"}, "run": run_config or {}}
+        )
         write_json(tmp / "meta.json", meta)  # last: a directory without it is scratch
         if out_dir.exists():
             old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
@@ -380,19 +425,25 @@ class SearchIndex:
     def candidates(self, rows: ConcatenatedRows, queries: np.ndarray, n: int, nprobe: int) -> np.ndarray:
         """(n_queries, n) candidate row numbers (-1 where faiss found fewer)."""
         if tuple(rows.shape) != (self.meta["n_rows"], self.meta["dim"]):
-            raise ValueError(f"{self.root}: index of {self.meta['n_rows']} x {self.meta['dim']} rows, the stores give "
-                             f"{rows.shape[0]} x {rows.shape[1]}; rebuild it")
+            raise ValueError(
+                f"{self.root}: index of {self.meta['n_rows']} x {self.meta['dim']} rows, the stores give "
+                f"{rows.shape[0]} x {rows.shape[1]}; rebuild it"
+            )
         p = self.meta["params"]
         if self.backend == "sketch":
             sketch, meta = load_sketch(self.root / "sketch.npy", rows)
-            q_sk = (torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-                    @ sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])).numpy()
+            q_sk = (
+                torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+                @ sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])
+            ).numpy()
             return topk_scores(sketch, q_sk, n, block_rows=65536, half=True)[1]
         faiss = _faiss()
         index = faiss.read_index(str(self.root / "ivf.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         index.nprobe = max(1, min(nprobe, p["nlist"]))
-        q_proj = (torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-                  @ sketch_matrix(self.meta["dim"], p["sketch_dim"], p["seed"])).numpy()
+        q_proj = (
+            torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+            @ sketch_matrix(self.meta["dim"], p["sketch_dim"], p["seed"])
+        ).numpy()
         return index.search(np.ascontiguousarray(q_proj), min(n, self.meta["n_rows"]))[1]
 
 
@@ -407,8 +458,9 @@ def open_index(root: str | Path) -> SearchIndex:
     return SearchIndex(root, meta)
 
 
-def find_index(root: str | Path, backend: str, plan: FoldPlan, blocks: list[int] | None,
-               sources: dict[str, str] | None) -> SearchIndex | None:
+def find_index(
+    root: str | Path, backend: str, plan: FoldPlan, blocks: list[int] | None, sources: dict[str, str] | None
+) -> SearchIndex | None:
     """The newest index of `backend` under `root` that serves `plan` (None if there is none)."""
     root = Path(root)
     if not root.is_dir():
@@ -421,9 +473,16 @@ def find_index(root: str | Path, backend: str, plan: FoldPlan, blocks: list[int]
 # -------------------------------------------------------------------------------------------------- search
 
 
-def search_rows(rows: ConcatenatedRows, queries: np.ndarray, k: int, backend: str = "exact",
-                index: SearchIndex | None = None, candidates: int = 1024, nprobe: int = 32,
-                on_block: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_rows(
+    rows: ConcatenatedRows,
+    queries: np.ndarray,
+    k: int,
+    backend: str = "exact",
+    index: SearchIndex | None = None,
+    candidates: int = 1024,
+    nprobe: int = 32,
+    on_block: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of `queries @ rows.T`: (scores, row numbers), both (n_queries, <= k), scores exact and descending.
 
     exact: one streaming pass (memory: one block of rows plus the running top-k). sketch/faiss: `candidates`
@@ -439,9 +498,17 @@ def search_rows(rows: ConcatenatedRows, queries: np.ndarray, k: int, backend: st
     return exact_rerank(rows, queries, index.candidates(rows, queries, max(k, candidates), nprobe), k)
 
 
-def folded_topk(fs: FeatureSet, plan: FoldPlan, k: int, backend: str = "exact", index: SearchIndex | None = None,
-                sources: dict[str, str] | None = None, candidates: int = 1024, nprobe: int = 32,
-                on_block: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def folded_topk(
+    fs: FeatureSet,
+    plan: FoldPlan,
+    k: int,
+    backend: str = "exact",
+    index: SearchIndex | None = None,
+    sources: dict[str, str] | None = None,
+    candidates: int = 1024,
+    nprobe: int = 32,
+    on_block: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the method `plan` folds, over the stores of `fs`, without any (n_queries x n_train) array."""
     layout = plan.layout
     if backend != "exact":
@@ -484,17 +551,23 @@ class SearchResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def top(self, query: int = 0) -> list[dict[str, Any]]:
-        return [{"rank": r + 1, "row": int(i), "train_id": self.train_ids.get(int(i)), "score": float(s)}
-                for r, (s, i) in enumerate(zip(self.scores[query], self.rows[query], strict=True))]
+        return [
+            {"rank": r + 1, "row": int(i), "train_id": self.train_ids.get(int(i)), "score": float(s)}
+            for r, (s, i) in enumerate(zip(self.scores[query], self.rows[query], strict=True))
+        ]
 
     def save(self, out_dir: str | Path, run_config: dict[str, Any] | None = None) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_yaml(out / "config.yaml", {"search": self.settings, "run": run_config or {}})
-        write_json(out / "search.json", {
-            "orientation": "higher score = more responsible for the query's negative output",
-            "method": self.method, "backend": self.backend,
-            "scores": "exact scores of the method; an index backend may miss rows, never misscore them",
-            "queries": [{"id": q, "top": self.top(i)} for i, q in enumerate(self.query_ids)],
-        })
+        write_json(
+            out / "search.json",
+            {
+                "orientation": "higher score = more responsible for the query's negative output",
+                "method": self.method,
+                "backend": self.backend,
+                "scores": "exact scores of the method; an index backend may miss rows, never misscore them",
+                "queries": [{"id": q, "top": self.top(i)} for i, q in enumerate(self.query_ids)],
+            },
+        )
         return out

@@ -38,13 +38,21 @@ SKETCH_FORMAT = 1
 def sketch_matrix(dim_in: int, sketch_dim: int, seed: int, rows_per_chunk: int = 8192) -> torch.Tensor:
     """The seeded (dim_in, sketch_dim) Gaussian, N(0, 1/sketch_dim); the same seed gives the same matrix."""
     gen = torch.Generator().manual_seed(int(seed))
-    parts = [torch.randn(min(rows_per_chunk, dim_in - s), sketch_dim, generator=gen)
-             for s in range(0, dim_in, rows_per_chunk)]
+    parts = [
+        torch.randn(min(rows_per_chunk, dim_in - s), sketch_dim, generator=gen)
+        for s in range(0, dim_in, rows_per_chunk)
+    ]
     return torch.cat(parts) / float(np.sqrt(sketch_dim))
 
 
-def build_sketch(train: np.ndarray, path: str | Path, sketch_dim: int = 256, seed: int = 0,
-                 block_rows: int = 4096, on_block: Callable[[int], None] | None = None) -> np.memmap:
+def build_sketch(
+    train: np.ndarray,
+    path: str | Path,
+    sketch_dim: int = 256,
+    seed: int = 0,
+    block_rows: int = 4096,
+    on_block: Callable[[int], None] | None = None,
+) -> np.memmap:
     """Write `path` (.npy, float16, n x sketch_dim) and `path`.json; one streaming pass over `train`.
 
     The file is written under a temporary name and renamed when complete, so a killed build leaves no sketch
@@ -77,13 +85,22 @@ def load_sketch(path: str | Path, train: np.ndarray) -> tuple[np.ndarray, dict]:
         raise FileNotFoundError(f"{path}: no sketch here (build it with build_sketch)")
     meta = json.loads(meta_path.read_text())
     if (meta.get("n_rows"), meta.get("source_dim")) != tuple(train.shape):
-        raise ValueError(f"{meta_path}: sketch of a {meta.get('n_rows')} x {meta.get('source_dim')} store, "
-                         f"but the store is {train.shape[0]} x {train.shape[1]}; rebuild it")
+        raise ValueError(
+            f"{meta_path}: sketch of a {meta.get('n_rows')} x {meta.get('source_dim')} store, "
+            f"but the store is {train.shape[0]} x {train.shape[1]}; rebuild it"
+        )
     return np.load(path, mmap_mode="r", allow_pickle=False), meta
 
 
-def sketch_topk(train: np.ndarray, sketch: np.ndarray, meta: dict, queries: np.ndarray, k: int,
-                candidates: int = 1024, block_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def sketch_topk(
+    train: np.ndarray,
+    sketch: np.ndarray,
+    meta: dict,
+    queries: np.ndarray,
+    k: int,
+    candidates: int = 1024,
+    block_rows: int = 65536,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of `queries @ train.T` per query: sketch scan for `candidates` rows each, exact re-ranking.
 
     Returns (scores, indices) like `topk_scores`: (q, min(k, n)), exact float32 scores, descending. The
@@ -97,8 +114,9 @@ def sketch_topk(train: np.ndarray, sketch: np.ndarray, meta: dict, queries: np.n
     return exact_rerank(train, q, cand, k)
 
 
-def exact_rerank(train: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def exact_rerank(
+    train: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of `queries @ train.T` among the candidate rows of all queries pooled (negative ids, faiss's
     "no result", are dropped). Returns (scores, indices) like `topk_scores`."""
     q = np.ascontiguousarray(queries, dtype=np.float32)

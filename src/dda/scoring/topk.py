@@ -38,8 +38,11 @@ def release_pages(arr: np.ndarray, start: int, stop: int) -> None:
     if hasattr(arr, "release_rows"):  # a store sharded over several memmaps releases each shard's pages
         arr.release_rows(start, stop)
         return
-    if _LIBC is None or not isinstance(arr, np.memmap) or getattr(arr, "mode", "c") not in ("r", "r+", "readonly",
-                                                                                            "readwrite"):
+    if (
+        _LIBC is None
+        or not isinstance(arr, np.memmap)
+        or getattr(arr, "mode", "c") not in ("r", "r+", "readonly", "readwrite")
+    ):
         return
     start, stop = max(0, start), min(stop, arr.shape[0])  # never advise pages outside this array's mapping
     if stop <= start:
@@ -61,8 +64,15 @@ def _block_tensor(block: np.ndarray, half: bool) -> torch.Tensor:
     return torch.from_numpy(np.asarray(block, dtype=np.float32))
 
 
-def topk_scores(train_memmap: np.ndarray, queries: np.ndarray, k: int, block_rows: int = 4096,
-                release: bool = True, on_block=None, half: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def topk_scores(
+    train_memmap: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    block_rows: int = 4096,
+    release: bool = True,
+    on_block=None,
+    half: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of `queries @ train.T` per query, streaming over row blocks of `train_memmap`.
 
     train_memmap: (n, d) array, typically a float16/float32 np.memmap; queries: (q, d). Returns
