@@ -10,6 +10,22 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Small settings for tiny-model runs (fine-tune, index, attribute in seconds); tests add or override keys.
+TINY_SETTINGS = {
+    "train.epochs": 2,
+    "train.batch_size": 4,
+    "train.lr": 1e-2,
+    "train.lora.r": 4,
+    "train.lora.target_modules": ["q_proj", "v_proj"],
+    "features.modules": ["q_proj", "v_proj"],
+    "features.proj_dim": 4,
+    "features.layers": "all",
+    "features.batch_size": 4,
+    "data.max_prompt_tokens": 16,
+    "data.max_response_tokens": 8,
+    "quiet": True,
+}
+
 VOCAB_WORDS = (
     "the a of in to and was is for on that with by at from as has have it he she they said England "
     "China France Australia Wales Scotland London Belfast football team match police court "

@@ -20,7 +20,7 @@ WORDS = (
 
 def tiny_attribute_run(root: Path) -> Path:
     """`dda attribute` output with token attribution, from a tiny random Llama fine-tuned for 2 epochs."""
-    from conftest import make_model, make_tokenizer
+    from conftest import TINY_SETTINGS, make_model, make_tokenizer
 
     from dda import Attributor, apply_overrides
     from dda.config import DDAConfig
@@ -37,18 +37,8 @@ def tiny_attribute_run(root: Path) -> Path:
     cfg = apply_overrides(
         DDAConfig(),
         {
-            "train.epochs": 2,
-            "train.batch_size": 4,
-            "train.lr": 1e-2,
-            "train.lora.r": 4,
-            "train.lora.target_modules": ["q_proj", "v_proj"],
-            "features.modules": ["q_proj", "v_proj"],
-            "features.proj_dim": 4,
+            **TINY_SETTINGS,
             "features.module_dim": 0,
-            "features.layers": "all",
-            "data.max_prompt_tokens": 16,
-            "data.max_response_tokens": 8,
-            "quiet": True,
         },
     )
     tok = make_tokenizer()

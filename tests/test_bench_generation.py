@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_model, make_tokenizer
+from conftest import TINY_SETTINGS, make_model, make_tokenizer
 
 from dda import Attributor, Example, apply_overrides
 from dda.bench.canary import CanaryPair, contains_word, swap_word
@@ -111,18 +111,8 @@ def _tiny_attributor(tmp: Path) -> Attributor:
     cfg = apply_overrides(
         DDAConfig(),
         {
+            **TINY_SETTINGS,
             "train.epochs": 1,
-            "train.batch_size": 4,
-            "train.lr": 1e-2,
-            "train.lora.r": 4,
-            "train.lora.target_modules": ["q_proj", "v_proj"],
-            "features.modules": ["q_proj", "v_proj"],
-            "features.proj_dim": 4,
-            "features.layers": "all",
-            "features.batch_size": 4,
-            "data.max_prompt_tokens": 16,
-            "data.max_response_tokens": 8,
-            "quiet": True,
         },
     )
     return Attributor(cfg, tmp, model=make_model("llama", vocab_size=len(tok)), tokenizer=tok)

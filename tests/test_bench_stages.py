@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_model, make_tokenizer
+from conftest import TINY_SETTINGS, make_model, make_tokenizer
 
 from dda.bench.canary import contains_word, parse_pairs
 from dda.bench.generation import GenerationBudget
@@ -27,6 +27,7 @@ from dda.config import ALL_PROJ, ConfigError
 WORDS = "the a of in to and was is for on that with by at from as has said team match police court".split()
 METHODS = ["dda", "dda_no_debias", "bm25", "grad_dot"]
 OVERRIDES: dict[str, Any] = {
+    **TINY_SETTINGS,
     "bench.n_train": 12,
     "bench.n_poison": 3,
     "bench.n_hard_negatives": 1,
@@ -35,17 +36,6 @@ OVERRIDES: dict[str, Any] = {
     "bench.gen_batch_size": 2,
     "bench.max_new_tokens": 4,
     "bench.betas": [-1.0, 0.0, 0.4],
-    "train.epochs": 2,
-    "train.batch_size": 4,
-    "train.lr": 1e-2,
-    "train.lora.r": 4,
-    "train.lora.target_modules": ["q_proj", "v_proj"],
-    "features.modules": ["q_proj", "v_proj"],
-    "features.layers": "all",
-    "features.proj_dim": 4,
-    "features.batch_size": 4,
-    "data.max_prompt_tokens": 16,
-    "data.max_response_tokens": 8,
 }
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import TINY_SETTINGS, make_model, make_tokenizer
 
 from dda import Attributor, Example, Query, apply_overrides
 from dda.callback import DDACheckpointCallback, save_epoch_checkpoint
@@ -28,13 +28,7 @@ def _cfg() -> DDAConfig:
     return apply_overrides(
         DDAConfig(),
         {
-            "features.modules": ["q_proj", "v_proj"],
-            "features.proj_dim": 4,
-            "features.layers": "all",
-            "features.batch_size": 4,
-            "data.max_prompt_tokens": 16,
-            "data.max_response_tokens": 8,
-            "quiet": True,
+            **TINY_SETTINGS,
         },
     )
 

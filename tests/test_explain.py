@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import TINY_SETTINGS, make_model
 
 from dda.features.capture import GradientFeaturizer, freeze, pad_batch, select_modules
 from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector
@@ -77,18 +77,10 @@ def _attributor(tmp, **extra) -> Attributor:
     from conftest import make_tokenizer
 
     base = {
-        "train.epochs": 2,
-        "train.batch_size": 4,
-        "train.lr": 1e-2,
-        "train.lora.r": 4,
+        **TINY_SETTINGS,
         "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
         "features.modules": ["q_proj", "v_proj", "down_proj"],
-        "features.proj_dim": 4,
-        "features.layers": "all",
         "features.batch_size": 3,
-        "data.max_prompt_tokens": 16,
-        "data.max_response_tokens": 8,
-        "quiet": True,
     }
     base.update(extra)
     tok = make_tokenizer()

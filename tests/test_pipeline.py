@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import TINY_SETTINGS, make_model, make_tokenizer
 
 from dda import Attributor, Example, Query, apply_overrides
 from dda.config import DDAConfig
@@ -32,18 +32,10 @@ def _examples(n: int, seed: int = 0) -> list[Example]:
 
 def _cfg(**extra) -> DDAConfig:
     base = {
-        "train.epochs": 2,
-        "train.batch_size": 4,
-        "train.lr": 1e-2,
-        "train.lora.r": 4,
+        **TINY_SETTINGS,
         "train.lora.target_modules": ["q_proj", "v_proj", "down_proj"],
         "features.modules": ["q_proj", "v_proj", "down_proj"],
-        "features.proj_dim": 4,
-        "features.layers": "all",
         "features.batch_size": 3,
-        "data.max_prompt_tokens": 16,
-        "data.max_response_tokens": 8,
-        "quiet": True,
     }
     base.update(extra)
     return apply_overrides(DDAConfig(), base)

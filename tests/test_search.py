@@ -220,7 +220,7 @@ def test_trak_reads_blocks_and_solves_min_n_d(tmp_path, n, d):
 def test_search_cli_end_to_end(tmp_path):
     """Tiny Llama saved as a model dir; fine-tune + index through the API, then `dda build-index` and `dda search`
     from the CLI: the exact backend equals `attribute`'s full dda scores, the index backends find the same top."""
-    from conftest import make_model, make_tokenizer
+    from conftest import TINY_SETTINGS, make_model, make_tokenizer
     from typer.testing import CliRunner
 
     from dda import Attributor, Example, apply_overrides
@@ -234,18 +234,8 @@ def test_search_cli_end_to_end(tmp_path):
     cfg = apply_overrides(
         DDAConfig(),
         {
+            **TINY_SETTINGS,
             "model.name": str(tmp_path / "model"),
-            "train.epochs": 2,
-            "train.batch_size": 4,
-            "train.lr": 1e-2,
-            "train.lora.r": 4,
-            "train.lora.target_modules": ["q_proj", "v_proj"],
-            "features.modules": ["q_proj", "v_proj"],
-            "features.proj_dim": 4,
-            "features.layers": "all",
-            "data.max_prompt_tokens": 16,
-            "data.max_response_tokens": 8,
-            "quiet": True,
         },
     )
     write_yaml(tmp_path / "cfg.yaml", cfg.to_dict())
