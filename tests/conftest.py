@@ -26,6 +26,28 @@ TINY_SETTINGS = {
     "quiet": True,
 }
 
+# Words of the tiny vocabulary that random documents are made of.
+WORDS = (
+    "England China France team match police court government minister news report people year club "
+    "season player coach city council school hospital president election vote market bank price"
+).split()
+
+
+def random_examples(n: int, seed: int = 0, doc_words: tuple[int, int] = (8, 20)):
+    """n random (document, summary) examples over WORDS, ids ex0..ex{n-1}."""
+    import numpy as np
+
+    from dda.data import Example
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        doc = " ".join(rng.choice(WORDS, size=int(rng.integers(*doc_words))))
+        summ = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7))))
+        out.append(Example(f"ex{i}", doc, summ))
+    return out
+
+
 VOCAB_WORDS = (
     "the a of in to and was is for on that with by at from as has have it he she they said England "
     "China France Australia Wales Scotland London Belfast football team match police court "

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_model, make_tokenizer
+from conftest import WORDS, make_model, make_tokenizer
 from typer.testing import CliRunner
 
 from dda.cli import app
 
-WORDS = (
-    "England China France team match police court government minister news report people year club "
-    "season player coach city council school hospital president election vote market bank price"
-).split()
 COMMANDS = ["finetune", "index", "attribute", "bench", "bench-summary", "demo", "config"]
 # Small settings every command of these tests shares (a file, as a user would keep them).
 SMALL = {

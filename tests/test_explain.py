@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SETTINGS, make_model
+from conftest import TINY_SETTINGS, make_model, random_examples
 
 from dda.features.capture import GradientFeaturizer, freeze, pad_batch, select_modules
 from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector
@@ -55,22 +55,9 @@ from dda import Attributor, Example, Query, apply_overrides  # noqa: E402
 from dda.config import DDAConfig  # noqa: E402
 from dda.explain import read_explanations, top_token_stats  # noqa: E402
 
-WORDS = (
-    "England China France team match police court government minister news report people year club "
-    "season player coach city council school hospital president election vote market bank price"
-).split()
-
 
 def _examples(n: int, seed: int = 0) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    return [
-        Example(
-            f"ex{i}",
-            " ".join(rng.choice(WORDS, size=int(rng.integers(8, 16)))),
-            " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7)))),
-        )
-        for i in range(n)
-    ]
+    return random_examples(n, seed, doc_words=(8, 16))
 
 
 def _attributor(tmp, **extra) -> Attributor:

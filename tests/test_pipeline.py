@@ -8,26 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SETTINGS, make_model, make_tokenizer
+from conftest import TINY_SETTINGS, make_model, make_tokenizer, random_examples
 
 from dda import Attributor, Example, Query, apply_overrides
 from dda.config import DDAConfig
 from dda.features.store import FeatureStore, StoreMismatchError
 
-WORDS = (
-    "England China France team match police court government minister news report people year club "
-    "season player coach city council school hospital president election vote market bank price"
-).split()
-
 
 def _examples(n: int, seed: int = 0) -> list[Example]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        doc = " ".join(rng.choice(WORDS, size=int(rng.integers(8, 20))))
-        summ = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7))))
-        out.append(Example(f"ex{i}", doc, summ))
-    return out
+    return random_examples(n, seed)
 
 
 def _cfg(**extra) -> DDAConfig:
