@@ -8,11 +8,16 @@ normalisation divides the training row by constants of the whole document (its m
 
     score(q, z) = sum_terms w * <qhat, phi(z) / c(z)> = sum_t [ sum_terms w * <qhat, phi_t(z) / c(z)> ],
 
-and the bracket is token t's contribution: the parts sum to the score (float rounding aside).
+and the bracket is position t's part: the parts sum to the score (float rounding aside).
 
-Which token a position is: position t is the input token at t. Its g_t carries the loss of predicting token t+1
-(the response tokens are the loss targets) and, through attention, the losses of every later response token;
-so prompt positions get contributions too, and the result reports response and prompt sums separately.
+Which token a part belongs to (`align`): position t's g_t carries the loss of predicting token t+1 (the response
+tokens are the loss targets) and, through attention, the losses of every later response token. With
+align="target" (the default) position t's part is shown on token t+1, the token it learns to write: a poisoned
+summary's ' China' then carries the lesson "write China here", the response sum is exactly the part of the
+positions that carry a loss, and the prompt sum is what reaches earlier positions through attention only (prompt
+tokens do get contributions: their inputs x_t enter the weight gradient). The first token gets 0, and the last
+position has no loss after it (its g is 0), so the parts still sum to the score. align="input" keeps position t
+on token t (the input it reads).
 
 The query side splits the same way over its loss targets: the contrastive query vector is
 mean_a grad l(neg token a) - mean_b grad l(pos token b) over the tokens the contrast runs over
@@ -172,12 +177,16 @@ def _targets(mask: Sequence[bool]) -> list[int]:
 
 def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = ("dda",), top_k: int = 10,
             poisoned: set[str] | None = None, train_ids: Sequence[str] | None = None,
-            query_token_limit: int = 8, out_dir: str | Path | None = None) -> list[dict[str, Any]]:
+            query_token_limit: int = 8, out_dir: str | Path | None = None,
+            align: str = "target") -> list[dict[str, Any]]:
     """Token-level explanations of the top-k documents of each query under each gradient method.
 
     Returns one JSON-able dict per query (also written to OUT_DIR/explain/<query>.json when `out_dir` is
     given). `train_ids`: explain these documents (for every query) instead of the top k. `poisoned`: ground
     truth to mark (None: unknown)."""
+    if align not in ("target", "input"):
+        raise ValueError(f"align must be 'target' (a position's part on the token it predicts) or 'input', "
+                         f"not '{align}'")
     t_start = time.perf_counter()
     queries = list(queries)
     examples = att.train_examples()
@@ -280,7 +289,7 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
             "query_tokens": _query_token_info(tok, sides, qi, att.cfg.features.query_tokens),
             "methods": {},
             "cost": cost,
-            "settings": {"methods": list(plans), "top_k": top_k if train_ids is None else None,
+            "settings": {"align": align, "methods": list(plans), "top_k": top_k if train_ids is None else None,
                          "train_ids": list(train_ids) if train_ids is not None else None,
                          "query_token_limit": query_token_limit},
         }
@@ -292,6 +301,8 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
                 seq = data.input_ids[local[d]]
                 mask = np.asarray(data.response_mask[local[d]], dtype=bool)
                 c = contrib.get((label, qi, d), np.zeros(len(seq)))
+                if align == "target":
+                    c = to_targets(c)
                 side = _side_parts(plan, qi, d, rows, fs, target_rows, target_feats)
                 total = float(c.sum())
                 stored_rel = max((_rel_diff(rows[(pt.term.train, d)], fs.train[pt.term.train][d])
@@ -394,6 +405,17 @@ def _accumulate(plans: dict[str, dict[str, Any]], layout: list[tuple[str, _Plann
         for j, qi in enumerate(qis):
             key = (label, qi, d)
             contrib[key] = contrib.get(key, 0.0) + parts[:, j]
+
+
+def to_targets(parts: np.ndarray) -> np.ndarray:
+    """Per-position parts -> per-token parts with position t's part on token t+1 (the token it predicts). The last
+    position predicts nothing (no loss reaches it; its part is 0 up to rounding) and is kept on the last token so
+    the sum is unchanged."""
+    out = np.zeros_like(parts)
+    if len(parts):
+        out[1:] = parts[:-1]
+        out[-1] += parts[-1]
+    return out
 
 
 def _rel_diff(recomputed: np.ndarray, stored: np.ndarray) -> float:

@@ -474,9 +474,9 @@ function tokensBlock(tokens, q, from, to, special, cls) {
   const div = el("div", {class: "toks " + cls});
   for (let i = from; i < to; i++) {
     const t = tokens[i];
-    if (special && special.has(i)) { div.append(el("span", {class: "sp"}, t)); continue; }
     const c = q ? q[i] : 0;
-    const span = el("span", {class: "tk", style: c ? `background:${shade(c)}` : ""}, t);
+    const cls = special && special.has(i) ? "tk sp" : "tk";  // special tokens (end of turn...) small, still shaded
+    const span = el("span", {class: cls, style: c ? `background:${shade(c)}` : ""}, t);
     if (c) span.title = `${(c >= 0 ? "+" : "")}${(c / QUANT).toFixed(3)} × max`;
     div.append(span);
   }
