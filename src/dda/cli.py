@@ -279,7 +279,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (o
     Example: `dda show runs/x/attribution --out report.html`; `dda show runs/bench --explain`
     """
     from .explain import explain_bench_run, read_explanations
-    from .report_html import collect, locate, render
+    from .report_html import collect, locate, render, write_page_text
 
     try:
         kind, run, attr = locate(run_dir)
@@ -289,10 +289,8 @@ def show(run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (o
             explain_bench_run(run, _split_methods(methods), top_k or 10)
         data = collect(run_dir, top_k)
         target = out or run / "report.html"
-        from .io import write_text
-
         page = render(data)
-        write_text(target, page)
+        write_page_text(target, page)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)
     if not quiet:

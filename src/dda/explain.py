@@ -48,6 +48,7 @@ from .features.capture import GradientFeaturizer, freeze, pad_batch
 from .features.index import length_sorted_batches
 from .io import read_json, write_json
 from .models import applied
+from .progress import bar
 from .scoring import ScoringContext
 from .scoring.base import dot_scores, method_params
 from .scoring.gradient import Term, evaluate
@@ -235,39 +236,14 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
     docs_all = sorted({d for s in need.values() for d in s})
     data = att.tokenize([examples[d] for d in docs_all])
     local = {d: j for j, d in enumerate(docs_all)}
-    indexer = att.indexer
-    pad_id = att.tokenizer.pad_token_id if att.tokenizer.pad_token_id is not None else 0
     n_doc_rows = 0
     t_model = time.perf_counter()
-    for ckpt in att.all_checkpoints():
-        wanted = sorted(need.get(ckpt.name, ()))
-        want_targets = ckpt.name in query_ckpts and target_rows.data is not None
-        if not wanted and not want_targets:
-            continue
-        with applied(att.model, ckpt) as model:
-            freeze(model)
-            fz = GradientFeaturizer(model, indexer.modules, indexer.projector)
-            layout, vectors = _vectors_at(plans, ckpt.name)
-            reduce = _position_reducer(fz, torch.from_numpy(vectors).to(indexer.device))
-            lengths = np.array([len(data.input_ids[local[d]]) for d in wanted])
-            for batch in length_sorted_batches(lengths, np.arange(len(wanted)), att.cfg.features.batch_size):
-                docs = [wanted[b] for b in batch]
-                seqs = [data.input_ids[local[d]] for d in docs]
-                masks = [data.response_mask[local[d]] for d in docs]
-                reduced = fz.per_position_reduced(*pad_batch(seqs, masks, pad_id, indexer.device), reduce=reduce)
-                batch_rows, proj = _combine(fz, reduced)
-                for b, d in enumerate(docs):
-                    rows[(ckpt.name, d)] = batch_rows[b].astype(np.float32)  # kept for the query-side split
-                    _accumulate(plans, layout, d, proj[b, :, : len(seqs[b])], batch_rows[b], fs.blocks, contrib)
-                n_doc_rows += len(docs)
-            if want_targets:
-                td = target_rows.data
-                feats = []
-                for start in range(0, len(td), att.cfg.features.batch_size):
-                    sl = slice(start, start + att.cfg.features.batch_size)
-                    feats.append(fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id,
-                                               indexer.device)).cpu().double().numpy())
-                target_feats[ckpt.name] = np.concatenate(feats)
+    total_rows = sum(len(v) for v in need.values())
+    with bar(f"token attribution ({len(docs_all)} documents, {len(need)} checkpoints)", total_rows,
+             att.cfg.quiet) as advance:
+        for ckpt in att.all_checkpoints():
+            n_doc_rows += _explain_checkpoint(att, ckpt, need, query_ckpts, target_rows, plans, data, local, fs,
+                                              contrib, rows, target_feats, advance)
     model_seconds = time.perf_counter() - t_model
 
     # 4. assemble one explanation per query
@@ -334,6 +310,49 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
     if out_dir is not None:
         write_explanations(out_dir, out)
     return out
+
+
+def _explain_checkpoint(att: Attributor, ckpt: Any, need: dict[str, set[int]], query_ckpts: set[str],
+                        target_rows: _TargetRows, plans: dict[str, dict[str, Any]], data: Tokenized,
+                        local: dict[int, int], fs: Any, contrib: dict[tuple[str, int, int], np.ndarray],
+                        rows: dict[tuple[str, int], np.ndarray], target_feats: dict[str, np.ndarray],
+                        advance: Any) -> int:
+    """Apply one checkpoint, re-run the documents that read it (per-position features reduced to dot products
+    with the query vectors, accumulated into `contrib`; rows kept in `rows`) and the query target rows there.
+    Returns the number of document rows computed."""
+    indexer = att.indexer
+    pad_id = att.tokenizer.pad_token_id if att.tokenizer.pad_token_id is not None else 0
+    wanted = sorted(need.get(ckpt.name, ()))
+    want_targets = ckpt.name in query_ckpts and target_rows.data is not None
+    n_rows = 0
+    if not wanted and not want_targets:
+        return 0
+    with applied(att.model, ckpt) as model:
+        freeze(model)
+        fz = GradientFeaturizer(model, indexer.modules, indexer.projector)
+        layout, vectors = _vectors_at(plans, ckpt.name)
+        reduce = _position_reducer(fz, torch.from_numpy(vectors).to(indexer.device))
+        lengths = np.array([len(data.input_ids[local[d]]) for d in wanted])
+        for batch in length_sorted_batches(lengths, np.arange(len(wanted)), att.cfg.features.batch_size):
+            docs = [wanted[b] for b in batch]
+            seqs = [data.input_ids[local[d]] for d in docs]
+            masks = [data.response_mask[local[d]] for d in docs]
+            reduced = fz.per_position_reduced(*pad_batch(seqs, masks, pad_id, indexer.device), reduce=reduce)
+            batch_rows, proj = _combine(fz, reduced)
+            for b, d in enumerate(docs):
+                rows[(ckpt.name, d)] = batch_rows[b].astype(np.float32)  # kept for the query-side split
+                _accumulate(plans, layout, d, proj[b, :, : len(seqs[b])], batch_rows[b], fs.blocks, contrib)
+            n_rows += len(docs)
+            advance(len(docs))
+        if want_targets:
+            td = target_rows.data
+            feats = []
+            for start in range(0, len(td), att.cfg.features.batch_size):
+                sl = slice(start, start + att.cfg.features.batch_size)
+                feats.append(fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id,
+                                           indexer.device)).cpu().double().numpy())
+            target_feats[ckpt.name] = np.concatenate(feats)
+    return n_rows
 
 
 def _vectors_at(plans: dict[str, dict[str, Any]], ckpt: str) -> tuple[list[tuple[str, _PlannedTerm, int]], np.ndarray]:

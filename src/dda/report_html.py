@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import html
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -285,8 +286,13 @@ def render(data: dict[str, Any]) -> str:
 
 def write_page(run_dir: str | Path, out: str | Path, top_k: int | None = None) -> Path:
     """Collect RUN_DIR and write the page to OUT (atomically). Returns OUT."""
+    return write_page_text(out, render(collect(run_dir, top_k)))
+
+
+def write_page_text(out: str | Path, page: str) -> Path:
     out = Path(out)
-    write_text(out, render(collect(run_dir, top_k)))
+    write_text(out, page)
+    os.chmod(out, 0o644)  # a page to open and share (the atomic write's temp file is created 0600)
     return out
 
 
