@@ -350,7 +350,7 @@ def _explain_checkpoint(att: Attributor, ckpt: Any, need: dict[str, set[int]], q
             for start in range(0, len(td), att.cfg.features.batch_size):
                 sl = slice(start, start + att.cfg.features.batch_size)
                 feats.append(fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id,
-                                           indexer.device)).cpu().double().numpy())
+                                           indexer.device)).cpu().numpy())  # float32: (rows, D) per checkpoint
             target_feats[ckpt.name] = np.concatenate(feats)
     return n_rows
 
@@ -520,7 +520,7 @@ def _side_parts(plan: dict[str, Any], qi: int, d: int, rows: dict[tuple[str, int
                 continue
             sign = -1.0 if side == "pos" else 1.0
             for r, t in rows_of:  # the side's loss is the mean over its targets
-                f = target_feats[c][r] * sign / len(rows_of)
+                f = target_feats[c][r].astype(np.float64) * sign / len(rows_of)
                 key = ("positive" if side == "pos" else "negative", t)
                 by_token[key] = by_token.get(key, 0.0) + term.weight * float(zn @ (f * scale))
     out: dict[str, Any] = {"negative": neg_part, "positive": pos_part}
