@@ -175,6 +175,8 @@ def test_explain_named_documents_and_refusals(finetuned):
         # target alignment: the response sum is the part of the positions that carry a loss
         rs = d["response_start"]
         assert d["sums"]["response"] == pytest.approx(sum(inp[rs - 1:]), rel=1e-5, abs=1e-9)
+    with pytest.raises(ValueError, match="no prompt"):
+        att.explain([Query("q", "", "China won")], methods=["dda"])
     with pytest.raises(ValueError, match="align"):
         att.explain(queries, methods=["dda"], align="middle")
     with pytest.raises(ValueError, match="bm25.*no token attribution"):

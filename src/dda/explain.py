@@ -188,8 +188,12 @@ def explain(att: Attributor, queries: Sequence[Query], methods: Sequence[str] = 
     if align not in ("target", "input"):
         raise ValueError(f"align must be 'target' (a position's part on the token it predicts) or 'input', "
                          f"not '{align}'")
-    t_start = time.perf_counter()
     queries = list(queries)
+    empty = [q.id for q in queries if not q.prompt or not q.negative]
+    if empty:
+        raise ValueError(f"queries {empty[:5]} have no prompt or no negative output (a ranking.json read back with "
+                         f"load_attribution keeps no prompts): pass the queries themselves")
+    t_start = time.perf_counter()
     examples = att.train_examples()
     ids = [e.id for e in examples]
     fs = att.feature_set(queries)
