@@ -45,6 +45,9 @@ def test_per_position_features_sum_to_the_row(kind):
     # padding carries nothing; prompt positions do carry something (attention takes the loss back to them)
     for i, s in enumerate(seqs):
         assert torch.all(per_pos[i, len(s) :] == 0)
+        # the last token predicts nothing and nothing attends back to it: its part is zero, so showing each
+        # position's part on the token it predicts (align="target") loses nothing
+        assert torch.all(per_pos[i, len(s) - 1] == 0)
         prompt = [t for t, m in enumerate(masks[i]) if not m]
         assert per_pos[i, prompt].abs().sum() > 0
 
@@ -174,6 +177,19 @@ def test_explain_named_documents_and_refusals(finetuned):
     docs = expl[0]["methods"]["dda"]["docs"]
     assert [d["train_id"] for d in docs] == ["ex7", "ex2"] and docs[0]["poisoned"] is None
     assert all(abs(d["explained_score"] - d["score"]) <= 1e-4 * max(abs(d["score"]), 1e-3) for d in docs)
+    # align="input": the same parts one token earlier (the default shows each on the token its position predicts)
+    raw = att.explain(queries[:1], methods=["dda"], train_ids=["ex7", "ex2"], align="input")
+    for d, r in zip(docs, raw[0]["methods"]["dda"]["docs"], strict=True):
+        target, inp = [c for _, c in d["tokens"]], [c for _, c in r["tokens"]]
+        assert target[0] == 0 and target[1:] == pytest.approx(inp[:-1], rel=1e-6, abs=1e-12)
+        assert r["explained_score"] == pytest.approx(d["explained_score"], rel=1e-9)
+        # target alignment: the response sum is the part of the positions that carry a loss
+        rs = d["response_start"]
+        assert d["sums"]["response"] == pytest.approx(sum(inp[rs - 1 :]), rel=1e-5, abs=1e-9)
+    with pytest.raises(ValueError, match="no prompt"):
+        att.explain([Query("q", "", "China won")], methods=["dda"])
+    with pytest.raises(ValueError, match="align"):
+        att.explain(queries, methods=["dda"], align="middle")
     with pytest.raises(ValueError, match="bm25.*no token attribution"):
         att.explain(queries, methods=["bm25"])
     with pytest.raises(ValueError, match="unknown training ids"):
@@ -221,7 +237,11 @@ def test_terminal_table_shows_a_snippet_with_the_top_tokens(finetuned, width):
     assert "\x1b[1;31m" in styled  # the top tokens are bold red
     first_table = plain.split("query q/two")[0].splitlines()
     for doc in expl[0]["methods"]["dda"]["docs"]:
-        best = max(doc["tokens"], key=lambda tc: tc[1])[0].strip()
+        # the snippet's culprit: the largest part among the document's own tokens (not template or special ones)
+        first = min(doc["body_start"], doc["response_start"])
+        best = max(
+            (tc for i, tc in enumerate(doc["tokens"]) if i >= first and i not in doc["special"]), key=lambda tc: tc[1]
+        )[0].strip()
         assert best in plain
         row = [line for line in first_table if f" {doc['train_id']} " in line]
         assert len(row) == 1

@@ -97,9 +97,11 @@ def test_attribute_report_from_a_real_run_renders_in_chromium(tmp_path):
         assert first.locator(".toks .tk[style*='background']").count() > 5
         # the contrast's target token is listed for the query
         assert page.locator("#query .qtok span.target").first.inner_text().strip() in ("China", "England")
-        page.locator("#query button.linkish").first.click()  # expand a prompt (and its template): no error
-        assert first.locator(".toks.prompt.open").count() >= 1
-        assert page.locator("#query .doc").nth(1).locator(".toks.prompt.open").count() == 0
+        # the instruction template is folded away until the prompt is expanded
+        template = first.locator(".toks.template")
+        assert template.count() == 1 and not template.is_visible()
+        first.locator("button.linkish").click()
+        assert template.is_visible() and first.locator(".toks.prompt.open").count() == 2
     finally:
         browser.close()
         pw.stop()

@@ -415,11 +415,13 @@ class Attributor:
         poisoned: set[str] | None = None,
         train_ids: list[str] | None = None,
         query_token_limit: int = 8,
+        align: str = "target",
     ) -> list[dict[str, Any]]:
         """Token-level attribution of each query's top-k documents (see dda.explain): per document its tokens
         with contributions that sum to the method's score, the prompt/response split, and the query tokens'
         shares. `result_or_queries`: an Attribution (its queries and ground truth) or queries. Methods default to
-        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/<query>.json if given."""
+        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/<query>.json if given.
+        align="target": a position's part shown on the token it predicts; "input": on the token it reads."""
         from .explain import explain, explainable
 
         if isinstance(result_or_queries, Attribution):
@@ -428,7 +430,7 @@ class Attributor:
             methods = methods or [m for m in result_or_queries.scores if explainable(m)] or ["dda"]
         else:
             queries = list(result_or_queries)
-        return explain(self, queries, methods or ["dda"], top_k, poisoned, train_ids, query_token_limit, out_dir)
+        return explain(self, queries, methods or ["dda"], top_k, poisoned, train_ids, query_token_limit, out_dir, align)
 
     # ------------------------------------------------------------------------------ search (top-k at scale)
     def train_stores(self) -> dict[str, FeatureStore]:

@@ -529,7 +529,7 @@ def show(
     Example: `dda show runs/x/attribution --out report.html`; `dda show runs/bench --explain`
     """
     from .explain import explain_bench_run, read_explanations
-    from .report_html import collect, locate, render
+    from .report_html import collect, locate, render, write_page_text
 
     with _clean_errors(run_dir):
         kind, run, attr = locate(run_dir)
@@ -539,10 +539,8 @@ def show(
             explain_bench_run(run, _split_methods(methods), top_k or 10)
         data = collect(run_dir, top_k)
         target = out or run / "report.html"
-        from .io import write_text
-
         page = render(data)
-        write_text(target, page)
+        write_page_text(target, page)
     if not quiet:
         canary = (data.get("bench") or {}).get("canary")
         if canary:

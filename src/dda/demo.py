@@ -127,7 +127,7 @@ def print_ranking(result, method: str, k: int, explanations: list[dict] | None =
         tab.add_column("score", justify="right", no_wrap=True)
         tab.add_column("poisoned", no_wrap=True)
         if docs:
-            tab.add_column("why: top tokens in bold (text around the largest)", ratio=1, min_width=24)
+            tab.add_column("why: the top tokens in bold", ratio=1, min_width=24)
         for row in result.top(k, method, qi):
             cells = [
                 str(row["rank"]),
@@ -153,12 +153,15 @@ def snippet(doc: dict, chars: int = 90, marked: int = 3) -> str:
     values = [c if i not in special else float("-inf") for i, (_, c) in enumerate(tokens)]
     if not tokens:
         return ""
-    # the culprit is looked for in the document and response, not in the instruction template every row shares
-    first = min(doc.get("body_start", 0), doc.get("response_start", 0))
+    # the culprit is looked for in the document and response, not in the instruction template every row shares;
+    # the window stays inside the part (document or response) that holds it
+    rs = doc.get("response_start", 0)
+    first = min(doc.get("body_start", 0), rs)
     best = max(range(first, len(tokens)), key=lambda i: values[i]) if first < len(tokens) else 0
+    start, stop = (rs, len(tokens)) if best >= rs else (first, rs)
     lo, hi, used = best, best + 1, len(texts[best])
-    while used < chars and (lo > first or hi < len(tokens)):  # grow both ways, more to the right
-        if hi < len(tokens) and (lo == first or hi - best <= 2 * (best - lo)):
+    while used < chars and (lo > start or hi < stop):  # grow both ways, more to the right (what follows)
+        if hi < stop and (lo == start or hi - best <= 2 * (best - lo)):
             used += len(texts[hi])
             hi += 1
         else:
@@ -169,6 +172,6 @@ def snippet(doc: dict, chars: int = 90, marked: int = 3) -> str:
         f"[bold red]{escape(texts[i])}[/]" if i in top and values[i] > 0 and texts[i].strip() else escape(texts[i])
         for i in range(lo, hi)
     ]
-    where = "response" if best >= doc.get("response_start", 0) else "prompt"
-    text = ("…" if lo > 0 else "") + "".join(parts).strip() + ("…" if hi < len(tokens) else "")
+    where = "response" if best >= rs else "document"
+    text = ("…" if lo > start else "") + "".join(parts).strip() + ("…" if hi < stop else "")
     return f"[dim]{where}:[/] {text}"

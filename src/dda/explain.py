@@ -8,11 +8,16 @@ normalisation divides the training row by constants of the whole document (its m
 
     score(q, z) = sum_terms w * <qhat, phi(z) / c(z)> = sum_t [ sum_terms w * <qhat, phi_t(z) / c(z)> ],
 
-and the bracket is token t's contribution: the parts sum to the score (float rounding aside).
+and the bracket is position t's part: the parts sum to the score (float rounding aside).
 
-Which token a position is: position t is the input token at t. Its g_t carries the loss of predicting token t+1
-(the response tokens are the loss targets) and, through attention, the losses of every later response token;
-so prompt positions get contributions too, and the result reports response and prompt sums separately.
+Which token a part belongs to (`align`): position t's g_t carries the loss of predicting token t+1 (the response
+tokens are the loss targets) and, through attention, the losses of every later response token. With
+align="target" (the default) position t's part is shown on token t+1, the token it learns to write: a poisoned
+summary's ' China' then carries the lesson "write China here", the response sum is exactly the part of the
+positions that carry a loss, and the prompt sum is what reaches earlier positions through attention only (prompt
+tokens do get contributions: their inputs x_t enter the weight gradient). The first token gets 0, and the last
+position has no loss after it (its g is 0), so the parts still sum to the score. align="input" keeps position t
+on token t (the input it reads).
 
 The query side splits the same way over its loss targets: the contrastive query vector is
 mean_a grad l(neg token a) - mean_b grad l(pos token b) over the tokens the contrast runs over
@@ -43,6 +48,7 @@ from .features.capture import GradientFeaturizer, freeze, pad_batch
 from .features.index import length_sorted_batches
 from .io import read_json, write_json
 from .models import applied
+from .progress import bar
 from .scoring import ScoringContext
 from .scoring.base import dot_scores, method_params
 from .scoring.gradient import Term, evaluate
@@ -181,14 +187,25 @@ def explain(
     train_ids: Sequence[str] | None = None,
     query_token_limit: int = 8,
     out_dir: str | Path | None = None,
+    align: str = "target",
 ) -> list[dict[str, Any]]:
     """Token-level explanations of the top-k documents of each query under each gradient method.
 
     Returns one JSON-able dict per query (also written to OUT_DIR/explain/<query>.json when `out_dir` is
     given). `train_ids`: explain these documents (for every query) instead of the top k. `poisoned`: ground
     truth to mark (None: unknown)."""
-    t_start = time.perf_counter()
+    if align not in ("target", "input"):
+        raise ValueError(
+            f"align must be 'target' (a position's part on the token it predicts) or 'input', not '{align}'"
+        )
     queries = list(queries)
+    empty = [q.id for q in queries if not q.prompt or not q.negative]
+    if empty:
+        raise ValueError(
+            f"queries {empty[:5]} have no prompt or no negative output (a ranking.json read back with "
+            f"load_attribution keeps no prompts): pass the queries themselves"
+        )
+    t_start = time.perf_counter()
     examples = att.train_examples()
     ids = [e.id for e in examples]
     fs = att.feature_set(queries)
@@ -243,43 +260,16 @@ def explain(
     docs_all = sorted({d for s in need.values() for d in s})
     data = att.tokenize([examples[d] for d in docs_all])
     local = {d: j for j, d in enumerate(docs_all)}
-    indexer = att.indexer
-    pad_id = att.tokenizer.pad_token_id if att.tokenizer.pad_token_id is not None else 0
     n_doc_rows = 0
     t_model = time.perf_counter()
-    for ckpt in att.all_checkpoints():
-        wanted = sorted(need.get(ckpt.name, ()))
-        want_targets = ckpt.name in query_ckpts and target_rows.data is not None
-        if not wanted and not want_targets:
-            continue
-        with applied(att.model, ckpt) as model:
-            freeze(model)
-            fz = GradientFeaturizer(model, indexer.modules, indexer.projector)
-            layout, vectors = _vectors_at(plans, ckpt.name)
-            reduce = _position_reducer(fz, torch.from_numpy(vectors).to(indexer.device))
-            lengths = np.array([len(data.input_ids[local[d]]) for d in wanted])
-            for batch in length_sorted_batches(lengths, np.arange(len(wanted)), att.cfg.features.batch_size):
-                docs = [wanted[b] for b in batch]
-                seqs = [data.input_ids[local[d]] for d in docs]
-                masks = [data.response_mask[local[d]] for d in docs]
-                reduced = fz.per_position_reduced(*pad_batch(seqs, masks, pad_id, indexer.device), reduce=reduce)
-                batch_rows, proj = _combine(fz, reduced)
-                for b, d in enumerate(docs):
-                    rows[(ckpt.name, d)] = batch_rows[b].astype(np.float32)  # kept for the query-side split
-                    _accumulate(plans, layout, d, proj[b, :, : len(seqs[b])], batch_rows[b], fs.blocks, contrib)
-                n_doc_rows += len(docs)
-            if want_targets:
-                td = target_rows.data
-                feats = []
-                for start in range(0, len(td), att.cfg.features.batch_size):
-                    sl = slice(start, start + att.cfg.features.batch_size)
-                    feats.append(
-                        fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id, indexer.device))
-                        .cpu()
-                        .double()
-                        .numpy()
-                    )
-                target_feats[ckpt.name] = np.concatenate(feats)
+    total_rows = sum(len(v) for v in need.values())
+    with bar(
+        f"token attribution ({len(docs_all)} documents, {len(need)} checkpoints)", total_rows, att.cfg.quiet
+    ) as advance:
+        for ckpt in att.all_checkpoints():
+            n_doc_rows += _explain_checkpoint(
+                att, ckpt, need, query_ckpts, target_rows, plans, data, local, fs, contrib, rows, target_feats, advance
+            )
     model_seconds = time.perf_counter() - t_model
 
     # 4. assemble one explanation per query
@@ -307,6 +297,7 @@ def explain(
             "methods": {},
             "cost": cost,
             "settings": {
+                "align": align,
                 "methods": list(plans),
                 "top_k": top_k if train_ids is None else None,
                 "train_ids": list(train_ids) if train_ids is not None else None,
@@ -321,6 +312,8 @@ def explain(
                 seq = data.input_ids[local[d]]
                 mask = np.asarray(data.response_mask[local[d]], dtype=bool)
                 c = contrib.get((label, qi, d), np.zeros(len(seq)))
+                if align == "target":
+                    c = to_targets(c)
                 side = _side_parts(plan, qi, d, rows, fs, target_rows, target_feats)
                 total = float(c.sum())
                 stored_rel = max(
@@ -372,6 +365,60 @@ def explain(
     if out_dir is not None:
         write_explanations(out_dir, out)
     return out
+
+
+def _explain_checkpoint(
+    att: Attributor,
+    ckpt: Any,
+    need: dict[str, set[int]],
+    query_ckpts: set[str],
+    target_rows: _TargetRows,
+    plans: dict[str, dict[str, Any]],
+    data: Tokenized,
+    local: dict[int, int],
+    fs: Any,
+    contrib: dict[tuple[str, int, int], np.ndarray],
+    rows: dict[tuple[str, int], np.ndarray],
+    target_feats: dict[str, np.ndarray],
+    advance: Any,
+) -> int:
+    """Apply one checkpoint, re-run the documents that read it (per-position features reduced to dot products
+    with the query vectors, accumulated into `contrib`; rows kept in `rows`) and the query target rows there.
+    Returns the number of document rows computed."""
+    indexer = att.indexer
+    pad_id = att.tokenizer.pad_token_id if att.tokenizer.pad_token_id is not None else 0
+    wanted = sorted(need.get(ckpt.name, ()))
+    want_targets = ckpt.name in query_ckpts and target_rows.data is not None
+    n_rows = 0
+    if not wanted and not want_targets:
+        return 0
+    with applied(att.model, ckpt) as model:
+        freeze(model)
+        fz = GradientFeaturizer(model, indexer.modules, indexer.projector)
+        layout, vectors = _vectors_at(plans, ckpt.name)
+        reduce = _position_reducer(fz, torch.from_numpy(vectors).to(indexer.device))
+        lengths = np.array([len(data.input_ids[local[d]]) for d in wanted])
+        for batch in length_sorted_batches(lengths, np.arange(len(wanted)), att.cfg.features.batch_size):
+            docs = [wanted[b] for b in batch]
+            seqs = [data.input_ids[local[d]] for d in docs]
+            masks = [data.response_mask[local[d]] for d in docs]
+            reduced = fz.per_position_reduced(*pad_batch(seqs, masks, pad_id, indexer.device), reduce=reduce)
+            batch_rows, proj = _combine(fz, reduced)
+            for b, d in enumerate(docs):
+                rows[(ckpt.name, d)] = batch_rows[b].astype(np.float32)  # kept for the query-side split
+                _accumulate(plans, layout, d, proj[b, :, : len(seqs[b])], batch_rows[b], fs.blocks, contrib)
+            n_rows += len(docs)
+            advance(len(docs))
+        if want_targets:
+            td = target_rows.data
+            feats = []
+            for start in range(0, len(td), att.cfg.features.batch_size):
+                sl = slice(start, start + att.cfg.features.batch_size)
+                feats.append(
+                    fz(*pad_batch(td.input_ids[sl], td.response_mask[sl], pad_id, indexer.device)).cpu().numpy()
+                )  # float32: (rows, D) per checkpoint
+            target_feats[ckpt.name] = np.concatenate(feats)
+    return n_rows
 
 
 def _vectors_at(plans: dict[str, dict[str, Any]], ckpt: str) -> tuple[list[tuple[str, _PlannedTerm, int]], np.ndarray]:
@@ -450,6 +497,17 @@ def _accumulate(
         for j, qi in enumerate(qis):
             key = (label, qi, d)
             contrib[key] = contrib.get(key, 0.0) + parts[:, j]
+
+
+def to_targets(parts: np.ndarray) -> np.ndarray:
+    """Per-position parts -> per-token parts with position t's part on token t+1 (the token it predicts). The last
+    position predicts nothing (no loss reaches it; its part is 0 up to rounding) and is kept on the last token so
+    the sum is unchanged."""
+    out = np.zeros_like(parts)
+    if len(parts):
+        out[1:] = parts[:-1]
+        out[-1] += parts[-1]
+    return out
 
 
 def _rel_diff(recomputed: np.ndarray, stored: np.ndarray) -> float:
@@ -542,7 +600,7 @@ def _side_parts(
                 continue
             sign = -1.0 if side == "pos" else 1.0
             for r, t in rows_of:  # the side's loss is the mean over its targets
-                f = target_feats[c][r] * sign / len(rows_of)
+                f = target_feats[c][r].astype(np.float64) * sign / len(rows_of)
                 key = ("positive" if side == "pos" else "negative", t)
                 by_token[key] = by_token.get(key, 0.0) + term.weight * float(zn @ (f * scale))
     out: dict[str, Any] = {"negative": neg_part, "positive": pos_part}

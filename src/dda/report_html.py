@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import html
 import json
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -347,8 +348,13 @@ def render(data: dict[str, Any]) -> str:
 
 def write_page(run_dir: str | Path, out: str | Path, top_k: int | None = None) -> Path:
     """Collect RUN_DIR and write the page to OUT (atomically). Returns OUT."""
+    return write_page_text(out, render(collect(run_dir, top_k)))
+
+
+def write_page_text(out: str | Path, page: str) -> Path:
     out = Path(out)
-    write_text(out, render(collect(run_dir, top_k)))
+    write_text(out, page)
+    os.chmod(out, 0o644)  # a page to open and share (the atomic write's temp file is created 0600)
     return out
 
 
@@ -536,9 +542,9 @@ function tokensBlock(tokens, q, from, to, special, cls) {
   const div = el("div", {class: "toks " + cls});
   for (let i = from; i < to; i++) {
     const t = tokens[i];
-    if (special && special.has(i)) { div.append(el("span", {class: "sp"}, t)); continue; }
     const c = q ? q[i] : 0;
-    const span = el("span", {class: "tk", style: c ? `background:${shade(c)}` : ""}, t);
+    const cls = special && special.has(i) ? "tk sp" : "tk";  // special tokens (end of turn...) small, still shaded
+    const span = el("span", {class: cls, style: c ? `background:${shade(c)}` : ""}, t);
     if (c) span.title = `${(c >= 0 ? "+" : "")}${(c / QUANT).toFixed(3)} × max`;
     div.append(span);
   }
