@@ -241,39 +241,14 @@ def test_half_written_checkpoints_are_skipped_or_refused(indexed, tmp_path, smal
     shutil.copytree(w / "checkpoints", ck)
     shutil.copytree(ck / "epoch-2", ck / "epoch-3")
     (ck / "epoch-3" / "dda_checkpoint.json").unlink()  # killed before its last write
-    code, _, err = run(
-        "index",
-        "-w",
-        tmp_path / "a",
-        "-c",
-        small_config,
-        "--model",
-        model_dir,
-        "--data",
-        data,
-        "--checkpoints",
-        ck,
-        "-q",
-    )
+    own = ["-c", small_config, "--model", model_dir, "--data", data, "--checkpoints", ck, "-q"]
+    code, _, err = run("index", "-w", tmp_path / "a", *own)
     assert code == 0, err
     stats = json.loads((tmp_path / "a" / "features" / "train" / "index.json").read_text())
     assert stats["checkpoints"] == ["base", "epoch-1", "epoch-2"]
     weights = ck / "epoch-2" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])  # truncated
-    code, _, err = run(
-        "index",
-        "-w",
-        tmp_path / "b",
-        "-c",
-        small_config,
-        "--model",
-        model_dir,
-        "--data",
-        data,
-        "--checkpoints",
-        ck,
-        "-q",
-    )
+    code, _, err = run("index", "-w", tmp_path / "b", *own)
     assert code == 2 and "truncated" in err
 
 

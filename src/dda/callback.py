@@ -28,7 +28,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .io import write_json
+from .io import replace_dir, write_json
 from .models import Checkpoint, discover_checkpoints
 
 PARTIAL_DIR = ".partial"  # not a checkpoint dir itself, and discover_checkpoints does not look inside it
@@ -113,13 +113,7 @@ def save_epoch_checkpoint(
             },
         )
         target = out_dir / name
-        if target.exists():
-            old = out_dir / PARTIAL_DIR / f"{name}-old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target, out_dir / PARTIAL_DIR / f"{name}-old-{os.getpid()}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,17 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_dir(tmp: Path, target: Path, old: Path) -> None:
+    """Move the finished directory `tmp` to `target` in one rename each; an existing `target` is first moved
+    to `old` (removed after), so a reader sees the old directory or the new one, never a mix."""
+    if target.exists():
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io import read_json, stable_hash, write_json, write_yaml
+from ..io import read_json, replace_dir, stable_hash, write_json, write_yaml
 from ..models import Checkpoint
 from .base import REGISTRY, FeatureSet, module_normalized, parse_method
 from .gradient import _normalize_mode, _query
@@ -383,13 +383,7 @@ def build_index(
             tmp / "config.yaml", {"index": {k: v for k, v in meta.items() if k != "built_for"}, "run": run_config or {}}
         )
         write_json(tmp / "meta.json", meta)  # last: a directory without it is scratch
-        if out_dir.exists():
-            old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir, out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
