@@ -226,3 +226,24 @@ def test_preset_generation_budget_fields() -> None:
         with_bench_overrides(p, {"bench.gen_batch_size": 0})
     with pytest.raises(ConfigError, match="unknown bench key"):
         with_bench_overrides(p, {"bench.n_generate": 32})
+
+
+def test_a_time_budget_shortfall_is_not_called_a_weak_canary() -> None:
+    """England->China, cpu-small seed 0 on a loaded machine: 15 natural errors in 32 documents, stopped by time."""
+    info = {
+        "generated": 32,
+        "natural_errors": 15,
+        "natural_queries": 15,
+        "forced_queries": 1,
+        "target": 16,
+        "generation_seconds": 272.0,
+        "stopped_by": "seconds",
+        "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
+        "teacher_forced": {
+            "base": {"negative": -9.3, "positive": -0.77, "negative_preferred": 0, "n": 8},
+            "epoch-3": {"negative": -2.88, "positive": -1.76, "negative_preferred": 2, "n": 8},
+        },
+    }
+    lines = pair_notes("England->China", "England", "China", info)
+    assert "learned too weakly" not in lines[1]
+    assert "budget ran out before 16 natural errors" in lines[1] and "(46.9%)" in lines[1]

@@ -141,7 +141,14 @@ def pair_notes(label: str, orig: str, canary: str, info: Mapping[str, Any]) -> l
         f"{after['negative_preferred']}/{after['n']} documents at {k1} ({before['negative_preferred']}/"
         f"{before['n']} at {k0})"
     )
-    if margin1 < 0:
+    # At the natural rate seen, would the whole document budget have reached the target? Then the time budget,
+    # not the canary, is what fell short.
+    if n and err / n * b["max_docs"] >= info["target"]:
+        lines.append(
+            f"{label}: the generation budget ran out before {info['target']} natural errors, at a natural rate "
+            f"({rate}) that the document budget ({b['max_docs']}) would have reached: {evidence}."
+        )
+    elif margin1 < 0:
         lines.append(f"{label}: the canary is learned too weakly for natural errors within the budget: {evidence}.")
     else:
         lines.append(
