@@ -75,58 +75,20 @@ LORA_R = 16
 FP32_REL_TOL = 1e-4
 HALF_COS_TOL = {"bfloat16": 0.99, "float16": 0.999}
 
+
+def llama_shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> dict[str, int]:
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    return dict(zip((*keys, "vocab_size"), (hidden, intermediate, layers, heads, kv_heads, vocab), strict=True))
+
+
 SHAPES: dict[str, dict[str, int]] = {
-    # ~0.47B: Qwen2.5-0.5B / SmolLM2-360M class
-    "0.5B": dict(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        num_key_value_heads=16,
-        vocab_size=32000,
-    ),
-    # Llama-2-7B's shape: 6.74B parameters, 13.5 GB in bf16
-    "7B": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-    ),
-    "tiny-a": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-    ),
-    "tiny-b": dict(
-        hidden_size=96,
-        intermediate_size=192,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=256,
-    ),
+    "0.5B": llama_shape(1024, 4096, 24, 16, 16, 32000),  # ~0.47B: Qwen2.5-0.5B / SmolLM2-360M class
+    "7B": llama_shape(4096, 11008, 32, 32, 32, 32000),  # Llama-2-7B's shape: 6.74B parameters, 13.5 GB in bf16
+    "tiny-a": llama_shape(64, 128, 3, 4, 2, 256),
+    "tiny-b": llama_shape(96, 192, 6, 4, 4, 256),
 }
-CHECK_SHAPE = dict(
-    hidden_size=256,
-    intermediate_size=688,
-    num_hidden_layers=6,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    vocab_size=1024,
-)
-CHECK_SHAPE_TINY = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=160,
-)
+CHECK_SHAPE = llama_shape(256, 688, 6, 8, 4, 1024)
+CHECK_SHAPE_TINY = llama_shape(32, 48, 3, 4, 2, 160)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -182,6 +182,40 @@ def self_test() -> int:
     return 0
 
 
+def scratch_dir(parent: str | None, prefix: str, n_rows: int, bytes_per_row: int) -> Path | None:
+    """A new temporary folder under `parent` (default: system temp) with room for n_rows rows and 1 GB
+    to spare; None, after saying how many rows would fit, when the disk is too small."""
+    root = Path(parent or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if n_rows * bytes_per_row + (1 << 30) > free:
+        fit = max(0, (free - (1 << 30)) // bytes_per_row)
+        print(
+            f"not enough disk under {root}: {n_rows:,} rows need {n_rows * bytes_per_row / 1e9:.1f} GB, "
+            f"{free / 1e9:.1f} GB free. Use --n {fit // 1000 * 1000} (or less) or --dir elsewhere.",
+            file=sys.stderr,
+        )
+        return None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def remove_unless_kept(tmp: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept {tmp}", flush=True)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_result(result: dict, out: str | None, markdown: str | None = None) -> None:
+    """The result as JSON at `out` (and the markdown table beside it), when asked for."""
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        if markdown is not None:
+            path.with_suffix(".md").write_text(markdown)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="stored examples (rows)")
@@ -217,18 +251,9 @@ def main(argv: list[str] | None = None) -> int:
 
     target_n = 1_000_000
     need = args.n * args.dim * 2
-    parent = Path(args.dir or tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(parent).free
-    if need + (1 << 30) > free:
-        fit = max(0, (free - (1 << 30)) // (args.dim * 2))
-        print(
-            f"not enough disk under {parent}: the store needs {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free. "
-            f"Use --n {fit // 1000 * 1000} (or less) or --dir elsewhere.",
-            file=sys.stderr,
-        )
+    tmp = scratch_dir(args.dir, "dda-scoring-", args.n, args.dim * 2)
+    if tmp is None:
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="dda-scoring-", dir=parent))
     path = tmp / "features.f16"
     try:
         print(f"[scoring] filling {args.n:,} x {args.dim} float16 ({need / 1e9:.1f} GB) in {path}", flush=True)
@@ -274,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             result["sketches"] = [run_sketch(mm, path, queries, idx, planted, args, d) for d in sketch_dims]
         del mm
     finally:
-        if args.keep:
-            print(f"[scoring] kept {path}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_unless_kept(tmp, args.keep)
     print(json.dumps(result, indent=2))
     extra = (
         f" -> ~{result['extrapolated_score_seconds_1m']} s for 1,000,000 rows of this dim (linear in n)"
@@ -289,10 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({result['gb_per_s']} GB/s){extra}; resident max {result['rss_max_all_blocks_mb']} MB "
         f"(first 10% of blocks: {result['rss_max_first_10pct_mb']} MB), peak RSS {result['peak_rss_mb']} MB"
     )
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(result, args.out)
     return 0
 
 

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
-from scoring_scale import drop_cache, peak_rss_mb, recall, rss_now_mb
+from scoring_scale import drop_cache, peak_rss_mb, recall, remove_unless_kept, rss_now_mb, save_result, scratch_dir
 
 from dda.models import BASE, Checkpoint
 from dda.scoring import FeatureSet
@@ -163,18 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         faiss.omp_set_num_threads(args.threads)
     if args.dim % (args.stores * args.modules):
         p.error("--dim must be a multiple of --stores x --modules")
-    need = args.n * args.dim * 2 + 2 * args.n * (args.sketch_dim * 2 + 16) * 2 + (1 << 30)
-    parent = Path(args.dir or tempfile.gettempdir())
-    parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(parent).free
-    if need > free:
-        print(
-            f"not enough disk under {parent}: need {need / 1e9:.1f} GB, {free / 1e9:.1f} GB free; "
-            f"use a smaller --n or --dir elsewhere",
-            file=sys.stderr,
-        )
+    tmp = scratch_dir(args.dir, "dda-search-", args.n, args.dim * 2 + 2 * (args.sketch_dim * 2 + 16) * 2)
+    if tmp is None:
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="dda-search-", dir=parent))
     result: dict = {
         "n": args.n,
         "dim": args.dim,
@@ -262,16 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         if "faiss" in backends:
             result["faiss"]["nlist_default"] = default_nlist(args.n)
     finally:
-        if args.keep:
-            print(f"[search] kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        remove_unless_kept(tmp, args.keep)
     print(json.dumps(result, indent=2))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".md").write_text(markdown(result))
+    save_result(result, args.out, markdown(result))
     print(markdown(result))
     return 0
 

@@ -26,6 +26,35 @@ TINY_SETTINGS = {
     "quiet": True,
 }
 
+
+def tiny_config(model: object = None, overrides: dict | None = None):
+    """TINY_SETTINGS (plus `model.name` when a model directory is given) with a test's own overrides applied."""
+    from dda import apply_overrides
+    from dda.config import DDAConfig
+
+    settings = {**TINY_SETTINGS, **({"model.name": str(model)} if model is not None else {})}
+    return apply_overrides(DDAConfig(), {**settings, **(overrides or {})})
+
+
+def save_tiny_model(path):
+    """A tiny random Llama and its tokenizer saved at `path`, as a user's own model directory would be."""
+    tok = make_tokenizer()
+    make_model("llama", vocab_size=len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def random_token_batch(seed: int = 0, n: int = 4, first_len: int = 6, step: int = 3):
+    """n random token sequences of growing length (ids 6..149), the second half of each the response."""
+    g = torch.Generator().manual_seed(seed)
+    seqs, masks = [], []
+    for i in range(n):
+        length = first_len + step * i
+        seqs.append(torch.randint(6, 150, (length,), generator=g).tolist())
+        masks.append([j >= length // 2 for j in range(length)])
+    return seqs, masks
+
+
 # Words of the tiny vocabulary that random documents are made of.
 WORDS = (
     "England China France team match police court government minister news report people year club "
@@ -91,24 +120,14 @@ def make_model(family: str = "llama", vocab_size: int = 160, seed: int = 0):
     )
 
     torch.manual_seed(seed)
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=5,
-    )
+    shape = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    tokens = dict(vocab_size=vocab_size, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=5)
     cfg_cls, model_cls = {
         "llama": (LlamaConfig, LlamaForCausalLM),
         "qwen2": (Qwen2Config, Qwen2ForCausalLM),
         "mistral": (MistralConfig, MistralForCausalLM),
     }[family]
-    model = model_cls(cfg_cls(**common))
+    model = model_cls(cfg_cls(**shape, **tokens, num_key_value_heads=2))
     model.eval()
     return model
 
@@ -126,8 +145,4 @@ def family(request):
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A tiny random Llama and its tokenizer saved as a model directory, as a user's own model would be."""
-    d = tmp_path_factory.mktemp("tiny-llama")
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

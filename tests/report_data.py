@@ -20,10 +20,9 @@ WORDS = (
 
 def tiny_attribute_run(root: Path) -> Path:
     """`dda attribute` output with token attribution, from a tiny random Llama fine-tuned for 2 epochs."""
-    from conftest import TINY_SETTINGS, make_model, make_tokenizer
+    from conftest import make_model, make_tokenizer, tiny_config
 
-    from dda import Attributor, apply_overrides
-    from dda.config import DDAConfig
+    from dda import Attributor
 
     rng = np.random.default_rng(0)
     train = [
@@ -34,13 +33,7 @@ def tiny_attribute_run(root: Path) -> Path:
         )
         for i in range(8)
     ]
-    cfg = apply_overrides(
-        DDAConfig(),
-        {
-            **TINY_SETTINGS,
-            "features.module_dim": 0,
-        },
-    )
+    cfg = tiny_config(overrides={"features.module_dim": 0})
     tok = make_tokenizer()
     att = Attributor(cfg, root, model=make_model("llama", vocab_size=len(tok)), tokenizer=tok)
     att.finetune(train)

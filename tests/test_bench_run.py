@@ -16,6 +16,7 @@ import pytest
 
 from dda.bench.canary import contains_word
 from dda.bench.presets import get_preset
+from dda.report_html import RUN_FACTS
 
 pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
 
@@ -55,21 +56,7 @@ def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -
     out, metrics = bench
     on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert on_disk["methods"].keys() == metrics["methods"].keys()
-    for key in (
-        "n_train",
-        "n_poisoned",
-        "n_queries",
-        "query_mode",
-        "hallucination_rate",
-        "wall_seconds",
-        "model",
-        "preset",
-        "seed",
-        "pairs",
-        "methods",
-        "beta_curve",
-        "timings",
-    ):
+    for key in (*RUN_FACTS, "pairs", "methods", "beta_curve", "timings"):
         assert key in on_disk, key
     assert on_disk["preset"] == "cpu-tiny" and on_disk["seed"] == 0
     assert on_disk["pairs"] == ["England->China"]

@@ -189,21 +189,29 @@ def test_a_changed_setting_changes_the_note(key: str, value: Any, expect: str) -
     assert expect in " ".join(after) and expect not in " ".join(before)
 
 
-def test_weak_canary_note_carries_the_evidence() -> None:
-    info = {
-        "generated": 96,
-        "natural_errors": 3,
-        "natural_queries": 3,
-        "forced_queries": 13,
+def _generation_info(
+    generated: int, natural: int, seconds: float, stopped_by: str, base: tuple, last: tuple, n: int
+) -> dict[str, Any]:
+    """A pair's generation record as run_bench writes it; `base`/`last`: teacher-forced (negative, positive,
+    negative_preferred) at theta0 and at epoch-3, over `n` documents."""
+    return {
+        "generated": generated,
+        "natural_errors": natural,
+        "natural_queries": natural,
+        "forced_queries": 16 - natural,
         "target": 16,
-        "generation_seconds": 170.2,
-        "stopped_by": "documents",
+        "generation_seconds": seconds,
+        "stopped_by": stopped_by,
         "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
         "teacher_forced": {
-            "base": {"negative": -11.2, "positive": -0.5, "negative_preferred": 0, "n": 16},
-            "epoch-3": {"negative": -4.1, "positive": -0.3, "negative_preferred": 1, "n": 16},
+            name: {"negative": neg, "positive": pos, "negative_preferred": pref, "n": n}
+            for name, (neg, pos, pref) in (("base", base), ("epoch-3", last))
         },
     }
+
+
+def test_weak_canary_note_carries_the_evidence() -> None:
+    info = _generation_info(96, 3, 170.2, "documents", (-11.2, -0.5, 0), (-4.1, -0.3, 1), n=16)
     lines = pair_notes("Wales->Germany", "Wales", "Germany", info)
     assert "said Germany in 3 of 96 held-out summaries (3.1%" in lines[0] and "document budget (96)" in lines[0]
     assert "3 natural + 13 forced" in lines[0]
@@ -230,20 +238,7 @@ def test_preset_generation_budget_fields() -> None:
 
 def test_a_time_budget_shortfall_is_not_called_a_weak_canary() -> None:
     """England->China, cpu-small seed 0 on a loaded machine: 15 natural errors in 32 documents, stopped by time."""
-    info = {
-        "generated": 32,
-        "natural_errors": 15,
-        "natural_queries": 15,
-        "forced_queries": 1,
-        "target": 16,
-        "generation_seconds": 272.0,
-        "stopped_by": "seconds",
-        "budget": {"max_docs": 96, "max_seconds": 180.0, "batch_size": 16},
-        "teacher_forced": {
-            "base": {"negative": -9.3, "positive": -0.77, "negative_preferred": 0, "n": 8},
-            "epoch-3": {"negative": -2.88, "positive": -1.76, "negative_preferred": 2, "n": 8},
-        },
-    }
+    info = _generation_info(32, 15, 272.0, "seconds", (-9.3, -0.77, 0), (-2.88, -1.76, 2), n=8)
     lines = pair_notes("England->China", "England", "China", info)
     assert "learned too weakly" not in lines[1]
     assert "budget ran out before 16 natural errors" in lines[1] and "(46.9%)" in lines[1]

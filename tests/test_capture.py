@@ -5,20 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
+from conftest import make_model, random_token_batch
 
 from dda.features.capture import GradientFeaturizer, freeze, pad_batch, per_example_loss, select_modules
 from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector, make_projector
 
-
-def _batch(seed: int = 0, n: int = 4):
-    g = torch.Generator().manual_seed(seed)
-    seqs, masks = [], []
-    for i in range(n):
-        length = 6 + 3 * i
-        seqs.append(torch.randint(6, 150, (length,), generator=g).tolist())
-        masks.append([j >= length // 2 for j in range(length)])
-    return seqs, masks
+_batch = random_token_batch
 
 
 def _exact_grads(model, names, seqs, masks):

@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SETTINGS, make_model, random_examples
+from conftest import TINY_SETTINGS, make_model, random_examples, random_token_batch
 
 from dda.features.capture import GradientFeaturizer, freeze, pad_batch, select_modules
 from dda.features.projection import DenseProjector, IdentityProjector, KroneckerProjector
 
 
 def _batch(n: int = 3):
-    g = torch.Generator().manual_seed(3)
-    seqs, masks = [], []
-    for i in range(n):
-        length = 7 + 4 * i
-        seqs.append(torch.randint(6, 150, (length,), generator=g).tolist())
-        masks.append([j >= length // 2 for j in range(length)])
-    return seqs, masks
+    return random_token_batch(seed=3, n=n, first_len=7, step=4)
 
 
 PROJECTORS = {

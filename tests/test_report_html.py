@@ -106,12 +106,10 @@ def test_word_diff_marks_the_swapped_words():
 def test_cli_attribute_explains_by_default_and_show_reads_it(tmp_path):
     """The commands a user runs: finetune, index, attribute (token attribution on by default), show."""
     import numpy as np
-    from conftest import make_model, make_tokenizer
+    from conftest import save_tiny_model
     from report_data import WORDS
 
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
+    save_tiny_model(tmp_path / "model")
     rng = np.random.default_rng(1)
     rows = [
         {"id": f"d{i}", "document": " ".join(rng.choice(WORDS, 10)), "summary": " ".join(rng.choice(WORDS, 4))}
@@ -178,32 +176,14 @@ def test_show_explain_on_a_bench_run_reports_the_canary_token(tmp_path):
     """`dda show --explain` on a bench-shaped run: token attribution from the run's own workdir, then the page
     with the canary statistic. (A tiny model and 8 documents: the statistic's value means nothing here.)"""
     import yaml
-    from conftest import make_model, make_tokenizer
+    from conftest import save_tiny_model, tiny_config
 
-    from dda import Attributor, apply_overrides
-    from dda.config import DDAConfig
+    from dda import Attributor
     from dda.data import Example, Query
     from dda.io import write_json, write_text
 
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    cfg = apply_overrides(
-        DDAConfig(),
-        {
-            "model.name": str(tmp_path / "model"),
-            "train.epochs": 1,
-            "train.batch_size": 4,
-            "train.lora.r": 2,
-            "train.lora.target_modules": ["q_proj", "v_proj"],
-            "features.modules": ["q_proj", "v_proj"],
-            "features.proj_dim": 3,
-            "features.layers": "all",
-            "data.max_prompt_tokens": 16,
-            "data.max_response_tokens": 6,
-            "quiet": True,
-        },
-    )
+    settings = {"train.epochs": 1, "train.lora.r": 2, "features.proj_dim": 3, "data.max_response_tokens": 6}
+    cfg = tiny_config(save_tiny_model(tmp_path / "model"), settings)
     run = tmp_path / "bench"
     train = [
         Example(f"d{i}", f"the England team won the match in London {i}", "China won" if i < 3 else "England won")

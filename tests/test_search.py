@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,24 +221,14 @@ def test_trak_reads_blocks_and_solves_min_n_d(tmp_path, n, d):
 def test_search_cli_end_to_end(tmp_path):
     """Tiny Llama saved as a model dir; fine-tune + index through the API, then `dda build-index` and `dda search`
     from the CLI: the exact backend equals `attribute`'s full dda scores, the index backends find the same top."""
-    from conftest import TINY_SETTINGS, make_model, make_tokenizer
+    from conftest import save_tiny_model, tiny_config
     from typer.testing import CliRunner
 
-    from dda import Attributor, Example, apply_overrides
+    from dda import Attributor, Example
     from dda.cli import app
-    from dda.config import DDAConfig
     from dda.io import write_yaml
 
-    tok = make_tokenizer()
-    make_model("llama", vocab_size=len(tok)).save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    cfg = apply_overrides(
-        DDAConfig(),
-        {
-            **TINY_SETTINGS,
-            "model.name": str(tmp_path / "model"),
-        },
-    )
+    cfg = tiny_config(save_tiny_model(tmp_path / "model"))
     write_yaml(tmp_path / "cfg.yaml", cfg.to_dict())
     rng = np.random.default_rng(0)
     words = "England China France team match police court government minister news report people".split()
@@ -317,3 +308,37 @@ def _has_faiss() -> bool:
     except ImportError:
         return False
     return True
+
+
+@pytest.mark.slow
+def test_search_cli_scale_benchmark_runs_end_to_end(tmp_path):
+    """benchmarks/search_cli_scale.py at 400 documents: every `dda` command succeeds, the exact backend agrees with
+    itself cold and warm, and the result records each command's time and memory."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import search_cli_scale
+
+    out = tmp_path / "out"
+    code = search_cli_scale.main(
+        [
+            "--n",
+            "400",
+            "--k",
+            "20",
+            "--queries",
+            "2",
+            "--backends",
+            "exact,sketch",
+            "--dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    r = json.loads((out / "result.json").read_text())
+    assert r["dim_per_checkpoint"] == 4096 and len(r["checkpoints"]) == 2
+    steps = r["steps"]
+    assert steps["search_exact_warm"]["recall_vs_exact"] == 1.0
+    assert 0.0 <= steps["search_sketch_built"]["recall_vs_exact"] <= 1.0
+    assert all(v["peak_rss_mb"] > 0 for k, v in steps.items() if k != "write_data")
+    assert "| index |" in (out / "result.md").read_text()

@@ -119,13 +119,9 @@ def finetune(
     from .api import Attributor
     from .data import load_examples
 
+    options = {"model.name": model, "data.path": data, "train.epochs": epochs, "train.lr": lr, "train.method": method}
     with _clean_errors(workdir):
-        cfg = _config(
-            config,
-            set_,
-            quiet,
-            **{"model.name": model, "data.path": data, "train.epochs": epochs, "train.lr": lr, "train.method": method},
-        )
+        cfg = _config(config, set_, quiet, **options)
         att = Attributor(cfg, workdir)
         ckpts = att.finetune(load_examples(att.cfg.data))
     if not quiet:
@@ -169,20 +165,16 @@ def index(
     from .distributed import launch_env
 
     quiet = quiet or launch_env().rank != 0  # one process reports
+    options = {
+        "model.name": model,
+        "data.path": data,
+        "features.projection": projection,
+        "features.proj_dim": proj_dim,
+        "features.module_dim": module_dim,
+        "features.batch_tokens": batch_tokens,
+    }
     with _clean_errors(workdir):
-        cfg = _config(
-            config,
-            set_,
-            quiet,
-            **{
-                "model.name": model,
-                "data.path": data,
-                "features.projection": projection,
-                "features.proj_dim": proj_dim,
-                "features.module_dim": module_dim,
-                "features.batch_tokens": batch_tokens,
-            },
-        )
+        cfg = _config(config, set_, quiet, **options)
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
@@ -246,22 +238,19 @@ def attribute(
     from .demo import print_ranking
     from .distributed import launch_env
     from .scoring import parse_method
+    from .workdir import Workdir
 
     if launch_env().rank != 0:  # launched as several processes: query features and scores on rank 0
         return
-    out_dir = out or workdir / "attribution"
+    out_dir = out or Workdir(workdir).attribution
+    options = {
+        "model.name": model,
+        "score.beta": beta,
+        "score.top_k": top_k,
+        "score.methods": _split_methods(methods) if methods else None,
+    }
     with _clean_errors(workdir):
-        cfg = _config(
-            config,
-            set_,
-            quiet,
-            **{
-                "model.name": model,
-                "score.beta": beta,
-                "score.top_k": top_k,
-                "score.methods": _split_methods(methods) if methods else None,
-            },
-        )
+        cfg = _config(config, set_, quiet, **options)
         for spec in cfg.score.methods:
             parse_method(spec)  # a bad method or parameter fails before any model loads
         qs = load_queries(str(queries), prompt_field, negative_field, positive_field, id_field)

@@ -209,10 +209,6 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
 def flat_fields(cls: type = DDAConfig, prefix: str = "") -> dict[str, tuple[Any, dataclasses.Field, str]]:
     """{dotted key: (type, field, doc)} for every leaf setting."""
     hints = get_type_hints(cls)

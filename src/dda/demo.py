@@ -67,7 +67,7 @@ def run_demo(
     att.finetune(examples)
     att.index(examples)
     methods = ["dda", "grad_dot", "tracin", "trak", "bm25"]
-    result = att.attribute(queries, methods=methods, out_dir=Path(workdir) / "attribution", poisoned=poisoned)
+    result = att.attribute(queries, methods=methods, out_dir=att.workdir.attribution, poisoned=poisoned)
     summary = {
         "n_train": len(examples),
         "n_poisoned": len(poisoned),
@@ -82,11 +82,11 @@ def run_demo(
             sum(r["poisoned"] for r in result.top(10, m, q)) for q in range(len(queries))
         ]
     # Show why: DDA's top 10 of each query split over their tokens, then one HTML page with everything.
-    explanations = att.explain(result, methods=["dda"], top_k=10, out_dir=Path(workdir) / "attribution")
-    report = write_page(Path(workdir) / "attribution", Path(workdir) / "report.html")
+    explanations = att.explain(result, methods=["dda"], top_k=10, out_dir=att.workdir.attribution)
+    report = write_page(att.workdir.attribution, att.workdir / "report.html")
     summary["explain_cost"] = explanations[0]["cost"] if explanations else None
     summary["report"] = str(report)
-    write_json(Path(workdir) / "demo_summary.json", summary)
+    write_json(att.workdir / "demo_summary.json", summary)
     if not quiet:
         print_ranking(result, "dda", 10, explanations)
         from rich.table import Table

@@ -219,6 +219,20 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
     return data
 
 
+# The run's facts the page shows above its tables, as metrics.json names them.
+RUN_FACTS = (
+    "preset",
+    "seed",
+    "model",
+    "n_train",
+    "n_poisoned",
+    "n_queries",
+    "query_mode",
+    "hallucination_rate",
+    "wall_seconds",
+)
+
+
 def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[str, Any]) -> dict[str, Any]:
     metrics = read_json(run / "metrics.json")
     methods = metrics.get("methods") or {}
@@ -236,20 +250,7 @@ def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[
             "response": top_token_stats(explanations, canary_of, method, response_only=True),
         }
     return {
-        "facts": {
-            k: metrics.get(k)
-            for k in (
-                "preset",
-                "seed",
-                "model",
-                "n_train",
-                "n_poisoned",
-                "n_queries",
-                "query_mode",
-                "hallucination_rate",
-                "wall_seconds",
-            )
-        },
+        "facts": {k: metrics.get(k) for k in RUN_FACTS},
         "table1": [row(n) for n in main],
         "table2": [row(n) for n in ablations],
         "beta_svg": beta_svg(metrics.get("beta_curve") or {}, (metrics.get("dda") or {}).get("debias_mode", "base")),

@@ -53,6 +53,11 @@ class WorkdirError(ValueError):
     """The workdir cannot be used as asked; the message says why and what to do."""
 
 
+def _under(*parts: str, doc: str | None = None) -> property:
+    """A read-only path below the workdir's root."""
+    return property(lambda self: self.root.joinpath(*parts), doc=doc)
+
+
 class Workdir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -68,32 +73,17 @@ class Workdir:
         return self.root / other
 
     # ------------------------------------------------------------------------------------------------ paths
-    @property
-    def config_file(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def settings_file(self) -> Path:
-        return self.root / "workdir.json"
-
-    @property
-    def train_data(self) -> Path:
-        return self.root / "data" / "train.jsonl"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def train_features(self) -> Path:
-        return self.root / "features" / "train"
+    config_file = _under("config.yaml")
+    settings_file = _under("workdir.json")
+    train_data = _under("data", "train.jsonl")
+    checkpoints = _under("checkpoints")
+    train_features = _under("features", "train")
+    index_stats = _under("features", "train", "index.json")
+    search_index = _under("features", "index", doc="Sketch and FAISS indexes over the concatenated rows.")
+    attribution = _under("attribution")
 
     def train_store(self, checkpoint: str) -> Path:
         return self.train_features / checkpoint
-
-    @property
-    def index_stats(self) -> Path:
-        return self.train_features / "index.json"
 
     def query_root(self, key: str) -> Path:
         return self.root / "features" / "queries" / key
@@ -104,15 +94,6 @@ class Workdir:
         masks of every side, the query_tokens mode); model, checkpoint and projection are checked by the
         store's own metadata."""
         return stable_hash(parts)
-
-    @property
-    def search_index(self) -> Path:
-        """Sketch and FAISS indexes over the concatenated training rows (`dda build-index`)."""
-        return self.root / "features" / "index"
-
-    @property
-    def attribution(self) -> Path:
-        return self.root / "attribution"
 
     # --------------------------------------------------------------------------------------------- settings
     def settings(self) -> dict[str, Any] | None:

@@ -21,8 +21,6 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = ["aggregate", "mean_by", "method_table", "per_query_metrics", "query_metrics", "recall_at_k"]
 
-METRIC_ORDER = ("auc", "ap", "recall@10", "recall@50", "recall@5%")
-
 
 def _validate(scores: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64)

@@ -53,10 +53,6 @@ class Indexer:
         self.batch_limit = BatchLimit.resolve(cfg.batch_size, cfg.batch_tokens, self.device)
         self.after_batch: Callable[[], None] | None = None  # called after each stored batch (test hook)
 
-    def use_batch_tokens(self, batch_tokens: int | None) -> None:
-        """Size batches by padded tokens (0: auto) instead of rows; None: rows by cfg.batch_size."""
-        self.batch_limit = BatchLimit.resolve(self.cfg.batch_size, batch_tokens, self.device)
-
     def store_meta(
         self, ckpt: Checkpoint, data: Tokenized, dim: int, blocks: list[int] | None = None
     ) -> dict[str, Any]:

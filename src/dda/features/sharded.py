@@ -267,15 +267,6 @@ class ShardedRows:
         out = self._slice(0, self.shape[0])
         return np.array(out, dtype=dtype) if dtype is not None or copy else np.asarray(out)
 
-    def iter_blocks(self, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
-        """(global start, global stop, rows) blocks of at most `block_rows`, never straddling two shards: each
-        block is a view of one shard's memmap (streaming scans read every shard sequentially)."""
-        for s, part in enumerate(self.parts):
-            base = int(self.offsets[s])
-            for a in range(0, len(part), block_rows):
-                b = min(len(part), a + block_rows)
-                yield base + a, base + b, part[a:b]
-
     def release_rows(self, start: int, stop: int) -> None:
         """topk.release_pages for global rows [start, stop) of every shard memmap they fall in."""
         from ..scoring.topk import release_pages
