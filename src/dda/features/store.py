@@ -126,10 +126,15 @@ class FeatureStore:
         return np.flatnonzero(~np.asarray(self.done))
 
     def write(self, rows: np.ndarray, values: np.ndarray) -> None:
+        from ..scoring.topk import release_pages
+
         self.features[rows] = values.astype(self.features.dtype, copy=False)
         self.features.flush()
         self.done[rows] = True
         self.done.flush()
+        # flushed rows live on in the page cache; unmapped here, the indexer's resident set stays flat at any n
+        if len(rows):
+            release_pages(self.features, int(np.min(rows)), int(np.max(rows)) + 1)
 
     def finish(self) -> None:
         if not bool(np.all(self.done)):

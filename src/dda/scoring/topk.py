@@ -41,7 +41,7 @@ def release_pages(arr: np.ndarray, start: int, stop: int) -> None:
     if (
         _LIBC is None
         or not isinstance(arr, np.memmap)
-        or getattr(arr, "mode", "c") not in ("r", "r+", "readonly", "readwrite")
+        or getattr(arr, "mode", "c") not in ("r", "r+", "w+", "readonly", "readwrite", "write")
     ):
         return
     start, stop = max(0, start), min(stop, arr.shape[0])  # never advise pages outside this array's mapping
