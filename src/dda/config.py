@@ -290,11 +290,12 @@ def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | Non
         if value in choices or (isinstance(value, str) and value.strip() in choices):
             return value.strip() if isinstance(value, str) else value
         raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
-    if origin is list:
+    if origin in (list, tuple):  # tuple[X, ...]: the frozen bench presets' sequences
         items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise bad
-        return [coerce(x, get_args(tp)[0], key, where) for x in items]
+        parsed = [coerce(x, get_args(tp)[0], key, where) for x in items]
+        return tuple(parsed) if origin is tuple else parsed
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -15,9 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_type_hints
 
-from ..config import ALL_PROJ, DEFAULT_MODEL, ConfigError, DDAConfig, FeatureConfig, ScoreConfig, apply_overrides
+from ..config import (
+    ALL_PROJ,
+    DEFAULT_MODEL,
+    ConfigError,
+    DDAConfig,
+    FeatureConfig,
+    ScoreConfig,
+    apply_overrides,
+    coerce,
+)
 from .generation import GenerationBudget
 
 __all__ = [
@@ -249,16 +258,19 @@ def get_preset(name: str) -> BenchPreset:
 
 def with_bench_overrides(preset: BenchPreset, overrides: dict[str, Any] | None) -> BenchPreset:
     """Apply `bench.<field>` keys of `overrides` to a preset (other keys are DDAConfig keys, left alone)."""
-    fields = {f.name for f in dataclasses.fields(BenchPreset)}
+    fields = {f.name: f for f in dataclasses.fields(BenchPreset)}
+    hints = get_type_hints(BenchPreset)
     changes: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         if not key.startswith("bench.") or value is None:
             continue
         name = key[len("bench.") :]
-        if name not in fields or name == "name":
-            raise ConfigError(f"override: unknown bench key '{key}' (known: {', '.join(sorted(fields - {'name'}))})")
-        # Lists from YAML/CLI become tuples so the frozen preset stays immutable.
-        changes[name] = tuple(value) if isinstance(value, list) else value
+        if name not in fields or name in ("name", "overrides"):
+            known = ", ".join(sorted(set(fields) - {"name", "overrides"}))
+            raise ConfigError(f"override: unknown bench key '{key}' (known: {known})")
+        # Typed like every config field: '--set bench.n_train=abc' is refused here, '60' becomes 60, and lists
+        # become tuples so the frozen preset stays immutable.
+        changes[name] = coerce(value, hints[name], key, "override", fields[name])
     if "n_poison" in changes and "poison_rate" not in changes:
         changes["poison_rate"] = None  # setting one of the pair clears the other
     elif "poison_rate" in changes and "n_poison" not in changes:
