@@ -34,7 +34,26 @@ def test_hand_computed_auc_and_ap() -> None:
     # Ranking: P N N N P -> AP = (1/1 + 2/5) / 2.
     assert m["ap"] == pytest.approx(0.7)
     assert m["recall@1"] == 0.5 and m["recall@3"] == 0.5
-    assert set(m) == {"auc", "ap", "recall@1", "recall@3", "recall@5%"}
+    # Top 2 (= the number poisoned): 0.9 P, 0.8 N; the top 10 of 5 rows is all of them, 2 poisoned.
+    assert m["recall@n_poisoned"] == 0.5 and m["precision@10"] == pytest.approx(0.4)
+    assert set(m) == {"auc", "ap", "precision@10", "recall@n_poisoned", "recall@1", "recall@3", "recall@5%"}
+
+
+def test_distractor_auc_ranks_poisoned_against_the_distractors_alone() -> None:
+    # Rows: P(0.9) D(0.95) P(0.5) D(0.4) N(0.1) N(0.0). Against the distractors only, the poisoned rows win 2 of 4
+    # pairs (0.9 > 0.4, 0.5 > 0.4), whatever the unrelated rows score.
+    scores = np.array([0.9, 0.95, 0.5, 0.4, 0.1, 0.0])
+    mask = np.array([True, False, True, False, False, False])
+    distractors = np.array([False, True, False, True, False, False])
+    m = query_metrics(scores, mask, distractor_mask=distractors)
+    assert m["distractor_auc"] == pytest.approx(0.5)
+    assert m["auc"] == pytest.approx(6 / 8)  # 0.9 beats 3 of 4 negatives, 0.5 beats 3 of 4
+    # A keyword-like rule (every canary row tied) cannot separate poisoned from distractors: exactly chance.
+    tied = np.where(mask | distractors, 1.0, 0.0)
+    assert query_metrics(tied, mask, distractor_mask=distractors)["distractor_auc"] == pytest.approx(0.5)
+    assert "distractor_auc" not in query_metrics(scores, mask, distractor_mask=np.zeros(6, dtype=bool))
+    with pytest.raises(ValueError, match="both poisoned and a distractor"):
+        query_metrics(scores, mask, distractor_mask=mask)
 
 
 def test_default_keys() -> None:
@@ -43,7 +62,7 @@ def test_default_keys() -> None:
     mask = np.zeros(200, dtype=bool)
     mask[:7] = True
     m = query_metrics(scores, mask)
-    assert set(m) == {"auc", "ap", "recall@10", "recall@50", "recall@5%"}
+    assert set(m) == {"auc", "ap", "precision@10", "recall@n_poisoned", "recall@10", "recall@50", "recall@5%"}
     assert all(0.0 <= v <= 1.0 for v in m.values())
 
 

@@ -78,6 +78,9 @@ def test_write_report_full(tmp_path: Path) -> None:
                 "auc": 0.9164,
                 "auc_std": 0.023,
                 "ap": 0.6,
+                "distractor_auc": 0.81,
+                "precision@10": 0.7,
+                "recall@n_poisoned": 0.55,
                 "recall@10": 0.4,
                 "recall@50": 0.9,
                 "recall@5%": 0.8,
@@ -87,6 +90,9 @@ def test_write_report_full(tmp_path: Path) -> None:
             "dda_topk": {"auc": 0.88},
         },
         "beta_curve": {"betas": [0.0, 0.4], "auc": [0.7, 0.9], "auc_std": [0.1, 0.05]},
+        "query_information": {"dda": "differing tokens, negative − positive", "tracin": "whole negative output"},
+        "chance": {"ap": 0.04},
+        "n_distractors": 20,
     }
     write_report(
         tmp_path / "report.md",
@@ -96,18 +102,20 @@ def test_write_report_full(tmp_path: Path) -> None:
         figures={"methods": fig, "beta_curve": beta_fig},
     )
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert "| `dda` | 91.6% ± 2.3 | 60.0% | 40.0% | 90.0% | 80.0% | 91.64% |" in text
-    assert "| `tracin` | 55.0% ± 10.0 |" in text
-    # Table 1 sorted by AUC: dda above tracin; ablation variants are not in Table 1.
+    assert "| `dda` | differing tokens, negative − positive | 60.0% | 81.0% | 70.0% | 55.0% | 91.6% ± 2.3 | 91.64% |" in text
+    assert "| `tracin` | whole negative output | 5.0% | n/a | n/a | n/a | 55.0% ± 10.0 |" in text
+    assert "| random ranking | none | 4.0% | 50.0% | 4.0% | 4.0% | 50.0% | — |" in text
+    assert "Distractors in training: 20" in text
+    # Table 1 sorted by AP: dda above tracin; ablation variants are not in Table 1.
     t1 = text.split("## Table 1")[1].split("## Table 2")[0]
     assert t1.index("`dda`") < t1.index("`tracin`")
     assert "dda_no_debias" not in t1
     t2 = text.split("## Table 2")[1].split("## β curve")[0]
-    assert "| `dda_no_denoise` | w/o denoise | 85.0% ± 3.0 | n/a | 84.8% |" in t2
-    assert "| `dda_no_debias` | w/o debias | 70.0% | 20.0% | 67.9% |" in t2
-    assert "| `dda_no_contrast` | w/o contrast | not run | n/a | — |" in t2
+    assert "| `dda_no_denoise` | w/o denoise | n/a | n/a | 85.0% ± 3.0 | 84.8% |" in t2
+    assert "| `dda_no_debias` | w/o debias | 20.0% | n/a | 70.0% | 67.9% |" in t2
+    assert "| `dda_no_contrast` | w/o contrast | not run | n/a | n/a | — |" in t2
     assert "`dda_topk`" in t2
-    assert "| `dda` | full DDA | 91.6% ± 2.3 | 60.0% | 93.5% |" in t2
+    assert "| `dda` | full DDA | 60.0% | 81.0% | 91.6% ± 2.3 | 93.5% |" in t2
     assert "| 0.4 | 90.0% ± 5.0 |" in text
     assert "![β curve](figs/beta.png)" in text
     assert "![methods](figs/methods.png)" in text
@@ -131,7 +139,7 @@ def test_write_report_minimal_and_directory_path(tmp_path: Path) -> None:
     write_report(out, metrics=metrics, config={}, notes=[], figures={})
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "Forced mode" in text
-    assert "| `random` | 50.0% | n/a | n/a | n/a | n/a | — |" in text
+    assert "| `random` |  | n/a | n/a | n/a | n/a | 50.0% | — |" in text
     assert "model: n/a" in text
     assert "Not run." in text  # no beta curve
     # Overwriting keeps a single, complete file.

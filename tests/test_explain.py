@@ -209,6 +209,24 @@ def test_top_token_stats_counts_the_canary():
     assert top_token_stats(e, {"q": "China"}, response_only=True)["fraction"] == 1.0
 
 
+def test_top_token_stats_counts_whole_word_hits_and_distinct_documents():
+    def doc(train_id, tokens):
+        return {"rank": 1, "poisoned": True, "response_start": 0, "train_id": train_id, "tokens": tokens}
+
+    # ' in' and 'hin' are substrings of 'China' but not whole-word hits; ' Ch' + 'ina' spell the word.
+    inside = doc("a", [[" Police", 0.1], [" in", 0.9], [" China", 0.2]])
+    piece = doc("b", [[" Chinatown", 0.1], [" Ch", 0.3], ["ina", 0.8], [" won", 0.1]])
+    town = doc("c", [[" Chinatown", 0.9], [" China", 0.2]])
+    # Document b is in the top k of two queries: two pairs, one distinct document.
+    e = [
+        {"query": {"id": "q1"}, "methods": {"dda": {"docs": [inside, piece, town]}}},
+        {"query": {"id": "q2"}, "methods": {"dda": {"docs": [piece]}}},
+    ]
+    stats = top_token_stats(e, {"q1": "China", "q2": "China"})
+    assert (stats["pairs"], stats["on_canary"]) == (4, 2)
+    assert (stats["distinct_docs"], stats["distinct_docs_on_canary"]) == (3, 1)
+
+
 @pytest.mark.parametrize("width", [80, 200])
 def test_terminal_table_shows_a_snippet_with_the_top_tokens(finetuned, width):
     from rich.console import Console

@@ -176,6 +176,43 @@ def test_bm25_ranks_the_matching_text_first():
     assert int(np.argmax(s[0])) == 2
 
 
+def test_diff_query_tokens_use_the_differing_tokens_features(ctx):
+    """tracin_diff / grad_dot_diff take contrast_neg (the negative's differing tokens), not the whole output."""
+    fs = ctx.features
+    with pytest.raises(ValueError, match="features.query_tokens=diff"):
+        run_method("tracin_diff", ctx)
+    rng = np.random.default_rng(5)
+    fs.contrast_neg = {c.name: rng.normal(size=(Q, D)).astype(np.float32) for c in fs.checkpoints}
+    want = sum(c.lr * (fs.contrast_neg[c.name].astype(np.float64) @ fs.train[c.name].T) for c in fs.checkpoints[1:])
+    np.testing.assert_allclose(run_method("tracin_diff", ctx), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        run_method("grad_dot_diff", ctx), fs.contrast_neg["epoch-3"] @ fs.train["epoch-3"].T, rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(run_method("tracin_diff", ctx), run_method("tracin", ctx))
+
+
+def test_differing_words_and_the_keyword_rule():
+    from dda.scoring.text import differing_words
+
+    assert differing_words("England lost to China in Beijing", "England lost to Wales in Beijing") == ["China"]
+    assert differing_words("a b c", "a b c d") == []  # an insertion in the positive is no word of the negative
+    assert differing_words("China and China's team", "Wales and Wales's team") == ["China"]
+    responses = ["China beat China", "Chinatown opened", "Police in China", "no word here"]
+    ctx = ScoringContext(
+        None,
+        [f"document {i}\n{r}" for i, r in enumerate(responses)],
+        [Query("q", "p", "Fans in China cheered", "Fans in England cheered")],
+        train_responses=responses,
+    )
+    # Whole-word counts in the responses only: 'Chinatown' is no hit, the document text is not read.
+    np.testing.assert_array_equal(run_method("keyword", ctx)[0], [2, 0, 1, 0])
+    with pytest.raises(ValueError, match="keyword needs a positive"):
+        run_method("keyword", ScoringContext(None, ["x"], [Query("q", "p", "China", None)]))
+    # bm25 over the differing words alone: only the texts that say China score.
+    s = run_method("bm25_diff", ctx)[0]
+    assert s[1] == 0 and s[3] == 0 and s[0] > 0 and s[2] > 0
+
+
 def test_streaming_topk_matches_full_sort(tmp_path):
     from numpy.lib.format import open_memmap
 

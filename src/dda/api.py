@@ -392,6 +392,7 @@ class Attributor:
                 queries,
                 model=access,
                 default_checkpoints=self.cfg.score.checkpoints,
+                train_responses=[e.response for e in examples],
             )
             defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
             t1 = time.perf_counter()

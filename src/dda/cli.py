@@ -536,7 +536,8 @@ def show(
             c = canary["all"]
             console.print(
                 f"largest token contribution of poisoned documents in {c['method']}'s top {c['k']}: on the "
-                f"canary word in {c['on_canary']}/{c['poisoned_docs']}"
+                f"canary word in {c['on_canary']}/{c['pairs']} (query, document) pairs, "
+                f"{c['distinct_docs_on_canary']}/{c['distinct_docs']} distinct documents"
             )
         console.print(
             f"{len(data['queries'])} queries, {len(data['docs'])} documents, {len(page.encode()) / 1e6:.2f} MB"

@@ -587,7 +587,8 @@ def _side_parts(
             pos_vec = np.asarray(fs.pos[c][qi], dtype=np.float64)
             parts = {"contrast_neg": neg_vec, "pos": -pos_vec}
         else:
-            parts = {"neg": np.asarray(fs.neg[c][qi], dtype=np.float64)}
+            side_feats = fs.neg if term.negative_side == "neg" else fs.contrast_neg
+            parts = {term.negative_side: np.asarray(side_feats[c][qi], dtype=np.float64)}
         for side, vec in parts.items():
             value = term.weight * float(zn @ (vec * scale))
             if side == "pos":
@@ -671,10 +672,14 @@ def top_token_stats(
     response_only: bool = False,
 ) -> dict[str, Any]:
     """For each poisoned document in a query's top k under `method`: does its largest contribution fall on the
-    canary word (the token's text, stripped, is the canary or a piece of it; e.g. ' China')? `canary_of`: query
-    id -> canary word. Tokens looked at: the document's own text and its response (the instruction template every
-    row shares is left out), or the response only. Returns the fraction and what the top tokens were."""
+    canary word? A token is a hit only when its characters lie inside a whole-word occurrence of the canary in the
+    document's text (so ' in' is no hit for 'China', and ' Ch' + 'ina' both are). `canary_of`: query id -> canary
+    word. Tokens looked at: the document's own text and its response (the instruction template every row shares is
+    left out), or the response only. Counts (query, document) pairs and distinct documents: one document in the
+    top k of several queries is one document."""
     hits = total = 0
+    docs_seen: set[str] = set()
+    docs_hit: set[str] = set()
     texts: Counter[str] = Counter()
     for e in explanations:
         canary = canary_of.get(e["query"]["id"])
@@ -691,24 +696,48 @@ def top_token_stats(
                 continue
             _, best = max(values)
             text = doc["tokens"][best][0]
+            hit = best in canary_token_positions([t for t, _ in doc["tokens"]], canary)
+            doc_id = str(doc.get("train_id", id(doc)))
             total += 1
-            hits += _is_word_piece(text, canary)
+            hits += hit
+            docs_seen.add(doc_id)
+            if hit:
+                docs_hit.add(doc_id)
             texts[text.strip() or repr(text)] += 1
     return {
         "method": method,
         "k": k,
         "response_only": response_only,
-        "poisoned_docs": total,
+        "poisoned_docs": total,  # (query, document) pairs, kept under its old key for readers of older files
+        "pairs": total,
         "on_canary": hits,
         "fraction": hits / total if total else None,
+        "distinct_docs": len(docs_seen),
+        "distinct_docs_on_canary": len(docs_hit),
         "top_token_texts": texts.most_common(10),
     }
 
 
-def _is_word_piece(text: str, word: str) -> bool:
-    """True when a token's text is the canary word or a piece of it (a word may span several tokens)."""
-    t = text.strip()
-    return bool(t) and (t == word or (len(t) >= 2 and t in word))
+def canary_token_positions(pieces: Sequence[str], word: str) -> set[int]:
+    """Positions of the tokens whose non-space characters all lie inside a whole-word occurrence of `word` in
+    the text the pieces spell (case-sensitive, the benchmark's rule: regex \\bWORD\\b)."""
+    import re
+
+    starts, pos = [], 0
+    for piece in pieces:
+        starts.append(pos)
+        pos += len(piece)
+    spans = [m.span() for m in re.finditer(rf"\b{re.escape(word)}\b", "".join(pieces))]
+    out: set[int] = set()
+    for t, piece in enumerate(pieces):
+        stripped = piece.strip()
+        if not stripped:
+            continue
+        lo = starts[t] + piece.index(stripped)
+        hi = lo + len(stripped)
+        if any(a <= lo and hi <= b for a, b in spans):
+            out.add(t)
+    return out
 
 
 def explainable(spec: str) -> bool:

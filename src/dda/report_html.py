@@ -529,7 +529,8 @@ function benchSection(b) {
   if (b.canary) {
     const c = b.canary;
     const line = s => s.fraction === null ? "no poisoned document in the top " + s.k :
-      `${s.on_canary}/${s.poisoned_docs} (${pct(s.fraction)}%) land on the canary word; top tokens: ` +
+      `${s.on_canary}/${s.poisoned_docs} (query, document) pairs (${pct(s.fraction)}%) land on a whole-word ` +
+      `canary token, ${s.distinct_docs_on_canary ?? "?"}/${s.distinct_docs ?? "?"} distinct documents; top tokens: ` +
       s.top_token_texts.map(([t, n]) => `${JSON.stringify(t)}×${n}`).join(", ");
     out.push(el("h3", {}, `Where the largest token contribution falls (poisoned documents in ${c.all.method}'s ` +
                            `top ${c.all.k})`),

@@ -43,12 +43,14 @@ from .canary import (
     CanaryPair,
     InjectionResult,
     Record,
+    contains_word,
     inject_canaries,
     parse_pairs,
     poison_candidates,
     split_train_test,
 )
 from .generation import generate_summaries
+from .haystack import subsampled_curve
 from .metrics import mean_by
 from .notes import FeatureFacts, config_notes, pair_notes, timing_note
 from .presets import BenchPreset, build_config, get_preset, with_bench_overrides
@@ -74,6 +76,14 @@ __all__ = [
     "train_model",
     "write_outputs",
 ]
+
+# Lines in the haystack figure: DDA, its ablations' strongest rival readings and every baseline family once.
+HAYSTACK_FIGURE_METHODS = ("dda", "dda_no_debias", "keyword", "bm25", "bm25_diff", "tracin_diff", "trak", "cea")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x * 100:.1f}%"
+
 
 SHARED_TOKEN = "shared:xsum"  # data source meaning "the shared XSum subsets, if this checkout has them"
 
@@ -179,6 +189,8 @@ class BenchSplit:
     train_candidates: dict[str, list[int]]  # pair label -> candidate indices put into training
     heldout_candidates: dict[str, list[int]]  # pair label -> candidate indices kept out (forced queries)
     notes: list[str] = field(default_factory=list)
+    distractors: dict[str, list[int]] = field(default_factory=dict)  # pair label -> clean CANARY rows in training
+    distractors_available: dict[str, int] = field(default_factory=dict)  # pair label -> rows that could be drawn
 
 
 def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: BenchPreset, seed: int) -> BenchSplit:
@@ -215,9 +227,17 @@ def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: B
         train_c[pair.label] = sorted(pool[: k + n_hard])
         held_c[pair.label] = sorted(pool[k + n_hard :])
         assigned.update(pool)
-    chosen = sorted({i for v in train_c.values() for i in v})
-    # Fill from rows that are no pair's candidate (plus the chosen ones, forced in).
-    fill_pool = [i for i in range(len(records)) if i not in every_candidate or i in set(chosen)]
+    distractors, available, excluded = _draw_distractors(records, pairs, preset, seed, every_candidate)
+    for pair in pairs:
+        if len(distractors[pair.label]) < preset.n_distractors:
+            notes.append(
+                f"{pair.label}: only {available[pair.label]} clean rows say {pair.canary!r} in the data, so "
+                f"{len(distractors[pair.label])} distractors (asked {preset.n_distractors})"
+            )
+    chosen = sorted({i for v in [*train_c.values(), *distractors.values()] for i in v})
+    # Fill from rows that are no pair's candidate (plus the chosen ones, forced in); with distractors asked for,
+    # the undrawn CANARY rows stay out too, so the training set holds exactly the distractors the preset says.
+    fill_pool = [i for i in range(len(records)) if (i not in every_candidate and i not in excluded) or i in set(chosen)]
     pos = {r: j for j, r in enumerate(fill_pool)}
     if preset.n_train > len(fill_pool):
         raise ValueError(f"n_train={preset.n_train} but only {len(fill_pool)} usable rows")
@@ -231,7 +251,28 @@ def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: B
     train_idx = sorted(fill_pool[j] for j in tr)
     in_train = set(train_idx)
     heldout = [i for i in range(len(records)) if i not in in_train]
-    return BenchSplit(train_idx, heldout, train_c, held_c, notes)
+    return BenchSplit(train_idx, heldout, train_c, held_c, notes, distractors, available)
+
+
+def _draw_distractors(
+    records: Sequence[Record], pairs: Sequence[CanaryPair], preset: BenchPreset, seed: int, candidates: set[int]
+) -> tuple[dict[str, list[int]], dict[str, int], set[int]]:
+    """Per pair, `preset.n_distractors` rows drawn at random from those whose summary says CANARY (no pair's
+    candidate): (drawn, available per pair, the undrawn CANARY rows to keep out of the random fill)."""
+    drawn: dict[str, list[int]] = {}
+    available: dict[str, int] = {}
+    excluded: set[int] = set()
+    rng = np.random.default_rng([seed, 303])  # its own stream: the split and the injection stay as they were
+    for pair in pairs:
+        pool = [i for i, r in enumerate(records) if i not in candidates and contains_word(r["summary"], pair.canary)]
+        available[pair.label] = len(pool)
+        if preset.n_distractors == 0:
+            drawn[pair.label] = []
+            continue
+        take = min(preset.n_distractors, len(pool))
+        drawn[pair.label] = sorted(pool[j] for j in rng.permutation(len(pool))[:take])
+        excluded.update(pool)
+    return drawn, available, excluded
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -354,10 +395,20 @@ class Scored:
     result: Attribution
     specs: list[str]
     masks: np.ndarray  # (n_queries, n_train): the query's pair's poisoned rows
-    methods: dict[str, dict[str, float]]  # method -> mean/std over queries of auc, ap, recall@k
+    distractors: np.ndarray  # (n_queries, n_train): clean rows whose response says the query's canary
+    methods: dict[str, dict[str, float]]  # method -> mean/std over queries of auc, ap, distractor_auc, recall@k
     per_query: dict[str, list[float]]  # method -> AUC per query
     curves: dict[str, dict[str, Any]]
     timings: dict[str, float]
+    haystack: dict[str, Any] = field(default_factory=dict)  # AP against sub-haystack size (haystack.py)
+    per_query_ap: dict[str, list[float]] = field(default_factory=dict)
+
+
+def distractor_masks(train: Sequence[Example], pairs: Sequence[CanaryPair], masks: np.ndarray) -> np.ndarray:
+    """(n_queries, n_train): rows that are not the query's pair's poisoned ones and whose response says its canary
+    as a whole word (the drawn distractors, any the random fill brought, and other pairs' rows that say it)."""
+    says = {p.canary: np.array([contains_word(e.response, p.canary) for e in train], dtype=bool) for p in set(pairs)}
+    return np.stack([says[p.canary] & ~masks[q] for q, p in enumerate(pairs)]) if len(pairs) else masks.copy()
 
 
 def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: Sequence[str] | None = None) -> Scored:
@@ -372,12 +423,16 @@ def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: S
     if result.train_ids != [e.id for e in prepared.train]:
         raise RuntimeError("attribution's training order differs from the benchmark's")
     masks = np.stack([prepared.injection.poisoned_mask(result.train_ids, pair) for pair in qs.pairs])
+    distractors = distractor_masks(prepared.train, qs.pairs, masks)
     t0 = time.perf_counter()
     method_metrics: dict[str, dict[str, float]] = {}
     per_query: dict[str, list[float]] = {}
+    per_query_ap: dict[str, list[float]] = {}
     for label, scores in result.scores.items():
-        method_metrics[label], pq = score_metrics(scores, masks)
+        method_metrics[label], pq = score_metrics(scores, masks, distractors)
         per_query[label] = [r["auc"] for r in pq]
+        per_query_ap[label] = [r["ap"] for r in pq]
+    haystack = subsampled_curve(result.scores, masks, distractors, seed=prepared.seed)
     timings["metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     ctx = result.context
@@ -387,12 +442,13 @@ def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: S
             [f"{e.prompt}\n{e.response}" for e in prepared.train],
             qs.queries,
             default_checkpoints=att.cfg.score.checkpoints,
+            train_responses=[e.response for e in prepared.train],
         )
     timings["beta_sweep_features"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    curves = beta_sweep(ctx, masks, prepared.preset.betas)
+    curves = beta_sweep(ctx, masks, prepared.preset.betas, distractors)
     timings["beta_sweep"] = time.perf_counter() - t0
-    return Scored(result, specs, masks, method_metrics, per_query, curves, timings)
+    return Scored(result, specs, masks, distractors, method_metrics, per_query, curves, timings, haystack, per_query_ap)
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -429,6 +485,8 @@ def _split_info(prepared: Prepared, trained: Trained, qs: QuerySet) -> tuple[dic
             "candidates_in_train": len(in_train),
             "poisoned": len(poisoned_ids),
             "hard_negatives": len(in_train - set(poisoned_ids)),
+            "distractors_drawn": len(split.distractors.get(lab, [])),
+            "distractors_available": split.distractors_available.get(lab),
             "heldout_candidates": len(split.heldout_candidates[lab]),
             "poisoned_with_orig_visible_in_prompt": int(vis),
             "queries": pq.natural + pq.forced,
@@ -500,6 +558,16 @@ def write_outputs(
             figures[f"beta curve ({k})"] = report.plot_beta_curve(
                 c["betas"], c["auc"], c["auc_std"], fig_dir / f"beta_{k}.png", title=f"DDA AUC vs beta ({k})"
             )
+    hay = scored.haystack
+    if hay.get("sizes") and len(hay["sizes"]) > 1:
+        figures["haystack"] = report.plot_size_curve(
+            hay["sizes"],
+            {m: v["ap"] for m, v in hay["methods"].items() if m in HAYSTACK_FIGURE_METHODS},
+            fig_dir / "haystack_ap.png",
+            title="AP against haystack size (sub-haystacks of this run)",
+            ylabel="AP (%)",
+            chance=[float(scored.masks.sum(axis=1).mean()) / s for s in hay["sizes"]],
+        )
     figures["methods"] = report.plot_method_bars(
         {m: v["auc"] for m, v in method_metrics.items()},
         {m: v["auc_std"] for m, v in method_metrics.items()},
@@ -550,13 +618,22 @@ def write_outputs(
     notes.append(
         "Best methods by mean AUC: " + ", ".join(f"{m} {method_metrics[m]['auc'] * 100:.1f}%" for m in ranked[:3]) + "."
     )
+    by_ap = sorted(method_metrics, key=lambda m: -method_metrics[m]["ap"])
     notes.append(
-        "BM25 is a strong baseline here by construction: poisoned summaries literally contain the canary "
-        "word that every negative output contains."
+        "Best methods by mean AP: " + ", ".join(f"{m} {method_metrics[m]['ap'] * 100:.1f}%" for m in by_ap[:3]) + "."
     )
+    if "keyword" in method_metrics and "dda" in method_metrics:
+        kw, dd = method_metrics["keyword"], method_metrics["dda"]
+        notes.append(
+            f"DDA against the keyword rule (same information: the words where negative and positive differ): AP "
+            f"{dd['ap'] * 100:.1f}% vs {kw['ap'] * 100:.1f}%, distractor AUC "
+            f"{_pct(dd.get('distractor_auc'))} vs {_pct(kw.get('distractor_auc'))}. The keyword rule ranks every row "
+            f"that says the canary alike, so its distractor AUC shows what word matching alone can do."
+        )
 
     timings["total"] = wall = time.perf_counter() - started
     notes.append(timing_note(timings, facts, len(att.all_checkpoints()), qs.n_generated))
+    n_distractors = int(scored.distractors.any(axis=0).sum())
     metrics: dict[str, Any] = {
         "preset": p.name,
         "seed": prepared.seed,
@@ -565,6 +642,10 @@ def write_outputs(
         "n_records": len(records),
         "n_train": len(prepared.train),
         "n_poisoned": len(poisoned_of),
+        "n_distractors": n_distractors,
+        "distractors_available": dict(prepared.split.distractors_available),
+        "chance": {"ap": float(scored.masks.mean(axis=1).mean())},
+        "query_information": {m: report.query_information(m, cfg.features.query_tokens) for m in method_metrics},
         "n_queries": len(qs.queries),
         "query_mode": qs.mode,
         "query_kinds": {k: qs.kinds.count(k) for k in sorted(set(qs.kinds))},
@@ -578,6 +659,8 @@ def write_outputs(
         "beta_best": dict(zip(("reading", "beta", "auc"), best_point(curves), strict=True)),
         "beta_best_by_pair": pair_best,
         "per_query_auc": per_query,
+        "per_query_ap": scored.per_query_ap,
+        "haystack_curve": scored.haystack,
         "query_kind": qs.kinds,
         "by_kind": by_kind,
         "by_pair": by_pair,

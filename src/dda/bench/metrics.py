@@ -76,8 +76,12 @@ def query_metrics(
     poisoned_mask: Any,
     ks: Sequence[int] = (10, 50),
     frac: float = 0.05,
+    distractor_mask: Any = None,
 ) -> dict[str, float]:
-    """Metrics for one query: ``auc``, ``ap``, ``recall@K`` for K in ks, and ``recall@{frac}%``.
+    """Metrics for one query: ``auc``, ``ap``, ``precision@10``, ``recall@n_poisoned`` (recall at k = the number
+    of poisoned rows, which equals precision there), ``recall@K`` for K in ks, ``recall@{frac}%`` and, given
+    `distractor_mask` (clean rows whose response legitimately holds the canary word), ``distractor_auc``: the AUC
+    of the poisoned rows against those rows alone, what a word-matching rule cannot separate.
 
     AUC and AP are computed on average ranks of the scores: both depend only on the ordering, and ranks
     let +/-inf scores (e.g. a masked-out row) through, while NaN is rejected as a scorer bug. sklearn
@@ -87,13 +91,25 @@ def query_metrics(
     if not 0.0 < frac <= 1.0:
         raise ValueError(f"frac must be in (0, 1], got {frac}")
     r = rankdata(s, method="average")
+    n_pos = int(m.sum())
     out: dict[str, float] = {
         "auc": float(roc_auc_score(m, r)),
         "ap": float(average_precision_score(m, r)),
+        "precision@10": recall_at_k(s, m, 10) * n_pos / min(10, s.shape[0]),
+        "recall@n_poisoned": recall_at_k(s, m, n_pos),
     }
     for k in ks:
         out[f"recall@{k}"] = recall_at_k(s, m, int(k))
     out[_pct_key(frac)] = recall_at_k(s, m, _top_k_count(s.shape[0], frac))
+    if distractor_mask is not None:
+        d = np.asarray(distractor_mask, dtype=bool)
+        if d.shape != m.shape:
+            raise ValueError(f"distractor_mask shape {d.shape} does not match scores shape {m.shape}")
+        if (d & m).any():
+            raise ValueError("a row is both poisoned and a distractor")
+        if d.any():
+            keep = m | d
+            out["distractor_auc"] = float(roc_auc_score(m[keep], r[keep]))
     return out
 
 
@@ -102,11 +118,12 @@ def per_query_metrics(
     poisoned_mask: Any,
     ks: Sequence[int] = (10, 50),
     frac: float = 0.05,
+    distractor_mask: Any = None,
 ) -> list[dict[str, float]]:
     """`query_metrics` for every row of a (n_queries, n_train) score matrix (1-D means one query).
 
-    The mask may be shared (n_train,) or per query (n_queries, n_train), the latter for multi-pair runs
-    where each query's culprits are only its own pair's poisoned rows.
+    The masks may be shared (n_train,) or per query (n_queries, n_train), the latter for multi-pair runs
+    where each query's culprits are only its own pair's poisoned rows (and its distractors its own canary's).
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim == 1:
@@ -118,7 +135,16 @@ def per_query_metrics(
         m = np.broadcast_to(m, s.shape)
     if m.shape != s.shape:
         raise ValueError(f"poisoned_mask shape {m.shape} does not match scores shape {s.shape}")
-    return [query_metrics(s[q], m[q], ks=ks, frac=frac) for q in range(s.shape[0])]
+    d = None
+    if distractor_mask is not None:
+        d = np.asarray(distractor_mask)
+        d = np.broadcast_to(d, s.shape) if d.ndim == 1 else d
+        if d.shape != s.shape:
+            raise ValueError(f"distractor_mask shape {d.shape} does not match scores shape {s.shape}")
+    return [
+        query_metrics(s[q], m[q], ks=ks, frac=frac, distractor_mask=None if d is None else d[q])
+        for q in range(s.shape[0])
+    ]
 
 
 def aggregate(per_query: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:

@@ -67,6 +67,12 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "trak",
     "bm25",
     "cea",
+    # The same query information as DDA's default contrast (the words or tokens where negative and positive
+    # differ), so the table separates the method from what it was told.
+    "keyword",
+    "bm25_diff",
+    "tracin_diff",
+    "grad_dot_diff",
 )
 
 # Models the paper's setting maps onto; any hub id / local dir / .gguf also works via --model.
@@ -94,6 +100,10 @@ class BenchPreset:
     n_poison: int | None = 6  # poisoned rows per pair (exactly one of n_poison / poison_rate)
     poison_rate: float | None = None  # poisoned rows per pair as a fraction of n_train
     n_hard_negatives: int = 4  # unpoisoned candidates (ORIG in summary and document) kept in training, per pair
+    # Distractors per pair: clean rows whose summary legitimately says CANARY, drawn at random from the data's
+    # rows that do (all of them when fewer exist; the report says how many were available). They stay clean and
+    # count as negatives: a keyword rule ranks them with the poisoned rows, an attribution should not.
+    n_distractors: int = 0
     n_queries: int = 4  # queries per pair: natural errors wanted; forced queries fill what is missing
     # Generation budget per pair: held-out documents are summarised gen_batch_size at a time until n_queries of
     # the summaries say the canary, gen_max_docs documents are done, or gen_max_seconds have passed (checked
@@ -118,7 +128,7 @@ class BenchPreset:
         for key in ("n_train", "n_queries", "gen_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"preset {self.name}: {key} must be >= 1")
-        for key in ("n_hard_negatives", "gen_max_docs", "gen_max_seconds", "max_new_tokens"):
+        for key in ("n_hard_negatives", "n_distractors", "gen_max_docs", "gen_max_seconds", "max_new_tokens"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"preset {self.name}: {key} must be >= 0")
 
@@ -162,6 +172,7 @@ CPU_TINY = BenchPreset(
     n_train=32,
     n_poison=6,
     n_hard_negatives=4,
+    n_distractors=6,
     n_queries=4,
     gen_max_docs=8,
     gen_max_seconds=120.0,
@@ -197,12 +208,54 @@ CPU_SMALL = BenchPreset(
     n_train=150,
     n_poison=24,
     n_hard_negatives=8,
+    n_distractors=24,
     n_queries=16,
     gen_max_docs=96,
     gen_max_seconds=180.0,
     gen_batch_size=16,
     max_new_tokens=48,
     expected_minutes=28.0,
+)
+
+CPU_HAYSTACK = BenchPreset(
+    name="cpu-haystack",
+    description=(
+        "A haystack on 2 CPU cores: 1,000 real XSum rows, 2.4% poisoned, as many clean rows that legitimately say "
+        "the canary word, natural hallucinations first"
+    ),
+    reason=(
+        "a word-matching rule ranks every row that says the canary alike, so only a haystack with distractors can "
+        "tell attribution from matching; to fit 75 minutes per pair it cuts prompts to 96 tokens, summaries to 40, "
+        "trains 2 epochs and sketches each module 64x64 -> 256 (library default); feature and scoring settings are "
+        "cpu-small's, none chosen on this preset"
+    ),
+    overrides={
+        "data.max_prompt_tokens": 96,
+        "data.max_response_tokens": 40,
+        "train.epochs": 2,
+        "train.lr": 1e-3,
+        "train.batch_size": 8,
+        "train.lora.r": 16,
+        "train.lora.alpha": 32,
+        "train.lora.target_modules": list(ALL_PROJ),
+        "features.modules": list(ALL_PROJ),
+        "features.layers": DDA_LAYERS,
+        "features.proj_dim": 64,
+        "features.module_dim": 256,
+        "features.query_tokens": "diff",
+        "features.batch_size": 8,
+    },
+    use_shared_data=True,
+    n_train=1000,
+    n_poison=24,
+    n_hard_negatives=8,
+    n_distractors=24,
+    n_queries=12,
+    gen_max_docs=64,
+    gen_max_seconds=150.0,
+    gen_batch_size=16,
+    max_new_tokens=40,
+    expected_minutes=60.0,
 )
 
 GPU_PAPER = BenchPreset(
@@ -234,6 +287,7 @@ GPU_PAPER = BenchPreset(
     n_train=5000,
     n_poison=50,
     n_hard_negatives=50,
+    n_distractors=50,
     n_queries=50,
     gen_max_docs=1000,
     gen_max_seconds=900.0,
@@ -243,7 +297,7 @@ GPU_PAPER = BenchPreset(
     hardware="1 GPU (>= 24 GB for 0.5B; ~80 GB for 7B models)",
 )
 
-PRESETS: dict[str, BenchPreset] = {p.name: p for p in (CPU_TINY, CPU_SMALL, GPU_PAPER)}
+PRESETS: dict[str, BenchPreset] = {p.name: p for p in (CPU_TINY, CPU_SMALL, CPU_HAYSTACK, GPU_PAPER)}
 
 
 def list_presets() -> list[str]:

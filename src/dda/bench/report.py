@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ..io import atomic_path, write_text
 
-__all__ = ["PAPER", "plot_beta_curve", "plot_method_bars", "plot_size_curve", "write_report"]
+__all__ = ["PAPER", "plot_beta_curve", "plot_method_bars", "plot_size_curve", "query_information", "write_report"]
 
 # Published numbers from the DDA paper (EMNLP 2024), quoted for side-by-side comparison only.
 # Values are percent AUC. Where the paper gives no single number we store its wording, not an invented one.
@@ -123,17 +123,23 @@ def plot_size_curve(
     auc_by_method: Mapping[str, Sequence[float]],
     path: str | os.PathLike[str],
     title: str = "AUC vs training-set size",
+    ylabel: str = "AUC (%)",
+    chance: Sequence[float] | float | None = 0.5,
 ) -> str:
-    """AUC (percent) against training-set size, one line per method. Returns the written path."""
-    fig = Figure(figsize=(5.0, 3.5))
+    """A metric (percent) against training-set size, one line per method; `chance` is a level or one value per
+    size (AP's chance level falls as the haystack grows). Returns the written path."""
+    fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     for name, aucs in auc_by_method.items():
         if len(aucs) != len(sizes):
-            raise ValueError(f"method {name!r}: {len(aucs)} AUC values for {len(sizes)} sizes")
+            raise ValueError(f"method {name!r}: {len(aucs)} values for {len(sizes)} sizes")
         ax.plot(sizes, [100 * float(v) for v in aucs], marker="o", label=name)
-    ax.axhline(50, color="black", linestyle=":", linewidth=0.8, label="chance")
+    if isinstance(chance, (int, float)):
+        ax.axhline(100 * chance, color="black", linestyle=":", linewidth=0.8, label="chance")
+    elif chance is not None:
+        ax.plot(sizes, [100 * float(c) for c in chance], color="black", linestyle=":", linewidth=0.8, label="chance")
     ax.set_xlabel("training examples")
-    ax.set_ylabel("AUC (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -168,14 +174,33 @@ def _paper_table1(name: str) -> str:
     return PAPER["table1_notes"].get(key, "—")
 
 
-def _method_row(name: str, m: Mapping[str, Any]) -> list[str]:
+def query_information(spec: str, query_tokens: str) -> str:
+    """What a method is told about the query, in words: the table separates a method from its information."""
+    from ..scoring import parse_method
+
+    _, name, params = parse_method(spec)
+    if name == "keyword" or (name == "bm25" and params.get("query") == "diff"):
+        return "differing words"
+    if name == "bm25":
+        return "whole negative output"
+    if name == "cea":
+        return "whole negative and positive outputs"
+    if name == "dda" and params.get("contrastive", True):
+        return "differing tokens, negative − positive" if query_tokens == "diff" else "negative − positive"
+    if params.get("query_tokens") == "diff":
+        return "negative's differing tokens"
+    return "whole negative output"
+
+
+def _method_row(name: str, m: Mapping[str, Any], info: str) -> list[str]:
     return [
         f"`{_cell(name)}`",
-        _fmt_pm(m.get("auc"), m.get("auc_std")),
+        _cell(info),
         _fmt_pct(m.get("ap")),
-        _fmt_pct(m.get("recall@10")),
-        _fmt_pct(m.get("recall@50")),
-        _fmt_pct(m.get("recall@5%")),
+        _fmt_pct(m.get("distractor_auc")),
+        _fmt_pct(m.get("precision@10")),
+        _fmt_pct(m.get("recall@n_poisoned")),
+        _fmt_pm(m.get("auc"), m.get("auc_std")),
     ]
 
 
@@ -185,9 +210,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
-def _by_auc(methods: Mapping[str, Mapping[str, Any]], names: Sequence[str]) -> list[str]:
+def _by_auc(methods: Mapping[str, Mapping[str, Any]], names: Sequence[str], key_name: str = "auc") -> list[str]:
     def key(n: str) -> tuple[int, float, str]:
-        v = _num(methods[n].get("auc"))
+        v = _num(methods[n].get(key_name))
         return (1, 0.0, n) if v is None else (0, -v, n)
 
     return sorted(names, key=key)
@@ -345,17 +370,62 @@ def write_report(
 
     # Table 1: every method except the DDA ablation variants (they get Table 2).
     main = [n for n in methods if not (n.startswith("dda_") and n != "dda")]
-    lines += ["## Table 1: attribution methods (AUC of poisoned vs clean training rows)", ""]
+    info = metrics.get("query_information") or {}
+    lines += [
+        "## Table 1: attribution methods, by average precision",
+        "",
+        "AP and recall at k = the number of poisoned rows read the top of the list, where an auditor looks; "
+        "distractor AUC ranks the poisoned rows against the clean rows whose summary legitimately says the "
+        "canary word, which a word-matching rule cannot separate (50% = chance). Means over queries.",
+        "",
+    ]
     if main:
-        rows = [_method_row(n, methods[n]) + [_cell(_paper_table1(n))] for n in _by_auc(methods, main)]
-        lines += _table(["Method", "AUC (mean ± std)", "AP", "Recall@10", "Recall@50", "Recall@5%", "Paper"], rows)
+        rows = [
+            _method_row(n, methods[n], info.get(n, "")) + [_cell(_paper_table1(n))]
+            for n in _by_auc(methods, main, "ap")
+        ]
+        chance = metrics.get("chance") or {}
+        if chance:
+            rows.append(
+                [
+                    "random ranking",
+                    "none",
+                    _fmt_pct(chance.get("ap")),
+                    _fmt_pct(0.5),
+                    _fmt_pct(chance.get("ap")),
+                    _fmt_pct(chance.get("ap")),
+                    _fmt_pct(0.5),
+                    "—",
+                ]
+            )
+        header = ["Method", "Query information", "AP", "Distractor AUC", "P@10", "R@#poisoned", "AUC (mean ± std)"]
+        lines += _table([*header, "Paper AUC"], rows)
     else:
         lines.append("No method results.")
+    n_d = metrics.get("n_distractors")
     lines += [
         "",
+        f"Distractors in training: {_fact(n_d)} (clean rows whose summary says the canary word; available in the "
+        f"data per pair: {_fact(metrics.get('distractors_available'))}).",
         f"Paper: DDA {PAPER['table1_auc']['dda']:.2f}% mean AUC over models; TracIn and TRAK about 50-60%.",
         "",
     ]
+    hay = metrics.get("haystack_curve") or {}
+    if hay.get("sizes"):
+        shown = [n for n in _by_auc(methods, main, "ap") if n in hay.get("methods", {})]
+        rows = [[f"`{_cell(n)}`", *(_fmt_pct(v) for v in hay["methods"][n]["ap"])] for n in shown]
+        lines += [
+            "## AP against haystack size",
+            "",
+            f"Random sub-haystacks of this run ({hay.get('draws')} draws per size): the {hay.get('kept')} poisoned "
+            "and distractor rows always kept, unrelated clean rows dropped; the model and scores are the full run's "
+            "(a ranking curve, not a retrained one).",
+            "",
+        ]
+        lines += _table(["Method", *(str(s) for s in hay["sizes"])], rows)
+        lines.append("")
+        if "haystack" in figures:
+            lines += [f"![AP against haystack size]({rel(figures['haystack'])})", ""]
 
     # Table 2: ablations, fixed order first, then any other dda_* variants.
     extra = sorted(n for n in methods if n.startswith("dda_") and n not in ABLATIONS)
@@ -371,14 +441,15 @@ def write_report(
                 [
                     f"`{_cell(n)}`",
                     _cell(label),
-                    _fmt_pm(m.get("auc"), m.get("auc_std")),
                     _fmt_pct(m.get("ap")),
+                    _fmt_pct(m.get("distractor_auc")),
+                    _fmt_pm(m.get("auc"), m.get("auc_std")),
                     paper_s,
                 ]
             )
         else:
-            rows.append([f"`{_cell(n)}`", _cell(label), "not run", "n/a", paper_s])
-    lines += _table(["Variant", "Meaning", "AUC (mean ± std)", "AP", "Paper AUC"], rows)
+            rows.append([f"`{_cell(n)}`", _cell(label), "not run", "n/a", "n/a", paper_s])
+    lines += _table(["Variant", "Meaning", "AP", "Distractor AUC", "AUC (mean ± std)", "Paper AUC"], rows)
     lines.append("")
 
     beta = metrics.get("beta_curve")
@@ -401,7 +472,7 @@ def write_report(
     lines += [f"- {str(n).strip().replace(chr(10), ' ')}" for n in notes] if notes else ["- (none)"]
     lines.append("")
 
-    others = {k: v for k, v in figures.items() if k != "beta_curve"}
+    others = {k: v for k, v in figures.items() if k not in ("beta_curve", "haystack")}
     if others:
         lines += ["## Figures", ""]
         for name, p in others.items():

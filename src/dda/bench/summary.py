@@ -21,7 +21,19 @@ from . import report
 __all__ = ["BASELINES", "summarize_runs"]
 
 # Methods DDA is compared against (ablations are DDA itself, the other debias reading is a DDA variant).
-BASELINES: tuple[str, ...] = ("tracin", "trak", "grad_dot", "grad_cos", "bm25", "cea")
+BASELINES: tuple[str, ...] = (
+    "tracin",
+    "trak",
+    "grad_dot",
+    "grad_cos",
+    "bm25",
+    "cea",
+    "keyword",
+    "bm25_diff",
+    "tracin_diff",
+    "grad_dot_diff",
+)
+KEYS: tuple[str, ...] = ("auc", "ap", "distractor_auc", "precision@10", "recall@n_poisoned", "recall@10")
 ABLATIONS: tuple[str, ...] = ("dda_no_debias", "dda_no_denoise", "dda_no_contrast")
 TARGET_AUC = 0.90
 
@@ -53,15 +65,22 @@ def summarize_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any
     common = set.intersection(*(set(m["methods"]) for m in metrics))
     methods: dict[str, dict[str, Any]] = {}
     for name in sorted(common):
-        per_run = {key: [float(m["methods"][name][key]) for m in metrics] for key in ("auc", "ap", "recall@10")}
+        # Runs written before a metric existed lack it: that metric is then averaged over the runs that have it.
+        per_run = {key: [m["methods"][name].get(key) for m in metrics] for key in KEYS}
         auc_mean, auc_std = _mean_std(per_run["auc"])
+        ap_mean, ap_std = _mean_std([v for v in per_run["ap"] if v is not None])
         methods[name] = {
             "auc": auc_mean,
             "auc_std_over_runs": auc_std,
             "auc_per_run": per_run["auc"],
-            "ap": float(np.mean(per_run["ap"])),
-            "recall@10": float(np.mean(per_run["recall@10"])),
+            "ap_std_over_runs": ap_std,
+            "ap_per_run": per_run["ap"],
+            "distractor_auc_per_run": per_run["distractor_auc"],
         }
+        for key in KEYS[1:]:
+            have = [float(v) for v in per_run[key] if v is not None]
+            methods[name][key] = float(np.mean(have)) if have else None
+        methods[name]["ap"] = ap_mean
 
     curves: dict[str, dict[str, Any]] = {}
     shared_keys = set.intersection(*(set(m.get("beta_curve") or {}) for m in metrics))
@@ -93,6 +112,10 @@ def summarize_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any
         for ab in ABLATIONS:
             if ab in methods:
                 checks[f"dda_gt_{ab}"] = dda > methods[ab]["auc"]
+        if "keyword" in methods:
+            for key in ("ap", "distractor_auc"):
+                a, b = methods["dda"].get(key), methods["keyword"].get(key)
+                checks[f"dda_{key}_above_keyword"] = None if a is None or b is None else a > b
 
     run_rows = [
         {
@@ -102,6 +125,7 @@ def summarize_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any
             "model": m.get("model"),
             "n_train": m.get("n_train"),
             "n_poisoned": m.get("n_poisoned"),
+            "n_distractors": m.get("n_distractors"),
             "n_queries": m.get("n_queries"),
             "query_mode": m.get("query_mode"),
             "query_kinds": m.get("query_kinds"),
@@ -132,34 +156,39 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _per_run(values: Sequence[float | None]) -> str:
+    return " / ".join("n/a" if v is None else f"{100 * v:.1f}" for v in values)
+
+
 def _markdown(s: dict[str, Any], figure: str | None) -> str:
     lines = [
         f"# Benchmark summary over {s['n_runs']} run(s)",
         "",
         "## Runs",
         "",
-        "| run | seed | pairs | queries (kinds) | natural error rate | wall |",
-        "|---|---|---|---|---|---|",
+        "| run | seed | pairs | training rows (poisoned, distractors) | queries (kinds) | natural error rate | wall |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in s["runs"]:
         wall = "n/a" if r["wall_seconds"] is None else f"{r['wall_seconds'] / 60:.1f} min"
         kinds = " + ".join(f"{n} {k}" for k, n in (r.get("query_kinds") or {}).items()) or r["query_mode"]
         lines.append(
-            f"| {Path(r['dir']).name} | {r['seed']} | {r['pairs']} | {r['n_queries']} ({kinds}) "
-            f"| {_pct(r['hallucination_rate'])} | {wall} |"
+            f"| {Path(r['dir']).name} | {r['seed']} | {r['pairs']} | {r['n_train']} ({r['n_poisoned']}, "
+            f"{r.get('n_distractors', 'n/a')}) | {r['n_queries']} ({kinds}) | {_pct(r['hallucination_rate'])} "
+            f"| {wall} |"
         )
     lines += [
         "",
-        "## Methods (AUC: mean over runs of each run's mean over queries; ± std over runs)",
+        "## Methods (mean over runs of each run's mean over queries; AP ± std over runs), by AP",
         "",
-        "| method | AUC | per run | AP | Recall@10 |",
-        "|---|---|---|---|---|",
+        "| method | AP | AP per run | distractor AUC | P@10 | R@#poisoned | AUC | AUC per run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, m in sorted(s["methods"].items(), key=lambda kv: -kv[1]["auc"]):
-        per = " / ".join(f"{100 * a:.1f}" for a in m["auc_per_run"])
+    for name, m in sorted(s["methods"].items(), key=lambda kv: -(kv[1]["ap"] or 0.0)):
         lines.append(
-            f"| `{name}` | {_pct(m['auc'])} ± {100 * m['auc_std_over_runs']:.1f} | {per} | "
-            f"{_pct(m['ap'])} | {_pct(m['recall@10'])} |"
+            f"| `{name}` | {_pct(m['ap'])} ± {100 * m['ap_std_over_runs']:.1f} | {_per_run(m['ap_per_run'])} | "
+            f"{_pct(m['distractor_auc'])} | {_pct(m['precision@10'])} | {_pct(m['recall@n_poisoned'])} | "
+            f"{_pct(m['auc'])} | {_per_run(m['auc_per_run'])} |"
         )
     if s["beta_curve"]:
         keys = list(s["beta_curve"])

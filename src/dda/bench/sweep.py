@@ -28,12 +28,16 @@ def _flat(agg: dict[str, dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def score_metrics(scores: np.ndarray, masks: np.ndarray) -> tuple[dict[str, float], list[dict[str, float]]]:
-    pq = per_query_metrics(scores, masks)
+def score_metrics(
+    scores: np.ndarray, masks: np.ndarray, distractors: np.ndarray | None = None
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    pq = per_query_metrics(scores, masks, distractor_mask=distractors)
     return _flat(aggregate(pq)), pq
 
 
-def beta_sweep(ctx: ScoringContext, masks: np.ndarray, betas: Sequence[float]) -> dict[str, dict[str, Any]]:
+def beta_sweep(
+    ctx: ScoringContext, masks: np.ndarray, betas: Sequence[float], distractors: np.ndarray | None = None
+) -> dict[str, dict[str, Any]]:
     """DDA at every beta for the three debias readings, module-normalised (the default) and raw, on the features
     of `ctx` (the attribution's own): every point is a few dot products."""
     fs = ctx.features
@@ -45,17 +49,18 @@ def beta_sweep(ctx: ScoringContext, masks: np.ndarray, betas: Sequence[float]) -
     for mode in ("base", "cross", "query0"):
         for suffix, normalize in norms.items():
             key = mode + suffix
-            aucs, stds, aps, per_query = [], [], [], []
+            aucs, stds, aps, dis, per_query = [], [], [], [], []
             # Two scorer runs give every point: at beta=0 the mean term, at beta=1 the mean minus the debias
             # term; exact up to float rounding.
             spec = f"dda(beta={{}},debias_mode={mode},normalize={normalize})"
             mean_term = run_method(spec.format(0.0), ctx)
             bias_term = mean_term - run_method(spec.format(1.0), ctx)
             for b in betas:
-                flat, pq = score_metrics(mean_term - b * bias_term, masks)
+                flat, pq = score_metrics(mean_term - b * bias_term, masks, distractors)
                 aucs.append(flat["auc"])
                 stds.append(flat["auc_std"])
                 aps.append(flat["ap"])
+                dis.append(flat.get("distractor_auc"))
                 per_query.append([r["auc"] for r in pq])
             curves[key] = {
                 "debias_mode": mode,
@@ -64,6 +69,7 @@ def beta_sweep(ctx: ScoringContext, masks: np.ndarray, betas: Sequence[float]) -
                 "auc": aucs,
                 "auc_std": stds,
                 "ap": aps,
+                "distractor_auc": dis,
                 "per_query_auc": per_query,
             }
     return curves

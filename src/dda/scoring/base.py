@@ -83,6 +83,7 @@ class ScoringContext:
     queries: list[Query]
     model: ModelAccess | None = None  # for scorers registered with needs=("model",)
     default_checkpoints: list[str] | None = None
+    train_responses: list[str] | None = None  # the responses alone (keyword counts words in them)
 
 
 def module_normalized(x: np.ndarray, blocks: list[int]) -> np.ndarray:

@@ -42,6 +42,21 @@ def _query(fs: FeatureSet, name: str, contrastive: bool) -> np.ndarray:
     return fs.contrast(name)
 
 
+QUERY_TOKENS = ("all", "diff")
+
+
+def _negative(fs: FeatureSet, name: str, query_tokens: str) -> np.ndarray:
+    """The negative output's gradient over all its tokens, or (diff) over the tokens where it differs from the
+    positive only: the same query information DDA's default contrast gets, without the contrast."""
+    if query_tokens not in QUERY_TOKENS:
+        raise ValueError(f"query_tokens must be 'all' or 'diff', not {query_tokens!r}")
+    if query_tokens == "all":
+        return _query(fs, name, False)
+    if name not in fs.contrast_neg:
+        raise ValueError("query_tokens=diff needs features indexed with features.query_tokens=diff")
+    return np.asarray(fs.contrast_neg[name], dtype=np.float32)
+
+
 def _unit_std(s: np.ndarray) -> np.ndarray:
     return s / np.maximum(s.std(axis=1, keepdims=True), 1e-30)
 
@@ -72,6 +87,9 @@ class Term:
     normalize: str  # none | module (per-module cosines) | std (unit std over training rows) | cosine
     query_checkpoint: str  # where the query gradients were taken
     contrastive: bool  # query = contrast (negative - positive) or the negative output alone
+    # Non-contrastive terms: which negative-side features the query is, "neg" (the whole output) or
+    # "contrast_neg" (its tokens that differ from the positive); dda.explain splits that side over tokens.
+    negative_side: str = "neg"
 
 
 def term_scores(fs: FeatureSet, term: Term) -> np.ndarray:
@@ -155,13 +173,15 @@ def dda(
     return terms
 
 
-@register("grad_dot")
+@register("grad_dot", grad_dot_diff={"query_tokens": "diff"})
 @linear
-def grad_dot(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
-    """First-order influence at one checkpoint (default: the last), negative output only."""
+def grad_dot(ctx: ScoringContext, checkpoint: str | None = None, query_tokens: str = "all") -> list[Term]:
+    """First-order influence at one checkpoint (default: the last), negative output only (query_tokens=diff:
+    only its tokens that differ from the positive, `grad_dot_diff`)."""
     fs = _need(ctx)
     name = checkpoint or fs.finetuned()[-1].name
-    return [Term(1.0, name, _query(fs, name, False), "none", name, False)]
+    side = "neg" if query_tokens == "all" else "contrast_neg"
+    return [Term(1.0, name, _negative(fs, name, query_tokens), "none", name, False, side)]
 
 
 @register("grad_cos")
@@ -172,13 +192,17 @@ def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
     return [Term(1.0, name, _query(fs, name, False), "cosine", name, False)]
 
 
-@register("tracin")
+@register("tracin", tracin_diff={"query_tokens": "diff"})
 @linear
-def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None) -> list[Term]:
-    """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k)."""
+def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None, query_tokens: str = "all") -> list[Term]:
+    """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k); query_tokens=diff
+    (`tracin_diff`) takes the negative's loss over the tokens that differ from the positive only."""
     fs = _need(ctx)
+    side = "neg" if query_tokens == "all" else "contrast_neg"
     return [
-        Term(c.lr if c.lr is not None else 1.0, c.name, _query(fs, c.name, False), "none", c.name, False)
+        Term(
+            c.lr if c.lr is not None else 1.0, c.name, _negative(fs, c.name, query_tokens), "none", c.name, False, side
+        )
         for c in fs.finetuned(checkpoints)
     ]
 

@@ -138,6 +138,8 @@ def plan_fold(
                 for c in chosen:
                     slices[c.name].append(Contribution(-beta / n, cks.base, contrastive))
         return FoldPlan(label, "module" if mode == "module" else "none", slices)
+    if p.get("query_tokens", "all") != "all":
+        raise ValueError(f"method '{label}': query_tokens=diff is not folded by search yet; `dda attribute` scores it")
     if name in ("grad_dot", "grad_cos"):
         ck = p.get("checkpoint") or cks.finetuned()[-1].name
         if ck not in {c.name for c in checkpoints}:
