@@ -55,6 +55,7 @@ from .metrics import mean_by
 from .notes import FeatureFacts, config_notes, pair_notes, timing_note
 from .presets import BenchPreset, build_config, get_preset, with_bench_overrides
 from .queries import QuerySet, build_queries, orig_visible
+from .results import machine_info
 from .sweep import best_point, beta_sweep, debias_notes, per_pair_best, score_metrics
 
 __all__ = [
@@ -653,6 +654,7 @@ def write_outputs(
         "n_natural_errors": qs.n_errors,
         "hallucination_rate": qs.n_errors / qs.n_generated if qs.n_generated else None,
         "wall_seconds": wall,
+        "machine": machine_info(),
         "methods": method_metrics,
         "dda": {"beta": cfg.score.beta, "debias_mode": cfg.score.debias_mode, "normalize": cfg.score.normalize},
         "beta_curve": curves,
