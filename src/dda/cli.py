@@ -291,6 +291,81 @@ def _split_methods(text: str) -> list[str]:
     return out
 
 
+def _fix_help(name: str) -> str:
+    from .config import FixConfig, field_docs
+
+    return field_docs(FixConfig)[name]
+
+
+@app.command()
+def fix(
+    workdir: WorkdirOpt,
+    queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative, positive per line (scored queries).")],
+    method: Annotated[str | None, typer.Option(help=_fix_help("method"))] = None,
+    k: Annotated[int | None, typer.Option("--k", help=_fix_help("k"))] = None,
+    combine: Annotated[str | None, typer.Option(help=_fix_help("combine"))] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(
+            "--retrain/--no-retrain",
+            help="Fine-tune again on the kept documents (and without k random ones) and measure; without it, "
+            "only the split is written, for your own trainer.",
+        ),
+    ] = False,
+    heldout: Annotated[
+        Path | None, typer.Option(help="Documents for the collateral loss (default: the kept training set).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/fix/<method>-k<K>).")] = None,
+    prompt_field: str = "prompt",
+    negative_field: str = "negative",
+    positive_field: str = "positive",
+    id_field: str = "id",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Remove the documents a method blames for the queries, retrain, and measure whether the mistake is gone.
+
+    Writes OUT/kept.jsonl, OUT/removed.json and OUT/fix.json (before / after / random: margin, says_negative,
+    heldout_loss). Needs `dda attribute` scores of the method for these queries.
+
+    Example: `dda fix -w runs/x --queries q.jsonl --method dda --k 24 --retrain`
+    """
+    from .data import load_examples, load_queries
+    from .fix import run_fix
+
+    options = {"fix.method": method, "fix.k": k, "fix.combine": combine}
+    with _clean_errors(workdir):
+        cfg = _config(config, set_, quiet, **options)
+        qs = load_queries(str(queries), prompt_field, negative_field, positive_field, id_field)
+        held = None
+        if heldout is not None:
+            from .config import DataConfig
+
+            held = load_examples(DataConfig(path=str(heldout)))
+        summary = run_fix(cfg, workdir, qs, retrain=retrain, out_dir=out, heldout=held)
+    if not quiet:
+        _print_fix(summary)
+
+
+def _print_fix(summary: dict) -> None:
+    from rich.table import Table
+
+    results.print(
+        f"{summary['method']}: removed {len(summary['removed'])} of {summary['n_train']} documents "
+        f"({summary['combine']}) for {len(summary['queries'])} queries"
+    )
+    if not summary.get("retrained"):
+        return
+    table = Table("model", "margin (log p neg - log p pos)", "says negative", f"loss ({summary['heldout_source']})")
+    for label in ("before", "after", "random"):
+        if label in summary:
+            r = summary[label]
+            loss = "n/a" if r["heldout_loss"] is None else f"{r['heldout_loss']:.4f}"
+            table.add_row(label, f"{r['margin']:+.3f}", f"{r['says_negative']:.0%}", loss)
+    results.print(table)
+
+
 @app.command()
 def bench(
     preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-paper.")] = "cpu-small",

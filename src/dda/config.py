@@ -168,6 +168,21 @@ class ScoreConfig:
 
 
 @dataclass
+class FixConfig:
+    method: str = "dda"
+    """Method whose top-ranked documents `dda fix` removes (a spec that `dda attribute` scored)."""
+    k: int = bounded(10, ge=1)
+    """Training documents to remove."""
+    combine: Literal["mean-rank", "union"] = "mean-rank"
+    """Several queries to one removal set: the k best by mean rank over the queries, or the union of the
+    per-query rankings taken round-robin until k documents."""
+    random_control: bool = True
+    """Also retrain without k random documents (seeded): the control without which no drop means anything."""
+    max_new_tokens: int = bounded(48, ge=1)
+    """Greedy generation length when checking whether a model still says the negative."""
+
+
+@dataclass
 class DDAConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model theta0."""
@@ -179,6 +194,8 @@ class DDAConfig:
     """Per-example gradient features (`dda index`)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Scoring (`dda attribute`)."""
+    fix: FixConfig = field(default_factory=FixConfig)
+    """Remove the blamed documents and retrain (`dda fix`)."""
     seed: int = 0
     """Global torch seed."""
     quiet: bool = False

@@ -13,10 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from ..data import focus_on_difference
-from ..features.index import example_losses
+from ..evaluate import Summarizer, differing_logprobs
 from ..models import Checkpoint, applied
 
 __all__ = [
@@ -96,51 +93,6 @@ def generate_until(
     return run
 
 
-class Summarizer:
-    """Greedy summaries from a model already in the wanted checkpoint state, batched with left padding
-    (decoder-only models continue from the last position, so pads sit on the left); prompts are built exactly
-    as in training (chat template or plain, no extra BOS)."""
-
-    def __init__(
-        self, model: Any, tokenizer: Any, formatter: Any, pad_id: int, max_new_tokens: int, batch_size: int = 8
-    ):
-        from transformers import GenerationConfig
-
-        self.model, self.tokenizer, self.formatter = model, tokenizer, formatter
-        self.pad_id, self.batch_size = pad_id, batch_size
-        self.gcfg = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=pad_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-
-    def __call__(self, documents: Sequence[str]) -> list[str]:
-        import torch
-
-        prompts = [self.formatter.prompt_ids(d)[0] for d in documents]
-        out: list[str] = [""] * len(documents)
-        order = np.argsort([-len(p) for p in prompts], kind="stable")  # similar lengths -> little padding
-        device = next(self.model.parameters()).device
-        with torch.no_grad():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                width = max(len(prompts[i]) for i in rows)
-                ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for j, i in enumerate(rows):
-                    ids[j, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                    mask[j, width - len(prompts[i]) :] = 1
-                gen = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=self.gcfg
-                )
-                texts = self.tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-                for j, i in enumerate(rows):
-                    out[int(i)] = texts[j].strip()
-        return out
-
-
 def generate_summaries(att: Any, documents: Sequence[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy summaries of `documents` from the Attributor's LAST checkpoint."""
     if not documents:
@@ -163,14 +115,10 @@ def canary_logprobs(
     itself, so the differing tokens are CANARY's and ORIG's, each scored after the same prefix. Returns, per
     checkpoint name: mean log-prob of each side over the documents, and how many documents prefer the negative.
     """
-    neg = formatter.tokenize_pairs([(p, n) for p, n, _ in pairs])
-    pos = formatter.tokenize_pairs([(p, q) for p, _, q in pairs])
-    neg, pos = focus_on_difference(neg, pos)
     out: dict[str, dict[str, Any]] = {}
     for ckpt in checkpoints:
         with applied(model, ckpt) as m:
-            lp_neg = -example_losses(m, neg, pad_id, batch_size)
-            lp_pos = -example_losses(m, pos, pad_id, batch_size)
+            lp_neg, lp_pos = differing_logprobs(m, formatter, pad_id, pairs, batch_size)
         out[ckpt.name] = {
             "negative": float(lp_neg.mean()),
             "positive": float(lp_pos.mean()),

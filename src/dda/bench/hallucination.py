@@ -49,6 +49,7 @@ from .canary import (
     poison_candidates,
     split_train_test,
 )
+from .counterfactual import run_counterfactual
 from .generation import generate_summaries
 from .haystack import subsampled_curve
 from .metrics import mean_by
@@ -526,6 +527,7 @@ def write_outputs(
     timings: dict[str, float],
     started: float,
     quiet: bool = False,
+    counterfactual: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stage 5: ground truth, inputs, scores, figures, metrics.json, config.yaml and report.md under `out`;
     `started` is the run's perf_counter() start, for the wall time."""
@@ -671,6 +673,7 @@ def write_outputs(
         "data": {"sources": prepared.data.sources, "requested": prepared.sources},
         "checkpoints": [c.name for c in att.all_checkpoints()],
         "index": getattr(att, "index_stats", {}),
+        "counterfactual": counterfactual,
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "notes": notes,
     }
@@ -742,4 +745,9 @@ def run_bench(
     )
     scored = score_queries(trained, prepared, qs, methods)
     timings.update(scored.timings)
-    return write_outputs(out, prepared, trained, qs, scored, timings, started, quiet)
+    counterfactual = None
+    if p.fix_count():
+        t0 = time.perf_counter()
+        counterfactual = run_counterfactual(trained, prepared, qs, scored, p.fix_count(), Path(trained.att.workdir))
+        timings["counterfactual"] = time.perf_counter() - t0
+    return write_outputs(out, prepared, trained, qs, scored, timings, started, quiet, counterfactual)

@@ -104,6 +104,9 @@ class BenchPreset:
     # rows that do (all of them when fewer exist; the report says how many were available). They stay clean and
     # count as negatives: a keyword rule ranks them with the poisoned rows, an attribution should not.
     n_distractors: int = 0
+    # Remove-and-retrain stage (bench/counterfactual.py): k rows removed per method (dda, bm25, keyword, random),
+    # one fine-tune each; 0 turns the stage off. -1: k = the number of poisoned rows.
+    fix_k: int = 0
     n_queries: int = 4  # queries per pair: natural errors wanted; forced queries fill what is missing
     # Generation budget per pair: held-out documents are summarised gen_batch_size at a time until n_queries of
     # the summaries say the canary, gen_max_docs documents are done, or gen_max_seconds have passed (checked
@@ -128,6 +131,8 @@ class BenchPreset:
         for key in ("n_train", "n_queries", "gen_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"preset {self.name}: {key} must be >= 1")
+        if self.fix_k < -1:
+            raise ConfigError(f"preset {self.name}: fix_k must be -1 (the poisoned count), 0 (off) or a count")
         for key in ("n_hard_negatives", "n_distractors", "gen_max_docs", "gen_max_seconds", "max_new_tokens"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"preset {self.name}: {key} must be >= 0")
@@ -138,6 +143,10 @@ class BenchPreset:
             return self.n_poison
         assert self.poison_rate is not None
         return max(1, round(self.poison_rate * self.n_train))
+
+    def fix_count(self) -> int:
+        """Rows the counterfactual stage removes per method (0: the stage is off)."""
+        return self.poison_count() if self.fix_k == -1 else self.fix_k
 
     def generation_budget(self) -> GenerationBudget:
         return GenerationBudget(self.gen_max_docs, float(self.gen_max_seconds), self.gen_batch_size)
@@ -173,6 +182,7 @@ CPU_TINY = BenchPreset(
     n_poison=6,
     n_hard_negatives=4,
     n_distractors=6,
+    fix_k=-1,
     n_queries=4,
     gen_max_docs=8,
     gen_max_seconds=120.0,

@@ -315,6 +315,42 @@ def _pairs_section(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _counterfactual_section(cf: Mapping[str, Any] | None) -> list[str]:
+    """Remove-and-retrain: before, then each method's top k and k random rows removed."""
+    if not cf:
+        return []
+    lines = [
+        f"## Remove and retrain (k = {cf.get('k')})",
+        "",
+        f"Each row but the first removes k training rows (the method's top k by mean rank over the queries, or k "
+        f"random rows) and fine-tunes again from θ0 with the same settings and seed. Natural error rate: greedy "
+        f"summaries of the same held-out documents that say the canary; margin: mean log p(canary) − log p(original) "
+        f"over the queries' differing tokens; losses: mean over the {cf.get('distractors')} distractors and "
+        f"{cf.get('heldout_loss_docs')} held-out reference summaries.",
+        "",
+    ]
+    rows = []
+    for label in (
+        "before",
+        *[m for m in cf if m not in ("before", "k", "combine", "heldout_loss_docs", "distractors")],
+    ):
+        r = cf[label]
+        rows.append(
+            [
+                "nothing removed" if label == "before" else f"`{_cell(label)}`",
+                "—" if label == "before" else str(r.get("poisoned_removed")),
+                "—" if label == "before" else str(r.get("distractors_removed")),
+                _fmt_pct(r.get("natural_error_rate")),
+                f"{r['margin']:+.2f}" if r.get("margin") is not None else "n/a",
+                f"{r['distractor_loss']:.3f}" if r.get("distractor_loss") is not None else "n/a",
+                f"{r['heldout_loss']:.3f}" if r.get("heldout_loss") is not None else "n/a",
+            ]
+        )
+    header = ["removed", "poisoned removed", "distractors removed", "natural error rate", "canary margin"]
+    lines += _table([*header, "distractor loss", "held-out loss"], rows)
+    return [*lines, ""]
+
+
 def write_report(
     path: str | os.PathLike[str],
     *,
@@ -426,6 +462,8 @@ def write_report(
         lines.append("")
         if "haystack" in figures:
             lines += [f"![AP against haystack size]({rel(figures['haystack'])})", ""]
+
+    lines += _counterfactual_section(metrics.get("counterfactual"))
 
     # Table 2: ablations, fixed order first, then any other dda_* variants.
     extra = sorted(n for n in methods if n.startswith("dda_") and n not in ABLATIONS)
