@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint bench bench-tiny bench-speed bench-scoring gpu-check clean
+.PHONY: setup demo test test-fast lint tables bench bench-tiny bench-speed bench-scoring gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m dda.bench.results render --check
+
+# every results table in README.md and benchmarks/README.md, from the committed files under results/
+tables: setup
+	$(BIN)/python -m dda.bench.results render
 
 test: setup lint
 	$(BIN)/python -m pytest

@@ -102,7 +102,8 @@ def test_write_report_full(tmp_path: Path) -> None:
         figures={"methods": fig, "beta_curve": beta_fig},
     )
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert "| `dda` | differing tokens, negative − positive | 60.0% | 81.0% | 70.0% | 55.0% | 91.6% ± 2.3 | 91.64% |" in text
+    dda_row = "| `dda` | differing tokens, negative − positive | 60.0% | 81.0% | 70.0% | 55.0% | 91.6% ± 2.3 | 91.64% |"
+    assert dda_row in text
     assert "| `tracin` | whole negative output | 5.0% | n/a | n/a | n/a | 55.0% ± 10.0 |" in text
     assert "| random ranking | none | 4.0% | 50.0% | 4.0% | 4.0% | 50.0% | — |" in text
     assert "Distractors in training: 20" in text

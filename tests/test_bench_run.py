@@ -69,15 +69,30 @@ def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -
     assert on_disk["wall_seconds"] > 0
 
 
-def test_method_metrics_in_range(bench: tuple[Path, dict[str, Any]]) -> None:
+def test_dda_ranks_the_poisoned_rows_well_above_chance(bench: tuple[Path, dict[str, Any]]) -> None:
+    """On this fixed seed DDA's AP is 0.50 against a random ranking's 0.19 (the poisoned share): a broken scorer,
+    mask or orientation falls to chance, and so below this margin."""
     _, metrics = bench
-    for name in REQUIRED_METHODS:
+    for name in (*REQUIRED_METHODS, "keyword", "bm25_diff", "tracin_diff", "grad_dot_diff", "dda(debias_mode=cross)"):
         assert name in metrics["methods"], name
-        m = metrics["methods"][name]
-        for key in ("auc", "ap", "recall@10", "recall@50", "recall@5%"):
-            assert 0.0 <= m[key] <= 1.0, (name, key, m[key])
-        assert m["auc_std"] >= 0.0
-    assert "dda(debias_mode=cross)" in metrics["methods"]
+    chance = metrics["chance"]["ap"]
+    assert chance == pytest.approx(metrics["n_poisoned"] / metrics["n_train"])
+    dda = metrics["methods"]["dda"]
+    assert dda["ap"] > chance + 0.15 and dda["auc"] > 0.6
+    assert metrics["n_distractors"] == sum(metrics["distractors_available"].values())  # builtin data: all 4 drawn
+    assert metrics["query_information"]["keyword"] == "differing words"
+
+
+def test_counterfactual_stage_removes_and_retrains(bench: tuple[Path, dict[str, Any]]) -> None:
+    _, metrics = bench
+    cf = metrics["counterfactual"]
+    k = metrics["n_poisoned"]
+    assert cf["k"] == k and {"before", "dda", "bm25", "keyword", "random"} <= set(cf)
+    for name in ("dda", "bm25", "keyword", "random"):
+        assert len(cf[name]["removed"]) == len(set(cf[name]["removed"])) == k
+        assert cf[name]["generated"] == cf["before"]["generated"] > 0
+    # DDA's top k holds more of the poisoned rows than k random rows do.
+    assert cf["dda"]["poisoned_removed"] > cf["random"]["poisoned_removed"]
 
 
 def test_beta_sweep(bench: tuple[Path, dict[str, Any]]) -> None:

@@ -50,7 +50,7 @@ BETAS: tuple[float, ...] = (-2.0, -1.0, -0.5, -0.25, 0.0, 0.1, 0.2, 0.3, 0.4, 0.
 PAPER_BETA = 0.4  # where the paper's AUC-vs-beta curve reaches its plateau
 
 # The DDA setting every preset scores "dda" with: the library defaults (the theta0 term added, literal reading,
-# module-normalised gradients of the last third of the layers); how they were chosen: README, "Measured here".
+# module-normalised gradients of the last third of the layers); how they were chosen: benchmarks/README.md, "History".
 DDA_BETA = ScoreConfig.beta  # one source of truth: the library default
 DDA_LAYERS = FeatureConfig.layers
 

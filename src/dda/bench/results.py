@@ -74,8 +74,10 @@ def export_run(run: str | Path, dest: str | Path) -> Path:
                 {
                     k: v
                     for k, v in row.items()
-                    # A natural query's texts are the model's generation; a forced one's are an XSum summary.
-                    if k not in ("prompt", "document") and (natural or k not in ("negative", "positive"))
+                    # A natural query's texts are the model's generation; a forced one's are an XSum summary, and
+                    # the reference summary and the document are XSum text either way.
+                    if k not in ("prompt", "document", "reference")
+                    and (natural or k not in ("negative", "positive", "generation"))
                 }
             )
         write_text(dest / "queries.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -104,6 +106,11 @@ def _wall(m: dict[str, Any]) -> str:
     return f"{mins:.1f} min" + (f" ({machine.get('cores')} cores)" if machine.get("cores") else "")
 
 
+def _cpu(machine: dict[str, Any]) -> str:
+    flags = ", ".join(machine.get("vector_flags") or []) or "flags unknown"
+    return f"{machine.get('cpu') or 'unknown CPU'} ({flags})"
+
+
 def haystack_pairs(root: Path) -> str:
     """One row per cpu-haystack run: the split, the queries, the wall time, then AP / distractor AUC per method."""
     runs = _runs(root, "cpu-haystack")
@@ -127,7 +134,7 @@ def haystack_pairs(root: Path) -> str:
             r = (m.get("methods") or {}).get(name)
             cells.append("–" if r is None else f"{_pct(r.get('ap'))} / {_pct(r.get('distractor_auc'))}")
         lines.append("| " + " | ".join(cells) + " |")
-    cpus = sorted({(m.get("machine") or {}).get("cpu") or "unknown CPU" for _, m in runs})
+    cpus = sorted({_cpu(m.get("machine") or {}) for _, m in runs})
     lines += [
         "",
         f"AP and distractor AUC (dAUC) in percent, means over each run's queries; {len(runs)} run(s) on "
