@@ -79,9 +79,6 @@ __all__ = [
     "write_outputs",
 ]
 
-# Lines in the haystack figure: DDA, its ablations' strongest rival readings and every baseline family once.
-HAYSTACK_FIGURE_METHODS = ("dda", "dda_no_debias", "keyword", "bm25", "bm25_diff", "tracin_diff", "trak", "cea")
-
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x * 100:.1f}%"
@@ -561,16 +558,11 @@ def write_outputs(
             figures[f"beta curve ({k})"] = report.plot_beta_curve(
                 c["betas"], c["auc"], c["auc_std"], fig_dir / f"beta_{k}.png", title=f"DDA AUC vs beta ({k})"
             )
-    hay = scored.haystack
-    if hay.get("sizes") and len(hay["sizes"]) > 1:
-        figures["haystack"] = report.plot_size_curve(
-            hay["sizes"],
-            {m: v["ap"] for m, v in hay["methods"].items() if m in HAYSTACK_FIGURE_METHODS},
-            fig_dir / "haystack_ap.png",
-            title="AP against haystack size (sub-haystacks of this run)",
-            ylabel="AP (%)",
-            chance=[float(scored.masks.sum(axis=1).mean()) / s for s in hay["sizes"]],
-        )
+    haystack_figure = report.plot_haystack(
+        scored.haystack, float(scored.masks.sum(axis=1).mean()), fig_dir / "haystack_ap.png"
+    )
+    if haystack_figure:
+        figures["haystack"] = haystack_figure
     figures["methods"] = report.plot_method_bars(
         {m: v["auc"] for m, v in method_metrics.items()},
         {m: v["auc_std"] for m, v in method_metrics.items()},

@@ -128,7 +128,8 @@ def plot_size_curve(
 ) -> str:
     """A metric (percent) against training-set size, one line per method; `chance` is a level or one value per
     size (AP's chance level falls as the haystack grows). Returns the written path."""
-    fig = Figure(figsize=(6.0, 4.0))
+    fig = Figure(figsize=(7.5, 4.0))
+    fig.subplots_adjust(right=0.72)  # the legend sits right of the axes, never over a line
     ax = fig.add_subplot(1, 1, 1)
     for name, aucs in auc_by_method.items():
         if len(aucs) != len(sizes):
@@ -141,8 +142,26 @@ def plot_size_curve(
     ax.set_xlabel("training examples")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, path)
+
+
+# Lines in the haystack figure: DDA, its rival readings and every baseline family once.
+HAYSTACK_FIGURE_METHODS = ("dda", "dda_no_debias", "keyword", "bm25", "bm25_diff", "tracin_diff", "trak", "cea")
+
+
+def plot_haystack(curve: Mapping[str, Any], n_poisoned: float, path: str | os.PathLike[str]) -> str | None:
+    """AP against sub-haystack size (haystack.py's curve) with AP's chance level; None when there is one size."""
+    if len(curve.get("sizes") or []) < 2:
+        return None
+    return plot_size_curve(
+        curve["sizes"],
+        {k: v["ap"] for k, v in curve["methods"].items() if k in HAYSTACK_FIGURE_METHODS},
+        path,
+        title="AP against haystack size (sub-haystacks of this run)",
+        ylabel="AP (%)",
+        chance=[n_poisoned / size for size in curve["sizes"]],
+    )
 
 
 def plot_method_bars(

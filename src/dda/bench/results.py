@@ -63,6 +63,7 @@ def export_run(run: str | Path, dest: str | Path) -> Path:
         shutil.copyfile(fig, dest / "figures" / fig.name)
     for png in sorted(run.glob("*.png")):  # bench-summary's figures
         shutil.copyfile(png, dest / png.name)
+    _draw_haystack(dest)
     if (run / "queries.jsonl").is_file():
         rows = []
         for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines():
@@ -82,6 +83,17 @@ def export_run(run: str | Path, dest: str | Path) -> Path:
             )
         write_text(dest / "queries.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return dest
+
+
+def _draw_haystack(dest: Path) -> None:
+    """The AP-against-haystack-size figure drawn again from metrics.json with today's plotting code, so every
+    committed run's figure looks the same whatever version drew it first."""
+    from .report import plot_haystack
+
+    m = read_json(dest / "metrics.json")
+    if m.get("haystack_curve"):
+        (dest / "figures").mkdir(exist_ok=True)
+        plot_haystack(m["haystack_curve"], m["n_poisoned"], dest / "figures" / "haystack_ap.png")
 
 
 # ------------------------------------------------------------------------------------------------ render
