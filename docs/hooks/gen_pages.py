@@ -4,7 +4,8 @@
   type, default, range and documentation, and the YAML `dda config` prints;
 * reference/cli.md: every command and option of the typer app `dda.cli:app`;
 * benchmarks/results.md: whatever `results/*/metrics.json` exist at build time (or a line saying none do);
-* benchmarks/method.md: benchmarks/README.md, the benchmark scripts' own documentation.
+* benchmarks/method.md: benchmarks/README.md, the benchmark scripts' own documentation;
+* changelog.md: CHANGELOG.md.
 
 The render_* functions are plain Python (tests/test_docs.py calls them); `on_files` is the MkDocs hook.
 """
@@ -260,11 +261,16 @@ def render_bench_method(root: Path = ROOT) -> str:
     return f"{head}\n\n{note}{rest}"
 
 
+def render_changelog(root: Path = ROOT) -> str:
+    return (root / "CHANGELOG.md").read_text(encoding="utf-8")
+
+
 PAGES = {
     "reference/configuration.md": render_config_reference,
     "reference/cli.md": render_cli_reference,
     "benchmarks/results.md": render_results,
     "benchmarks/method.md": render_bench_method,
+    "changelog.md": render_changelog,
 }
 
 
