@@ -111,7 +111,12 @@ def _param_row(p: Any) -> str:
     kind = "flag" if getattr(p, "is_flag", False) else p.bare_type()
     if getattr(p, "multiple", False):
         kind += ", repeatable"
-    default = "required" if p.required else "" if p.default in (None, False, ()) else _code(_plain(p.default))
+    if p.required:
+        default = "required"
+    elif getattr(p, "is_flag", False):
+        default = "on" if p.default else "off"
+    else:
+        default = "" if p.default in (None, ()) else _code(_plain(p.default))
     return f"| {names} | {_cell(kind)} | {default} | {_cell(getattr(p, 'help', None) or '')} |"
 
 
