@@ -6,7 +6,6 @@ import html
 import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +77,18 @@ def test_results_page_renders_committed_metrics_and_says_when_there_are_none(gen
             "dda": {"auc": 0.968, "auc_std": 0.02, "ap": 0.9, "recall@10": 0.41},
             "bm25": {"auc": 0.81, "auc_std": 0.05, "ap": 0.48, "recall@10": 0.2},
         },
-        "beta_curve": {"base": {"betas": [-1.0, 0.0, 0.4], "auc": [0.968, 0.867, 0.7], "auc_std": [0, 0, 0]}},
+        "beta_curve": {
+            "base": {"betas": [-1.0, 0.0, 0.4], "auc": [0.968, 0.867, 0.7], "auc_std": [0, 0, 0]},
+            "cross": {"betas": [-1.0, 0.4], "auc": [0.95, 0.6], "auc_std": [0, 0]},
+        },
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     page = gen.render_results(tmp_path)
     assert "No `results/*/metrics.json`" not in page
     assert "| `dda` | 96.8 | 2.0 | 90.0 | 41.0 |" in page
     assert page.index("| `dda` |") < page.index("| `bm25` |")  # ranked by AUC
-    assert "| base | 96.8 | 86.7 | 70.0 |" in page and "12.1 min" in page
+    assert "| base | 96.8 | 86.7 | 70.0 |" in page and "| cross | 95.0 | – | 60.0 |" in page
+    assert "12.1 min" in page
 
 
 def _result() -> Attribution:
@@ -114,7 +117,6 @@ def test_attribution_html_is_a_table_per_query_in_rank_order():
 
 
 def test_report_renders_the_show_page_inline(tmp_path):
-    sys.path.insert(0, str(ROOT / "tests"))
     from report_data import synthetic_run
 
     from dda import Report

@@ -236,7 +236,8 @@ def render_results(root: Path = ROOT) -> str:
             out.append("")
         curves = m.get("beta_curve") or {}
         if curves and all(isinstance(c, dict) and "betas" in c for c in curves.values()):
-            betas = next(iter(curves.values()))["betas"]
+            # readings may be swept over different β grids: one column per β any of them has
+            betas = sorted({float(b) for c in curves.values() for b in c["betas"]})
             out += [
                 "DDA AUC against β, per debias reading (β < 0 adds the θ0 score):",
                 "",
@@ -244,7 +245,8 @@ def render_results(root: Path = ROOT) -> str:
                 "|---|" + "---|" * len(betas),
             ]
             for reading, c in curves.items():
-                out.append(f"| {reading} | " + " | ".join(_pct(a) for a in c["auc"]) + " |")
+                at = {float(b): a for b, a in zip(c["betas"], c["auc"], strict=False)}
+                out.append(f"| {reading} | " + " | ".join(_pct(at.get(b)) for b in betas) + " |")
             out.append("")
         timings = m.get("timings") or {}
         if timings:
