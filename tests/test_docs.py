@@ -74,7 +74,7 @@ def test_results_page_renders_committed_metrics_and_says_when_there_are_none(gen
         "query_mode": "natural",
         "wall_seconds": 726.0,
         "methods": {
-            "dda": {"auc": 0.968, "auc_std": 0.02, "ap": 0.9, "recall@10": 0.41},
+            "dda": {"auc": 0.968, "auc_std": 0.02, "ap": 0.9, "distractor_auc": 0.85, "precision@10": 0.7},
             "bm25": {"auc": 0.81, "auc_std": 0.05, "ap": 0.48, "recall@10": 0.2},
         },
         "beta_curve": {
@@ -85,8 +85,8 @@ def test_results_page_renders_committed_metrics_and_says_when_there_are_none(gen
     (run / "metrics.json").write_text(json.dumps(metrics))
     page = gen.render_results(tmp_path)
     assert "No `results/*/metrics.json`" not in page
-    assert "| `dda` | 96.8 | 2.0 | 90.0 | 41.0 |" in page
-    assert page.index("| `dda` |") < page.index("| `bm25` |")  # ranked by AUC
+    assert "| `dda` |  | 90.0 | 85.0 | 70.0 | – | 96.8 | 2.0 |" in page
+    assert page.index("| `dda` |") < page.index("| `bm25` |")  # ranked by AP
     assert "| base | 96.8 | 86.7 | 70.0 |" in page and "| cross | 95.0 | – | 60.0 |" in page
     assert "12.1 min" in page
 

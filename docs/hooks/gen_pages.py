@@ -181,8 +181,9 @@ def render_results(root: Path = ROOT) -> str:
         "",
         "Generated when the site is built from the result files committed under `results/` (one directory per run, "
         "each with the `metrics.json` that `dda bench` writes). Nothing on this page is typed by hand: a number is "
-        "here only if a committed file holds it. AUC, AP and recall@10 are percentages, means over the run's "
-        "queries; AUC of the poisoned documents against the clean ones, 50 = chance.",
+        "here only if a committed file holds it. Percentages, means over the run's queries, methods by average "
+        "precision (AP); distractor AUC ranks the poisoned documents against the clean ones that say the canary "
+        "word legitimately (50 = chance, what word matching scores); AUC against every clean document.",
         "",
     ]
     if not runs:
@@ -226,12 +227,17 @@ def render_results(root: Path = ROOT) -> str:
             out += ["; ".join(facts) + ".", ""]
         methods = m.get("methods") or {}
         if methods:
-            out += ["| method | AUC | ± std over queries | AP | recall@10 |", "|---|---|---|---|---|"]
-            for meth in sorted(methods, key=lambda k: -(methods[k].get("auc") or 0)):
+            info = m.get("query_information") or {}
+            out += [
+                "| method | query information | AP | distractor AUC | P@10 | R@#poisoned | AUC | ± std over queries |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for meth in sorted(methods, key=lambda k: -(methods[k].get("ap") or 0)):
                 v = methods[meth]
                 out.append(
-                    f"| `{_cell(meth)}` | {_pct(v.get('auc'))} | {_pct(v.get('auc_std'))} | {_pct(v.get('ap'))} | "
-                    f"{_pct(v.get('recall@10'))} |"
+                    f"| `{_cell(meth)}` | {_cell(info.get(meth, ''))} | {_pct(v.get('ap'))} | "
+                    f"{_pct(v.get('distractor_auc'))} | {_pct(v.get('precision@10'))} | "
+                    f"{_pct(v.get('recall@n_poisoned'))} | {_pct(v.get('auc'))} | {_pct(v.get('auc_std'))} |"
                 )
             out.append("")
         curves = m.get("beta_curve") or {}

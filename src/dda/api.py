@@ -124,7 +124,7 @@ class Attribution:
         return "".join(parts)
 
     def save(self, out_dir: str | Path, top_k: int = 10) -> Path:
-        """scores/<method>.npy per method, ranking.json, scores.csv and config.yaml; score files of an earlier
+        """`scores/<method>.npy` per method, ranking.json, scores.csv and config.yaml; score files of an earlier
         run into the same folder that this one did not write are removed."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

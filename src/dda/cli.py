@@ -84,7 +84,7 @@ def _clean_errors(where: Path | None = None) -> Iterator[None]:
         _print_error(str(err))
         raise typer.Exit(2) from None
     except ImportError as err:
-        _print_error(f"{err}: an optional dependency is missing (faiss: pip install 'dda[faiss]')")
+        _print_error(f"{err}: an optional dependency is missing (faiss: pip install 'dda-attribution[faiss]')")
         raise typer.Exit(2) from None
     except OSError as err:
         message = disk_full_message(err, where or Path.cwd())
@@ -368,7 +368,9 @@ def _print_fix(summary: dict) -> None:
 
 @app.command()
 def bench(
-    preset: Annotated[str, typer.Option(help="cpu-tiny, cpu-small or gpu-paper.")] = "cpu-small",
+    preset: Annotated[
+        str, typer.Option(help="cpu-tiny, cpu-small, cpu-haystack or gpu-paper (dda.bench.presets).")
+    ] = "cpu-small",
     pairs: Annotated[str, typer.Option(help="ORIG:CANARY[,ORIG:CANARY...]")] = "England:China",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="Output dir.")] = Path("runs/bench"),

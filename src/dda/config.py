@@ -127,7 +127,7 @@ class FeatureConfig:
     """kronecker: dims per side (module sketch proj_dim**2, then module_dim); dense: total dims."""
     module_dim: int | None = bounded(256, ge=0)
     """kronecker only: compress each module's proj_dim**2 sketch to this many dims (two-stage sketch); 0 or
-    null keeps proj_dim**2. Why the default: docs/concepts.md, "How gradients are taken"."""
+    null keeps proj_dim**2. Why the default: docs/concepts/design.md, "How gradients are taken"."""
     seed: int = 0
     """Projection seed; train and query features must share it."""
     batch_size: int = bounded(8, ge=1)

@@ -300,7 +300,9 @@ def _faiss():
     try:
         import faiss
     except ImportError as err:
-        raise ImportError("the faiss backend needs faiss-cpu: pip install 'dda[faiss]' (or faiss-cpu)") from err
+        raise ImportError(
+            "the faiss backend needs faiss-cpu: pip install 'dda-attribution[faiss]' (or faiss-cpu)"
+        ) from err
     return faiss
 
 
