@@ -49,8 +49,9 @@ def test_per_position_features_sum_to_the_row(kind):
 # ------------------------------------------------------------------------------------- end to end, tiny model
 
 from dda import Attributor, Example, Query, apply_overrides  # noqa: E402
+from dda.bench.evidence import top_token_stats  # noqa: E402
 from dda.config import DDAConfig  # noqa: E402
-from dda.explain import read_explanations, top_token_stats  # noqa: E402
+from dda.explain import read_explanations  # noqa: E402
 
 
 def _examples(n: int, seed: int = 0) -> list[Example]:

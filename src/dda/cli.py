@@ -594,7 +594,8 @@ def show(
 
     Example: `dda show runs/x/attribution --out report.html`; `dda show runs/bench --explain`
     """
-    from .explain import explain_bench_run, read_explanations
+    from .bench.evidence import explain_bench_run
+    from .explain import read_explanations
     from .report_html import collect, locate, render, write_page_text
 
     with _clean_errors(run_dir):

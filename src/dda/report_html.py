@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .explain import read_explanations, top_token_stats
+from .bench.evidence import top_token_stats
+from .explain import read_explanations
 from .io import read_json, write_text
 
 QUANT = 999  # contributions are stored as round(QUANT * c / max|c|) per document
