@@ -13,7 +13,7 @@ from dda import Attributor, Example, Query, apply_overrides
 from dda.callback import DDACheckpointCallback, save_epoch_checkpoint
 from dda.config import DDAConfig
 from dda.data import PromptFormatter
-from dda.models import applied, discover_checkpoints
+from dda.models import applied, discover_checkpoints, model_fingerprint
 
 WORDS = "England China France team match police court government minister news report people year club".split()
 LR, BATCH, N_TRAIN, EPOCHS = 1e-2, 4, 10, 2
@@ -64,16 +64,18 @@ def _collate(pad_id: int):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, model_dir):
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     tmp = tmp_path_factory.mktemp("byo")
     tok = make_tokenizer()
     train = _examples(N_TRAIN)
     data = PromptFormatter(tok, _cfg().data).tokenize_examples(train)
+    # Loaded from a directory, as a user's model is: it has a name (config._name_or_path), which the callback
+    # records; a model without one hid that the callback and `dda finetune` wrote two metadata schemas.
     model = get_peft_model(
-        make_model("llama", vocab_size=len(tok)),
+        AutoModelForCausalLM.from_pretrained(model_dir),
         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     args = TrainingArguments(
@@ -119,9 +121,13 @@ def test_trainer_callback_writes_epoch_checkpoints(trained):
         assert (tmp / "ckpts" / c.name / "adapter_model.safetensors").exists()
 
 
-def test_callback_checkpoints_index_and_score(trained):
+def test_callback_checkpoints_index_and_score(trained, model_dir):
     tmp, tok, train, _ = trained
-    att = Attributor(_cfg(), tmp / "run", model=make_model("llama", vocab_size=len(tok)), tokenizer=tok)
+    info = json.loads((tmp / "ckpts" / "epoch-1" / "dda_checkpoint.json").read_text())
+    assert info["base_model"]["name"] == str(model_dir)
+    att = Attributor(apply_overrides(_cfg(), {"model.name": str(model_dir)}), tmp / "run")
+    # The fingerprint the callback took under the adapters is the base model's own (LoRA leaves it untouched).
+    assert info["base_model"]["fingerprint"] == model_fingerprint(att.model)
     att.use_checkpoints(tmp / "ckpts")
     stores = att.index(train)
     assert set(stores) == {"base", "epoch-1", "epoch-2"}

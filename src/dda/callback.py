@@ -29,7 +29,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from .io import replace_dir, write_json
-from .models import Checkpoint, discover_checkpoints
+from .models import Checkpoint, base_model_record, discover_checkpoints
 
 PARTIAL_DIR = ".partial"  # not a checkpoint dir itself, and discover_checkpoints does not look inside it
 
@@ -97,9 +97,8 @@ def save_epoch_checkpoint(
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
         kind = _save_weights(model, tmp)
-        config = getattr(model, "config", None)
-        if _is_peft(model):
-            config = getattr(model.get_base_model(), "config", None)
+        base = model.get_base_model() if _is_peft(model) else model
+        config = getattr(base, "config", None)
         write_json(
             tmp / "dda_checkpoint.json",
             {  # last: a directory without it was never finished
@@ -107,7 +106,10 @@ def save_epoch_checkpoint(
                 "lr": float(lr),
                 "lr_last": float(lr_last if lr_last is not None else lr),
                 "method": kind,
-                "base_model": getattr(config, "_name_or_path", None),
+                # A LoRA model still holds theta0's weights under its adapters; fully trained weights do not.
+                "base_model": base_model_record(
+                    getattr(config, "_name_or_path", None) or None, base if kind == "lora" else None
+                ),
                 "saved_by": "dda.callback",
                 **(extra or {}),
             },

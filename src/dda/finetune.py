@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import Tokenized
 from .features.capture import pad_batch, per_example_loss
 from .io import atomic_path, read_json, stable_hash, write_json, write_yaml
-from .models import Checkpoint, discover_checkpoints, epoch_key, model_fingerprint
+from .models import Checkpoint, base_model_record, discover_checkpoints, epoch_key
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -68,7 +68,7 @@ def finetune(
     """Train `model` on `data`; returns the checkpoints (one per epoch). The base model object is left as
     theta0 for LoRA (the adapter is unloaded at the end); full fine-tuning modifies it, so reload theta0."""
     out_dir = Path(out_dir)
-    base_model = {"name": base_name, "fingerprint": model_fingerprint(model)}
+    base_model = base_model_record(base_name, model)
     device = next(model.parameters()).device
     done_epochs = completed_epochs(out_dir)
     # Resuming is only sound for the same data and settings (the epoch count may grow).

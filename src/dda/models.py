@@ -182,9 +182,12 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any]:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """Cheap content fingerprint: shapes plus a strided sample of every parameter (exact for tiny models)."""
+    """Cheap content fingerprint: shapes plus a strided sample of every parameter (exact for tiny models). LoRA
+    layers injected by peft are left out and their base layers read under the plain names, so a model carrying
+    adapters has its theta0's fingerprint (LoRA training never changes the base weights)."""
     h = hashlib.sha256()
-    for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+    params = [(n.replace(".base_layer", ""), p) for n, p in model.named_parameters() if "lora_" not in n]
+    for name, p in sorted(params, key=lambda kv: kv[0]):
         flat = p.detach().reshape(-1)
         step = max(1, flat.numel() // 4096)
         sample = flat[::step].float().cpu().numpy().tobytes()
@@ -192,6 +195,12 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         h.update(str(tuple(p.shape)).encode())
         h.update(sample)
     return h.hexdigest()[:16]
+
+
+def base_model_record(name: str | None, model: torch.nn.Module | None = None) -> dict[str, str | None]:
+    """dda_checkpoint.json's `base_model`, one schema for `dda finetune` and the trainer callback: the base model's
+    name and, when `model` still holds theta0's weights, their fingerprint (None: checked by shapes only)."""
+    return {"name": name, "fingerprint": None if model is None else model_fingerprint(model)}
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -291,6 +300,8 @@ def check_checkpoint_fits(model: Any, ckpt: Checkpoint, model_name: str) -> None
     d = Path(ckpt.path)
     info = read_json(d / "dda_checkpoint.json") if (d / "dda_checkpoint.json").exists() else {}
     base = info.get("base_model") or {}
+    if isinstance(base, str):  # written by the callback before the one schema: a name, no fingerprint
+        base = {"name": base}
     if base.get("fingerprint") and base["fingerprint"] != model_fingerprint(model):
         raise ModelError(
             f"{d}: made from base model {base.get('name')!r} (fingerprint {base['fingerprint']}), but "
