@@ -212,3 +212,27 @@ def test_query_tokens_diff_focuses_the_contrast_only(trained):
         att_all.attribute([q], methods=["dda_no_contrast"]).scores["dda_no_contrast"],
     ]
     np.testing.assert_allclose(no_contrast[0], no_contrast[1], rtol=1e-4, atol=1e-6)
+
+
+def test_float16_store_keeps_rankings_and_refuses_values_it_cannot_hold(tmp_path):
+    from scipy.stats import spearmanr
+
+    train = _examples(16, seed=6)
+    queries = [Query("q", train[2].prompt, train[2].response, train[5].response)]
+    first = _attributor(tmp_path / "float32", **{"features.dtype": "float32"})
+    first.finetune(train)
+    scores = {}
+    for dtype in ("float32", "float16"):
+        att = first if dtype == "float32" else _attributor(tmp_path / dtype, **{"features.dtype": dtype})
+        att.use_checkpoints(first.workdir.checkpoints)
+        att.index(train)
+        scores[dtype] = att.attribute(queries, methods=["dda", "tracin"]).scores
+    for method in ("dda", "tracin"):
+        a, b = scores["float32"][method][0], scores["float16"][method][0]
+        assert spearmanr(a, b).statistic > 0.999, method
+        assert list(np.argsort(-a)[:5]) == list(np.argsort(-b)[:5]), method
+    store = FeatureStore.open(tmp_path / "float16" / "features" / "train" / "base")
+    before = np.asarray(store.features[0]).copy()
+    with pytest.raises(ValueError, match="not finite as float16"):
+        store.write(np.array([0]), np.full((1, store.features.shape[1]), 1e6, dtype=np.float32))
+    np.testing.assert_array_equal(np.asarray(store.features[0]), before)  # nothing of the bad row was written

@@ -263,6 +263,11 @@ def test_sketch_tier_finds_standout_rows_and_scores_them_exactly(tmp_path):
         exact = np.argsort(-full[i])[:k]
         assert set(idx[i]) == set(exact) == set(planted[i])
         np.testing.assert_allclose(vals[i], full[i][idx[i]], rtol=1e-5, atol=1e-4)  # exact scores, not sketched
+    # A learning-rate-scaled query (TracIn weights by lr ~ 1e-4 and smaller) finds the same rows: its sketched
+    # products would underflow in float16 unless the query is normalised first.
+    tiny_vals, tiny_idx = sketch_topk(ro, sk, meta, q * 1e-9, k=k, candidates=200)
+    np.testing.assert_array_equal(tiny_idx, idx)
+    np.testing.assert_allclose(tiny_vals, vals * 1e-9, rtol=1e-4)
     # With every row a candidate the tier is the exact scan.
     vals_all, idx_all = sketch_topk(ro[:300], sk[:300], {**meta, "n_rows": 300}, q, k=k, candidates=300)
     np.testing.assert_array_equal(idx_all[0], np.argsort(-full[0][:300])[:k])

@@ -128,7 +128,16 @@ class FeatureStore:
     def write(self, rows: np.ndarray, values: np.ndarray) -> None:
         from ..scoring.topk import release_pages
 
-        self.features[rows] = values.astype(self.features.dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked on the next line, with the rows named
+            cast = values.astype(self.features.dtype, copy=False)
+        bad = ~np.isfinite(cast).all(axis=1) if cast.ndim == 2 else ~np.isfinite(cast)
+        if bad.any():  # a NaN or an overflow in the store would rank rows silently wrong later
+            which = np.asarray(rows)[bad][:5].tolist()
+            raise ValueError(
+                f"{self.root}: rows {which} are not finite as {self.features.dtype} (NaN in the gradients, or "
+                f"values beyond the dtype's range); nothing of them was written"
+            )
+        self.features[rows] = cast
         self.features.flush()
         self.done[rows] = True
         self.done.flush()

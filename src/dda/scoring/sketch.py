@@ -110,6 +110,9 @@ def sketch_topk(
         raise ValueError(f"queries have shape {q.shape}; the store has {meta['source_dim']} dims")
     r = sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])
     q_sk = (torch.from_numpy(q) @ r).numpy()
+    # Unit norm before the float16 scan: a query's candidates depend only on its direction, and a small query (a
+    # learning-rate-scaled TracIn one) would underflow in float16 and lose its candidates silently.
+    q_sk /= np.maximum(np.linalg.norm(q_sk, axis=1, keepdims=True), np.finfo(np.float32).tiny)
     _, cand = topk_scores(sketch, q_sk, max(k, candidates), block_rows=block_rows, half=True)
     return exact_rerank(train, q, cand, k)
 
