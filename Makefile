@@ -37,11 +37,11 @@ tables: setup
 	$(BIN)/python -m dda.bench.results render
 
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "slow or not slow"
 
 # the suite without the real-model run, subprocesses and process groups
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest
 
 # the site (mkdocs.yml): references generated from the code at build time (docs/hooks/gen_pages.py);
 # --strict: any warning (a broken link, a missing page, a docstring griffe cannot read) fails the build

@@ -28,8 +28,6 @@ from dda.features.batching import BatchLimit, RowTooLargeError, run_batches
 from dda.features.sharded import ShardedRows, ShardedStore, plan_shards, read_store, token_lengths
 from dda.features.store import FeatureStore
 
-pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
-
 WORDS = (
     "England China France team match police court government minister news report people year club "
     "season player coach city council school hospital president election vote market bank price"
@@ -174,6 +172,7 @@ def _features(workdir: Path, ckpt: str) -> np.ndarray:
     return np.asarray(read_store(workdir / "features" / "train" / ckpt).features)
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_two_processes_write_token_balanced_shards_equal_to_one_process(runs):
     ws2 = runs / "ws2" / "features" / "train"
     stats = json.loads((ws2 / "index.json").read_text())
@@ -204,6 +203,7 @@ def test_two_processes_write_token_balanced_shards_equal_to_one_process(runs):
     assert all((runs / "ws2" / f).exists() for f in ("data/train.jsonl", "config.yaml", "workdir.json"))
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_attribute_after_two_process_index_equals_one_process(runs):
     train = load_examples(_config(runs).data)
     queries = [
@@ -221,6 +221,7 @@ def test_attribute_after_two_process_index_equals_one_process(runs):
     assert np.argmax(scores["ws2"]["grad_cos"][0]) == 2  # the query's own training document
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_one_process_reuses_a_two_process_store(runs):
     att = Attributor(_config(runs), runs / "ws2")
     att.use_checkpoints(runs / "ckpts")
@@ -231,6 +232,7 @@ def test_one_process_reuses_a_two_process_store(runs):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_one_process_finishes_a_two_process_layout(runs, tmp_path):
     """Only shard 0 of a 2-shard layout exists (as if rank 1 never ran): a 1-process run computes shard 1 only, and
     the logical store equals the 1-process reference."""
@@ -249,6 +251,7 @@ def test_one_process_finishes_a_two_process_layout(runs, tmp_path):
         np.testing.assert_allclose(_features(tmp_path, ckpt), _features(runs / "ws1", ckpt), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_killed_rank_resumes_only_its_shard(runs, tmp_path):
     """Rank 1 SIGKILLs itself after its first stored batch; rank 0 finishes its shards, then fails at the barrier
     (its peer is gone). The same command again computes only rank 1's missing rows.

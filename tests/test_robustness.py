@@ -16,8 +16,6 @@ from test_cli import _docs, _write_jsonl, run
 
 from dda.workdir import Workdir, WorkdirError
 
-pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
-
 SETTINGS = [
     "--set",
     "features.layers=all",
@@ -51,6 +49,7 @@ def finetuned(tmp_path_factory, model_dir):
     return tmp, data
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_killed_index_resumes_to_identical_features(finetuned, model_dir):
     tmp, data = finetuned
     ck = tmp / "ref" / "checkpoints"
@@ -94,6 +93,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_full_disk_is_refused_before_work_and_resume_works_after(finetuned, model_dir, small_disk):
     tmp, data = finetuned
     w = small_disk / "w"
@@ -119,6 +119,7 @@ def test_full_disk_is_refused_before_work_and_resume_works_after(finetuned, mode
     assert np.array_equal(np.load(w / "features" / "train" / "epoch-1" / "features.npy"), ref)
 
 
+@pytest.mark.slow  # real process groups, subprocesses or a real model run
 def test_a_second_process_on_the_workdir_is_refused(tmp_path):
     w = tmp_path / "w"
     holder = subprocess.Popen(
