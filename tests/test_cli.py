@@ -16,7 +16,17 @@ from typer.testing import CliRunner
 
 from dda.cli import app
 
-COMMANDS = ["finetune", "index", "attribute", "bench", "bench-summary", "demo", "config"]
+
+def _commands() -> list[str]:
+    """Every command of the app, as `dda --help` lists them (a hand-kept list went stale)."""
+    import typer.main
+
+    from dda.cli import app
+
+    return list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+
+
+COMMANDS = _commands()
 # Small settings every command of these tests shares (a file, as a user would keep them).
 SMALL = {
     "train": {"epochs": 2, "batch_size": 4, "lr": 1e-2, "lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
@@ -88,6 +98,7 @@ def indexed(tmp_path_factory, model_dir, small_config):
 
 
 def test_every_command_has_help():
+    assert {"finetune", "index", "attribute", "fix", "search", "show", "bench"} <= set(COMMANDS)
     for cmd in COMMANDS:
         code, out, _ = run(cmd, "--help")
         assert code == 0 and "Usage" in out, cmd
