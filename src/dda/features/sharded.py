@@ -230,7 +230,7 @@ class ShardedRows:
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows in the order given; each shard's rows are read with parallel preads (scoring.sketch.read_rows)."""
-        from ..scoring.sketch import read_rows
+        from .paging import read_rows
 
         rows = np.asarray(rows, dtype=np.int64)
         rows = np.where(rows < 0, rows + self.shape[0], rows)
@@ -269,7 +269,7 @@ class ShardedRows:
 
     def release_rows(self, start: int, stop: int) -> None:
         """topk.release_pages for global rows [start, stop) of every shard memmap they fall in."""
-        from ..scoring.topk import release_pages
+        from .paging import release_pages
 
         for s, a, b in self.spans(start, stop):
             release_pages(self.parts[s], a, b)

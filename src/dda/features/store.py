@@ -126,7 +126,7 @@ class FeatureStore:
         return np.flatnonzero(~np.asarray(self.done))
 
     def write(self, rows: np.ndarray, values: np.ndarray) -> None:
-        from ..scoring.topk import release_pages
+        from .paging import release_pages
 
         with np.errstate(over="ignore", invalid="ignore"):  # checked on the next line, with the rows named
             cast = values.astype(self.features.dtype, copy=False)

@@ -19,18 +19,17 @@ recall against the exact scan on your own store (`benchmarks/scoring_scale.py --
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
 
+from ..features.paging import read_rows, release_pages
 from ..io import write_json
-from .topk import release_pages, topk_scores
+from .topk import topk_scores
 
 SKETCH_FORMAT = 1
 
@@ -130,46 +129,3 @@ def exact_rerank(
     kk = min(k, train.shape[0], len(rows))
     vals, pos = torch.topk(exact, kk, dim=1)
     return vals.numpy(), rows[pos.numpy()]
-
-
-def _file_offset(arr: np.memmap) -> int | None:
-    """Byte offset in arr.filename of arr[0, 0], or None when it cannot be told (no file, odd mapping)."""
-    mm = getattr(arr, "_mmap", None)
-    if mm is None or not getattr(arr, "filename", None):
-        return None
-    try:
-        map_start = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-    except (TypeError, ValueError):
-        return None
-    # np.memmap maps from `offset` rounded down to the allocation granularity
-    map_offset = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
-    return map_offset + (arr.ctypes.data - map_start)
-
-
-def read_rows(arr: np.ndarray, rows: np.ndarray, workers: int = 16) -> np.ndarray:
-    """`arr[rows]` as an in-memory array. For a file-backed memmap the rows are read with `workers` parallel
-    preads (the disk sees many requests at once, and no page of the store is mapped into this process);
-    anything else is plain fancy indexing."""
-    rows = np.asarray(rows, dtype=np.int64)
-    offset = _file_offset(arr) if isinstance(arr, np.memmap) and arr.ndim == 2 else None
-    row_bytes = arr.shape[1] * arr.itemsize if arr.ndim == 2 else 0
-    if offset is None or arr.strides[1] != arr.itemsize or len(rows) < 2 * workers:
-        return np.asarray(arr[rows])
-    if rows.min() < 0 or rows.max() >= arr.shape[0]:  # rows is non-empty here
-        raise IndexError(f"row index out of range for {arr.shape[0]} rows")
-    out = np.empty((len(rows), arr.shape[1]), dtype=arr.dtype)
-    fd = os.open(arr.filename, os.O_RDONLY)
-
-    def read(chunk: range) -> None:  # one task per thread, not one per row: fewer executor round trips
-        for i in chunk:
-            pos = offset + int(rows[i]) * arr.strides[0]
-            got = os.preadv(fd, [memoryview(out[i]).cast("B")], pos)
-            if got != row_bytes:
-                raise OSError(f"{arr.filename}: short read of row {int(rows[i])} ({got} of {row_bytes} bytes)")
-
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(read, [range(w, len(rows), workers) for w in range(workers)]))
-    finally:
-        os.close(fd)
-    return out

@@ -7,53 +7,12 @@ resident set stays flat).
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import sys
 import warnings
 
 import numpy as np
 import torch
 
-MADV_DONTNEED = 4
-
-
-def _libc():
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC = _libc() if sys.platform.startswith("linux") else None
-
-
-def release_pages(arr: np.ndarray, start: int, stop: int) -> None:
-    """Drop rows [start, stop) of a *shared* memmap from this process's resident set (no-op otherwise).
-
-    For a MAP_SHARED file mapping MADV_DONTNEED only unmaps the pages here; the file's data (and any writes
-    made through the mapping) stay in the page cache, so this never changes what the array holds. Private
-    copy-on-write maps (mode 'c') are skipped: there it would discard changes.
-    """
-    if hasattr(arr, "release_rows"):  # a store sharded over several memmaps releases each shard's pages
-        arr.release_rows(start, stop)
-        return
-    if (
-        _LIBC is None
-        or not isinstance(arr, np.memmap)
-        or getattr(arr, "mode", "c") not in ("r", "r+", "w+", "readonly", "readwrite", "write")
-    ):
-        return
-    start, stop = max(0, start), min(stop, arr.shape[0])  # never advise pages outside this array's mapping
-    if stop <= start:
-        return
-    row_bytes = arr.strides[0]
-    lo = arr.ctypes.data + start * row_bytes
-    hi = lo + (stop - start) * row_bytes
-    page = mmap.PAGESIZE
-    lo -= lo % page
-    hi += (-hi) % page
-    _LIBC.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), ctypes.c_int(MADV_DONTNEED))
+from ..features.paging import release_pages  # noqa: F401  (re-exported: scorers page through stores)
 
 
 def _block_tensor(block: np.ndarray, half: bool) -> torch.Tensor:
