@@ -31,6 +31,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/ruff format --check src tests benchmarks docs
 	$(BIN)/python -m dda.bench.results render --check
+	$(BIN)/lint-imports --no-cache
 
 # every results table in README.md and benchmarks/README.md, from the committed files under results/
 tables: setup
