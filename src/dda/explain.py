@@ -50,7 +50,7 @@ from .models import applied
 from .progress import bar
 from .scoring import ScoringContext
 from .scoring.base import dot_scores, method_params
-from .scoring.gradient import Term, evaluate
+from .scoring.gradient import Term, evaluate, term_query
 
 if TYPE_CHECKING:
     from .api import Attributor
@@ -115,19 +115,25 @@ class _PlannedTerm:
     """A scorer term with its query-side scale: qhat = query * scale (the normalised query vectors)."""
 
     term: Term
-    scale: np.ndarray  # (n_queries, d) multiplier, so that qhat = term.query * scale
+    query: np.ndarray  # (n_queries, d) the term's query vectors (gradient.term_query)
+    scale: np.ndarray  # (n_queries, d) multiplier, so that qhat = query * scale
 
     @property
     def qhat(self) -> np.ndarray:
-        return self.term.query.astype(np.float64) * self.scale
+        return self.query.astype(np.float64) * self.scale
 
 
-def _query_scale(fs: Any, term: Term) -> np.ndarray:
-    q = term.query.astype(np.float64)
+def _planned(fs: Any, term: Term) -> _PlannedTerm:
+    query = term_query(fs, term)
+    return _PlannedTerm(term, query, _query_scale(fs, term, query))
+
+
+def _query_scale(fs: Any, term: Term, query: np.ndarray) -> np.ndarray:
+    q = query.astype(np.float64)
     if term.normalize == "module":  # as module_normalized divides each module slice by its norm
         return _module_scale(q, fs.blocks)
     if term.normalize == "std":
-        std = dot_scores(fs.train[term.train], term.query).std(axis=1)
+        std = dot_scores(fs.train[term.train], query).std(axis=1)
         return np.repeat((1.0 / np.maximum(std, 1e-30))[:, None], q.shape[1], axis=1)
     if term.normalize == "cosine":
         return np.repeat((1.0 / np.maximum(np.linalg.norm(q, axis=1), 1e-30))[:, None], q.shape[1], axis=1)
@@ -236,7 +242,7 @@ def explain(
         ranks = np.argsort(np.argsort(-scores, axis=1, kind="stable"), axis=1) + 1
         plans[label] = {
             "params": params,
-            "terms": [_PlannedTerm(t, _query_scale(fs, t)) for t in terms],
+            "terms": [_planned(fs, t) for t in terms],
             "scores": scores,
             "chosen": chosen,
             "ranks": ranks,

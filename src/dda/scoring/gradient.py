@@ -36,25 +36,31 @@ def _need(ctx: ScoringContext) -> FeatureSet:
     return ctx.features
 
 
-def _query(fs: FeatureSet, name: str, contrastive: bool) -> np.ndarray:
-    if not contrastive:
-        return np.asarray(fs.neg[name], dtype=np.float32)
-    return fs.contrast(name)
-
-
 QUERY_TOKENS = ("all", "diff")
+# What a term's query vector is, per query: "contrast" = grad l(neg) - grad l(pos) (over the differing tokens under
+# features.query_tokens=diff), "neg" = the whole negative output, "contrast_neg" = the negative's differing tokens.
+SIDES = ("contrast", "neg", "contrast_neg")
 
 
-def _negative(fs: FeatureSet, name: str, query_tokens: str) -> np.ndarray:
+def side_vectors(fs: FeatureSet, checkpoint: str, side: str) -> np.ndarray:
+    """The (n_queries, d) float32 query vectors of `side` at `checkpoint`."""
+    if side == "contrast":
+        return fs.contrast(checkpoint)
+    if side == "neg":
+        return np.asarray(fs.neg[checkpoint], dtype=np.float32)
+    if side == "contrast_neg":
+        if checkpoint not in fs.contrast_neg:
+            raise ValueError("query_tokens=diff needs features indexed with features.query_tokens=diff")
+        return np.asarray(fs.contrast_neg[checkpoint], dtype=np.float32)
+    raise ValueError(f"query side must be one of {', '.join(SIDES)}, not {side!r}")
+
+
+def _negative_side(query_tokens: str) -> str:
     """The negative output's gradient over all its tokens, or (diff) over the tokens where it differs from the
     positive only: the same query information DDA's default contrast gets, without the contrast."""
     if query_tokens not in QUERY_TOKENS:
         raise ValueError(f"query_tokens must be 'all' or 'diff', not {query_tokens!r}")
-    if query_tokens == "all":
-        return _query(fs, name, False)
-    if name not in fs.contrast_neg:
-        raise ValueError("query_tokens=diff needs features indexed with features.query_tokens=diff")
-    return np.asarray(fs.contrast_neg[name], dtype=np.float32)
+    return "neg" if query_tokens == "all" else "contrast_neg"
 
 
 def _unit_std(s: np.ndarray) -> np.ndarray:
@@ -77,31 +83,42 @@ def _normalize_mode(normalize: bool | str | None) -> str:
 class Term:
     """One dot product of a linear gradient score: weight * <norm(training row at `train`), norm(query)>.
 
-    dda, grad_dot, grad_cos and tracin are sums of terms (scorers return `evaluate(fs, terms)`), so a score
-    is linear in the training row given per-row constants (its module norms, its norm): dda.explain splits
-    each term, and so the score, exactly over the training document's tokens."""
+    Symbolic: it names the query vectors (`side` at `query_checkpoint`) instead of holding them, so the same terms
+    are evaluated over the whole store (`evaluate`), folded by training checkpoint into one query vector per query
+    (scoring/search.py) and split over a document's tokens (dda.explain). dda, grad_dot, grad_cos and tracin are
+    sums of terms: a score is linear in the training row given per-row constants (its module norms, its norm)."""
 
     weight: float
     train: str  # checkpoint of the training features
-    query: np.ndarray  # (n_queries, d) float32 query vectors
     normalize: str  # none | module (per-module cosines) | std (unit std over training rows) | cosine
     query_checkpoint: str  # where the query gradients were taken
-    contrastive: bool  # query = contrast (negative - positive) or the negative output alone
-    # Non-contrastive terms: which negative-side features the query is, "neg" (the whole output) or
-    # "contrast_neg" (its tokens that differ from the positive); dda.explain splits that side over tokens.
-    negative_side: str = "neg"
+    side: str = "contrast"  # see SIDES
+
+    @property
+    def contrastive(self) -> bool:
+        return self.side == "contrast"
+
+    @property
+    def negative_side(self) -> str:
+        """The negative-side features a non-contrastive term reads (dda.explain splits that side)."""
+        return "neg" if self.side == "neg" else "contrast_neg"
+
+
+def term_query(fs: FeatureSet, term: Term) -> np.ndarray:
+    return side_vectors(fs, term.query_checkpoint, term.side)
 
 
 def term_scores(fs: FeatureSet, term: Term) -> np.ndarray:
     """(n_queries, n_train) scores of one term, before its weight."""
     train = fs.train[term.train]
+    query = term_query(fs, term)
     if term.normalize == "module":
-        return dot_scores(train, term.query, blocks=fs.blocks)
-    s = dot_scores(train, term.query)
+        return dot_scores(train, query, blocks=fs.blocks)
+    s = dot_scores(train, query)
     if term.normalize == "std":
         return _unit_std(s)
     if term.normalize == "cosine":
-        return s / np.maximum(np.outer(np.linalg.norm(term.query, axis=1), row_norms(train)), 1e-30)
+        return s / np.maximum(np.outer(np.linalg.norm(query, axis=1), row_norms(train)), 1e-30)
     return s
 
 
@@ -157,8 +174,10 @@ def dda(
         cks = cks[-1:]  # the single last checkpoint: what denoising averages away
     mode = _resolved_mode(fs, normalize)
 
+    side = "contrast" if contrastive else "neg"
+
     def term(weight: float, train: str, query: str) -> Term:
-        return Term(weight, train, _query(fs, query, contrastive), mode, query, contrastive)
+        return Term(weight, train, mode, query, side)
 
     terms = [term(1.0 / len(cks), c.name, c.name) for c in cks]
     if debias and beta != 0.0:
@@ -180,8 +199,7 @@ def grad_dot(ctx: ScoringContext, checkpoint: str | None = None, query_tokens: s
     only its tokens that differ from the positive, `grad_dot_diff`)."""
     fs = _need(ctx)
     name = checkpoint or fs.finetuned()[-1].name
-    side = "neg" if query_tokens == "all" else "contrast_neg"
-    return [Term(1.0, name, _negative(fs, name, query_tokens), "none", name, False, side)]
+    return [Term(1.0, name, "none", name, _negative_side(query_tokens))]
 
 
 @register("grad_cos")
@@ -189,7 +207,7 @@ def grad_dot(ctx: ScoringContext, checkpoint: str | None = None, query_tokens: s
 def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
     fs = _need(ctx)
     name = checkpoint or fs.finetuned()[-1].name
-    return [Term(1.0, name, _query(fs, name, False), "cosine", name, False)]
+    return [Term(1.0, name, "cosine", name, "neg")]
 
 
 @register("tracin", tracin_diff={"query_tokens": "diff"})
@@ -198,13 +216,8 @@ def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None, quer
     """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k); query_tokens=diff
     (`tracin_diff`) takes the negative's loss over the tokens that differ from the positive only."""
     fs = _need(ctx)
-    side = "neg" if query_tokens == "all" else "contrast_neg"
-    return [
-        Term(
-            c.lr if c.lr is not None else 1.0, c.name, _negative(fs, c.name, query_tokens), "none", c.name, False, side
-        )
-        for c in fs.finetuned(checkpoints)
-    ]
+    side = _negative_side(query_tokens)
+    return [Term(c.lr if c.lr is not None else 1.0, c.name, "none", c.name, side) for c in fs.finetuned(checkpoints)]
 
 
 @register("trak")
@@ -221,7 +234,8 @@ def trak(
     """
     fs = _need(ctx)
     cks = fs.finetuned(checkpoints)
-    return sum(trak_scores(fs.train[c.name], _query(fs, c.name, contrastive), trak_lambda) for c in cks) / len(cks)
+    side = "contrast" if contrastive else "neg"
+    return sum(trak_scores(fs.train[c.name], side_vectors(fs, c.name, side), trak_lambda) for c in cks) / len(cks)
 
 
 def trak_scores(phi: np.ndarray, q: np.ndarray, trak_lambda: float, block_bytes: int = 1 << 26) -> np.ndarray:

@@ -39,8 +39,8 @@ import torch
 
 from ..io import read_json, replace_dir, stable_hash, write_json, write_yaml
 from ..models import Checkpoint
-from .base import REGISTRY, FeatureSet, module_normalized, parse_method
-from .gradient import _normalize_mode, _query
+from .base import REGISTRY, FeatureSet, ScoringContext, module_normalized, parse_method
+from .gradient import Term, term_query
 from .sketch import build_sketch, exact_rerank, load_sketch, read_rows, sketch_matrix
 from .topk import release_pages, topk_scores
 
@@ -53,23 +53,14 @@ BLOCK_BYTES = 64 << 20  # float32 bytes of concatenated rows held per streaming 
 # ------------------------------------------------------------------------------------------------ the fold
 
 
-@dataclass(frozen=True)
-class Contribution:
-    """`weight` times the (normalised) query vector at `checkpoint`: contrastive or the negative output only."""
-
-    weight: float
-    checkpoint: str
-    contrastive: bool
-
-
 @dataclass
 class FoldPlan:
-    """Which stored checkpoints a method reads (`layout`, in order), how their rows are normalised, and which
-    weighted query vectors multiply each. Symbolic: no features are needed to make one."""
+    """Which stored checkpoints a method reads (`layout`, in order), how their rows are normalised, and the
+    scorer's own terms that read each (grouped by training checkpoint). Symbolic: no features are needed."""
 
     method: str
     normalize: str  # module | row | none
-    slices: dict[str, list[Contribution]]
+    slices: dict[str, list[Term]]
 
     @property
     def layout(self) -> list[str]:
@@ -80,7 +71,10 @@ class FoldPlan:
             "method": self.method,
             "normalize": self.normalize,
             "layout": self.layout,
-            "slices": {k: [vars(c) for c in v] for k, v in self.slices.items()},
+            "slices": {
+                k: [{"weight": t.weight, "query_checkpoint": t.query_checkpoint, "side": t.side} for t in v]
+                for k, v in self.slices.items()
+            },
         }
 
 
@@ -93,6 +87,10 @@ def _method_params(spec: str, defaults: dict[str, Any] | None) -> tuple[str, str
     return label, name, merged
 
 
+# How a term's normalisation reads on the stored rows: per module, the whole row (cosine), or none.
+_ROW_NORMALIZE = {"module": "module", "cosine": "row", "none": "none"}
+
+
 def plan_fold(
     spec: str,
     checkpoints: list[Checkpoint],
@@ -101,59 +99,35 @@ def plan_fold(
     default_checkpoints: list[str] | None = None,
 ) -> FoldPlan:
     """The fold of method `spec` ('dda(beta=0.4,debias_mode=cross)', 'tracin', ...) over `checkpoints`
-    (checkpoints[0] is theta0). `has_blocks`: the stores keep per-module columns (normalize=auto -> module).
+    (checkpoints[0] is theta0), from the scorer's own terms: the same defaults, readings and error texts as
+    `dda attribute`. `has_blocks`: the stores keep per-module columns (normalize=auto -> module).
     `defaults`/`default_checkpoints` are the config's score settings, as `Attributor.attribute` passes them."""
     label, name, p = _method_params(spec, defaults)
-    cks = FeatureSet(checkpoints, {}, {})  # for its checkpoint selection rules only
-    if name == "dda":
-        mode = _normalize_mode(p.get("normalize", "auto"))
-        if mode == "auto":
-            mode = "module" if has_blocks else "none"
-        if mode == "std":
-            raise ValueError(
-                f"method '{label}': normalize=std cannot be folded into one query vector (it scales "
-                "each checkpoint's scores by their std over every training row); use normalize=module "
-                "or none, or `dda attribute`"
-            )
-        if mode == "module" and not has_blocks:
-            raise ValueError(
-                "normalize=module needs per-module features (kronecker or identity projection); "
-                "these were built with a projection that mixes modules"
-            )
-        contrastive = bool(p.get("contrastive", True))
-        chosen = cks.finetuned(p.get("checkpoints") or default_checkpoints)
-        if not p.get("denoise", True):
-            chosen = chosen[-1:]
-        n = len(chosen)
-        slices = {c.name: [Contribution(1.0 / n, c.name, contrastive)] for c in chosen}
-        beta, debias_mode = float(p.get("beta", 0.0)), p.get("debias_mode", "base")
-        if debias_mode not in ("base", "cross", "query0"):
-            raise ValueError(f"debias_mode must be 'base', 'cross' or 'query0', not '{debias_mode}'")
-        if p.get("debias", True) and beta != 0.0:
-            if debias_mode == "base":
-                slices[cks.base] = [Contribution(-beta, cks.base, contrastive)]
-            elif debias_mode == "cross":  # theta0 rows against each checkpoint's query
-                slices[cks.base] = [Contribution(-beta / n, c.name, contrastive) for c in chosen]
-            else:  # query0: each checkpoint's rows against the theta0 query
-                for c in chosen:
-                    slices[c.name].append(Contribution(-beta / n, cks.base, contrastive))
-        return FoldPlan(label, "module" if mode == "module" else "none", slices)
-    if p.get("query_tokens", "all") != "all":
-        raise ValueError(f"method '{label}': query_tokens=diff is not folded by search yet; `dda attribute` scores it")
-    if name in ("grad_dot", "grad_cos"):
-        ck = p.get("checkpoint") or cks.finetuned()[-1].name
-        if ck not in {c.name for c in checkpoints}:
-            raise ValueError(f"method '{label}': unknown checkpoint '{ck}'")
-        return FoldPlan(label, "row" if name == "grad_cos" else "none", {ck: [Contribution(1.0, ck, False)]})
-    if name == "tracin":
-        chosen = cks.finetuned(p.get("checkpoints"))
-        return FoldPlan(
-            label, "none", {c.name: [Contribution(c.lr if c.lr is not None else 1.0, c.name, False)] for c in chosen}
+    terms_of = getattr(REGISTRY[name].fn, "terms", None)
+    if terms_of is None:
+        raise ValueError(
+            f"method '{label}' cannot be folded into one query vector (foldable: the sums of gradient dot "
+            f"products, {', '.join(FOLDABLE)}); `dda attribute` scores it over the whole store"
         )
-    raise ValueError(
-        f"method '{label}' cannot be folded into one query vector (foldable: {', '.join(FOLDABLE)}); "
-        "`dda attribute` scores it over the whole store"
-    )
+    symbolic = FeatureSet(checkpoints, {}, {}, blocks=[] if has_blocks else None)  # names only, no features
+    terms = terms_of(ScoringContext(symbolic, [], [], default_checkpoints=default_checkpoints), **p)
+    known = {c.name for c in checkpoints}
+    unknown = sorted({c for t in terms for c in (t.train, t.query_checkpoint)} - known)
+    if unknown:
+        raise ValueError(f"method '{label}': unknown checkpoint {unknown[0]!r} (have {sorted(known)})")
+    modes = {t.normalize for t in terms}
+    if "std" in modes:
+        raise ValueError(
+            f"method '{label}': normalize=std cannot be folded into one query vector (it scales "
+            "each checkpoint's scores by their std over every training row); use normalize=module "
+            "or none, or `dda attribute`"
+        )
+    if len(modes) != 1:
+        raise ValueError(f"method '{label}': its terms normalise differently ({sorted(modes)}); not foldable")
+    slices: dict[str, list[Term]] = {}
+    for t in terms:
+        slices.setdefault(t.train, []).append(t)
+    return FoldPlan(label, _ROW_NORMALIZE[modes.pop()], slices)
 
 
 def train_blocks(plan: FoldPlan, blocks: list[int] | None, dim: int) -> list[int] | None:
@@ -179,11 +153,13 @@ def query_vectors(plan: FoldPlan, fs: FeatureSet, layout: list[str] | None = Non
         d = fs.train[name].shape[1]
         blocks = train_blocks(plan, fs.blocks, d)
         vec = np.zeros((n_q, d), dtype=np.float64)
-        for c in plan.slices.get(name, []):
-            q = _query(fs, c.checkpoint, c.contrastive)
+        for t in plan.slices.get(name, []):
+            q = term_query(fs, t)
             if q.shape[1] != d:
-                raise ValueError(f"query features at {c.checkpoint} have {q.shape[1]} dims, the store at {name} {d}")
-            vec += c.weight * (module_normalized(q, blocks) if blocks is not None else q)
+                raise ValueError(
+                    f"query features at {t.query_checkpoint} have {q.shape[1]} dims, the store at {name} {d}"
+                )
+            vec += t.weight * (module_normalized(q, blocks) if blocks is not None else q)
         out.append(vec.astype(np.float32))
     return np.concatenate(out, axis=1)
 
