@@ -503,16 +503,23 @@ class Attributor:
 
     def build_search_index(
         self,
-        backend: str = "sketch",
+        backend: str | None = None,
         method: str = "dda",
-        sketch_dim: int = 256,
+        sketch_dim: int | None = None,
         nlist: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         out_dir: str | Path | None = None,
     ) -> Path:
         """Index the concatenated training rows `method` reads (sketch or faiss), in
-        WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores."""
+        WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores. Settings left at
+        None come from the config's `search` section (backend: sketch when it says exact)."""
         from .scoring.search import build_index, concatenated_rows, index_name, store_sources
+
+        sc = self.cfg.search
+        backend = backend or (sc.backend if sc.backend != "exact" else "sketch")
+        sketch_dim = sketch_dim or sc.sketch_dim
+        nlist = nlist if nlist is not None else sc.nlist
+        seed = sc.seed if seed is None else seed
 
         stores = self.train_stores()
         plan, blocks = self._search_plan(method, stores)
@@ -550,19 +557,23 @@ class Attributor:
     def search(
         self,
         queries: list[Query],
-        k: int = 100,
+        k: int | None = None,
         method: str = "dda",
-        backend: str = "exact",
+        backend: str | None = None,
         index_dir: str | Path | None = None,
-        candidates: int = 1024,
-        nprobe: int = 32,
+        candidates: int | None = None,
+        nprobe: int | None = None,
         out_dir: str | Path | None = None,
         build: bool = False,
-        sketch_dim: int = 256,
+        sketch_dim: int | None = None,
     ) -> Any:
         """Top-k training rows per query of a foldable method (dda, grad_dot, grad_cos, tracin) without any
         (n_queries x n_train) array: exact streaming scan, or an index's candidates re-ranked exactly.
+        Settings left at None come from the config's `search` section.
         Returns a `dda.scoring.search.SearchResult`; with `out_dir`, search.json + config.yaml are written."""
+        sc = self.cfg.search
+        k, backend, candidates = k or sc.k, backend or sc.backend, candidates or sc.candidates
+        nprobe, sketch_dim = nprobe or sc.nprobe, sketch_dim or sc.sketch_dim
         from .scoring.search import (
             BACKENDS,
             SearchResult,

@@ -470,14 +470,21 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 # ------------------------------------------------------------------------------------ search (top-k at scale)
-BackendOpt = Annotated[str, typer.Option(help="exact (streaming scan), sketch or faiss (index + exact re-ranking).")]
+def _search_help(name: str) -> str:
+    """A search option's help is its config field's doc: the default is written once, in config.py."""
+    from .config import SearchConfig, field_docs
+
+    return field_docs(SearchConfig)[name] + f" (config: search.{name})"
+
+
+BackendOpt = Annotated[str | None, typer.Option(help=_search_help("backend"))]
 MethodOpt = Annotated[
     str, typer.Option(help="A foldable method: dda[(beta=..,debias_mode=..)], grad_dot, grad_cos, tracin.")
 ]
 CheckpointsOpt = Annotated[
     Path | None, typer.Option(help="Checkpoints the store was indexed with, if not WORKDIR/checkpoints.")
 ]
-SketchDimOpt = Annotated[int, typer.Option(help="Index: dims of the Gaussian projection of each row.")]
+SketchDimOpt = Annotated[int | None, typer.Option(help=_search_help("sketch_dim"))]
 
 
 @app.command("build-index")
@@ -485,9 +492,9 @@ def build_index_command(
     workdir: WorkdirOpt,
     backend: Annotated[str, typer.Option(help="sketch or faiss.")] = "sketch",
     method: MethodOpt = "dda",
-    sketch_dim: SketchDimOpt = 256,
-    nlist: Annotated[int | None, typer.Option(help="faiss: inverted lists (default ~sqrt(n)).")] = None,
-    seed: int = 0,
+    sketch_dim: SketchDimOpt = None,
+    nlist: Annotated[int | None, typer.Option(help=_search_help("nlist"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_search_help("seed"))] = None,
     checkpoints: CheckpointsOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Index dir (default WORKDIR/features/index/<backend>-<key>).")
@@ -503,11 +510,13 @@ def build_index_command(
     from .api import Attributor
 
     with _clean_errors(workdir):
-        cfg = _config(config, set_, quiet)
+        cfg = _config(
+            config, set_, quiet, **{"search.sketch_dim": sketch_dim, "search.nlist": nlist, "search.seed": seed}
+        )
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
-        path = att.build_search_index(backend, method, sketch_dim=sketch_dim, nlist=nlist, seed=seed, out_dir=out)
+        path = att.build_search_index(backend, method, out_dir=out)
     if not quiet:
         console.print(f"{backend} index in {path} ({att.timings['build_index']:.1f} s)")
 
@@ -516,16 +525,16 @@ def build_index_command(
 def search(
     workdir: WorkdirOpt,
     queries: Annotated[Path, typer.Option(help="JSONL with prompt, negative[, positive] per line.")],
-    k: Annotated[int, typer.Option(help="Rows per query.")] = 100,
-    backend: BackendOpt = "exact",
+    k: Annotated[int | None, typer.Option(help=_search_help("k"))] = None,
+    backend: BackendOpt = None,
     method: MethodOpt = "dda",
     index: Annotated[
         Path | None, typer.Option(help="Index dir (default: the newest matching one under WORKDIR/features/index).")
     ] = None,
     build: Annotated[bool, typer.Option(help="Build the index first if there is none.")] = False,
-    candidates: Annotated[int, typer.Option(help="sketch/faiss: rows re-ranked exactly per query.")] = 1024,
-    nprobe: Annotated[int, typer.Option(help="faiss: inverted lists scanned per query.")] = 32,
-    sketch_dim: SketchDimOpt = 256,
+    candidates: Annotated[int | None, typer.Option(help=_search_help("candidates"))] = None,
+    nprobe: Annotated[int | None, typer.Option(help=_search_help("nprobe"))] = None,
+    sketch_dim: SketchDimOpt = None,
     checkpoints: CheckpointsOpt = None,
     out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/search).")] = None,
     config: ConfigOpt = None,
@@ -546,23 +555,15 @@ def search(
 
     out_dir = out or workdir / "search"
     with _clean_errors(workdir):
-        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta})
+        options = {"search.k": k, "search.backend": backend, "search.candidates": candidates}
+        options.update({"search.nprobe": nprobe, "search.sketch_dim": sketch_dim})
+        cfg = _config(config, set_, quiet, **{"model.name": model, "score.beta": beta, **options})
         qs = load_queries(str(queries), prompt_field, negative_field, positive_field)
         att = Attributor(cfg, workdir)
         if checkpoints:
             att.use_checkpoints(checkpoints)
-        result = att.search(
-            qs,
-            k,
-            method,
-            backend,
-            index_dir=index,
-            candidates=candidates,
-            nprobe=nprobe,
-            out_dir=out_dir,
-            build=build,
-            sketch_dim=sketch_dim,
-        )
+        result = att.search(qs, method=method, index_dir=index, out_dir=out_dir, build=build)
+        k, backend = att.cfg.search.k, att.cfg.search.backend
     if not quiet:
         for qi, qid in enumerate(result.query_ids):
             best = ", ".join(f"{r['train_id']} ({r['score']:.3g})" for r in result.top(qi)[:5])

@@ -168,6 +168,24 @@ class ScoreConfig:
 
 
 @dataclass
+class SearchConfig:
+    backend: Literal["exact", "sketch", "faiss"] = "exact"
+    """exact (streaming scan of every row), sketch or faiss (an index's candidates re-ranked exactly)."""
+    k: int = bounded(100, ge=1)
+    """Rows per query returned by `dda search`."""
+    candidates: int = bounded(1024, ge=1)
+    """sketch/faiss: rows per query re-ranked exactly from the stores."""
+    nprobe: int = bounded(32, ge=1)
+    """faiss: inverted lists scanned per query."""
+    sketch_dim: int = bounded(256, ge=1)
+    """Index: dims of the seeded Gaussian projection of each concatenated row."""
+    nlist: int | None = bounded(None, ge=1)
+    """faiss: inverted lists (null: about sqrt(rows))."""
+    seed: int = 0
+    """Index: projection seed."""
+
+
+@dataclass
 class FixConfig:
     method: str = "dda"
     """Method whose top-ranked documents `dda fix` removes (a spec that `dda attribute` scored)."""
@@ -194,6 +212,8 @@ class DDAConfig:
     """Per-example gradient features (`dda index`)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Scoring (`dda attribute`)."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """Top-k over stores of any size (`dda search`, `dda build-index`)."""
     fix: FixConfig = field(default_factory=FixConfig)
     """Remove the blamed documents and retrain (`dda fix`)."""
     seed: int = 0
