@@ -465,12 +465,12 @@ class Attributor:
         self,
         result_or_queries: Attribution | list[Query],
         methods: list[str] | None = None,
-        top_k: int = 10,
+        top_k: int | None = None,
         out_dir: str | Path | None = None,
         poisoned: set[str] | None = None,
         train_ids: list[str] | None = None,
-        query_token_limit: int = 8,
-        align: str = "target",
+        query_token_limit: int | None = None,
+        align: str | None = None,
     ) -> list[dict[str, Any]]:
         """Token-level attribution of each query's top-k documents (see dda.explain): per document its tokens
         with contributions that sum to the method's score, the prompt/response split, and the query tokens'
@@ -479,6 +479,9 @@ class Attributor:
         align="target": a position's part shown on the token it predicts; "input": on the token it reads."""
         from .explain import explain, explainable
 
+        ec = self.cfg.explain  # settings left at None come from the config's explain section
+        top_k, align = top_k or ec.top_k, align or ec.align
+        query_token_limit = query_token_limit or ec.query_token_limit
         if isinstance(result_or_queries, Attribution):
             queries = result_or_queries.queries
             poisoned = poisoned if poisoned is not None else (result_or_queries.poisoned or None)

@@ -256,7 +256,7 @@ def attribute(
         qs = load_queries(str(queries), prompt_field, negative_field, positive_field, id_field)
         att = Attributor(cfg, workdir)
         result = att.attribute(qs, list(cfg.score.methods), out_dir=out_dir)
-        explanations = _explain_attribution(att, result, explain, explain_methods, att.cfg.score.top_k, out_dir)
+        explanations = _explain_attribution(att, result, explain, explain_methods, out_dir)
     if not quiet:
         for method in result.scores:
             print_ranking(result, method, att.cfg.score.top_k, explanations)
@@ -265,14 +265,14 @@ def attribute(
             console.print(f"token attribution in {out_dir}/explain; page: dda show {out_dir} --out report.html")
 
 
-def _explain_attribution(att, result, enabled: bool, methods: str | None, top_k: int, out: Path) -> list[dict]:
+def _explain_attribution(att, result, enabled: bool, methods: str | None, out: Path) -> list[dict]:
     """Explanations for `dda attribute` (none when disabled or no requested method is a gradient one)."""
     from .explain import explainable
 
     if not enabled:
         return []
     wanted = _split_methods(methods) if methods else [m for m in result.scores if explainable(m)][:1]
-    return att.explain(result, methods=wanted, top_k=top_k, out_dir=out) if wanted else []
+    return att.explain(result, methods=wanted, out_dir=out) if wanted else []
 
 
 def _split_methods(text: str) -> list[str]:
@@ -604,7 +604,7 @@ def show(
         if explain and not read_explanations(attr):
             if kind != "bench":
                 raise ValueError(f"{attr}: no token attribution; run `dda attribute --explain` (the default)")
-            explain_bench_run(run, _split_methods(methods), top_k or 10)
+            explain_bench_run(run, _split_methods(methods), top_k)
         data = collect(run_dir, top_k)
         target = out or run / "report.html"
         page = render(data)

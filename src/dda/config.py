@@ -168,6 +168,16 @@ class ScoreConfig:
 
 
 @dataclass
+class ExplainConfig:
+    top_k: int = bounded(10, ge=1)
+    """Documents per query whose scores are split over their tokens (each re-run once per checkpoint)."""
+    query_token_limit: int = bounded(8, ge=1)
+    """A query side with at most this many loss tokens is also split over them (the differing words)."""
+    align: Literal["target", "input"] = "target"
+    """target: a position's part shown on the token it predicts; input: on the token it reads."""
+
+
+@dataclass
 class SearchConfig:
     backend: Literal["exact", "sketch", "faiss"] = "exact"
     """exact (streaming scan of every row), sketch or faiss (an index's candidates re-ranked exactly)."""
@@ -212,6 +222,8 @@ class DDAConfig:
     """Per-example gradient features (`dda index`)."""
     score: ScoreConfig = field(default_factory=ScoreConfig)
     """Scoring (`dda attribute`)."""
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
+    """Token-level attribution (`dda attribute --explain`, `dda show --explain`)."""
     search: SearchConfig = field(default_factory=SearchConfig)
     """Top-k over stores of any size (`dda search`, `dda build-index`)."""
     fix: FixConfig = field(default_factory=FixConfig)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ..data import Query
-from ..explain import explain
 
 __all__ = ["canary_token_positions", "explain_bench_run", "top_token_stats"]
 
@@ -90,7 +89,10 @@ def canary_token_positions(pieces: Sequence[str], word: str) -> set[int]:
 
 
 def explain_bench_run(
-    run_dir: str | Path, methods: Sequence[str] = ("dda",), top_k: int = 10, query_token_limit: int = 8
+    run_dir: str | Path,
+    methods: Sequence[str] = ("dda",),
+    top_k: int | None = None,
+    query_token_limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Explain a finished `dda bench` run from its own files (config.yaml, queries.jsonl, train.jsonl and the
     workdir it names, whose checkpoints and feature stores are reused); writes RUN/attribution/explain/."""
@@ -122,4 +124,11 @@ def explain_bench_run(
         for line in (run / "train.jsonl").read_text(encoding="utf-8").splitlines()
         if line and json.loads(line).get("poisoned")
     }
-    return explain(att, queries, methods, top_k, poisoned, None, query_token_limit, run / "attribution")
+    return att.explain(
+        queries,
+        list(methods),
+        top_k=top_k,
+        out_dir=run / "attribution",
+        poisoned=poisoned,
+        query_token_limit=query_token_limit,
+    )
