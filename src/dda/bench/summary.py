@@ -17,22 +17,12 @@ import numpy as np
 
 from ..io import write_json, write_text
 from . import report
+from .presets import DEFAULT_METHODS
 
 __all__ = ["BASELINES", "summarize_runs"]
 
 # Methods DDA is compared against (ablations are DDA itself, the other debias reading is a DDA variant).
-BASELINES: tuple[str, ...] = (
-    "tracin",
-    "trak",
-    "grad_dot",
-    "grad_cos",
-    "bm25",
-    "cea",
-    "keyword",
-    "bm25_diff",
-    "tracin_diff",
-    "grad_dot_diff",
-)
+BASELINES: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if not m.startswith("dda"))
 KEYS: tuple[str, ...] = ("auc", "ap", "distractor_auc", "precision@10", "recall@n_poisoned", "recall@10")
 ABLATIONS: tuple[str, ...] = ("dda_no_debias", "dda_no_denoise", "dda_no_contrast")
 TARGET_AUC = 0.90
