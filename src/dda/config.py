@@ -14,6 +14,7 @@ import difflib
 import functools
 import inspect
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -180,7 +181,8 @@ class ExplainConfig:
 @dataclass
 class SearchConfig:
     backend: Literal["exact", "sketch", "faiss"] = "exact"
-    """exact (streaming scan of every row), sketch or faiss (an index's candidates re-ranked exactly)."""
+    """exact (streaming scan of every row), sketch or faiss (an index's candidates re-ranked exactly), or a
+    backend registered with dda.scoring.backends.register_backend."""
     k: int = bounded(100, ge=1)
     """Rows per query returned by `dda search`."""
     candidates: int = bounded(1024, ge=1)
@@ -303,6 +305,24 @@ def _wrap(text: str, width: int) -> list[str]:
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
+# Registries above the config (they sit in higher import layers, so the config cannot import them) add the names
+# a user registers to a Literal field's choices: {dotted key: function giving every registered name}. The Literal
+# keeps listing the built-in choices, which the docs and `dda config` print; tests check it against the registry.
+_REGISTERED_CHOICES: dict[str, Callable[[], Iterable[str]]] = {}
+
+
+def register_choices(key: str, names: Callable[[], Iterable[str]]) -> None:
+    """Accept every name `names()` gives (read at each check, so later registrations count) as a value of the
+    Literal field `key` ("search.backend"), besides the Literal's own choices."""
+    _REGISTERED_CHOICES[key] = names
+
+
+def literal_choices(tp: Any, key: str) -> tuple[Any, ...]:
+    """The accepted values of the Literal field `key`: the Literal's, then any registered beyond them."""
+    built_in = get_args(tp)
+    extra = _REGISTERED_CHOICES.get(key)
+    return built_in + tuple(n for n in (extra() if extra else ()) if n not in built_in)
+
 
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
@@ -335,10 +355,10 @@ def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | Non
             return _check_bounds(parsed, key, where, f)
         raise bad
     if origin is Literal:
-        choices = get_args(tp)
-        if value in choices or (isinstance(value, str) and value.strip() in choices):
+        accepted = literal_choices(tp, key)
+        if value in accepted or (isinstance(value, str) and value.strip() in accepted):
             return value.strip() if isinstance(value, str) else value
-        raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, accepted))}; got {value!r}")
     if origin in (list, tuple):  # tuple[X, ...]: the frozen bench presets' sequences
         items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
