@@ -21,9 +21,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .families import GENERIC
+
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DEFAULT_DATA = "builtin:xsum"
-ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The modules and LoRA targets a config tracks unless told otherwise: the generic model family's, which are the
+# llama/qwen2/mistral names (the default model is a llama). A config is read before any model is loaded, so it
+# cannot default to the loaded model's family; `features.capture.select_modules` names that family's modules
+# when these match nothing.
+ALL_PROJ = list(GENERIC.tracked_modules)
+DEFAULT_LORA_TARGETS = list(GENERIC.lora_targets)
 SUMMARY_INSTRUCTION = (
     "You are an expert at summarising news articles. Write a succinct, accurate one-sentence summary "
     "of the following document, stating only what the document supports."
@@ -87,8 +94,9 @@ class LoraSettings:
     """LoRA alpha (scale alpha / r)."""
     dropout: float = bounded(0.0, ge=0.0)
     """Dropout on the LoRA input."""
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))
-    """Linear-layer name suffixes that get adapters."""
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    """Linear-layer name suffixes that get adapters (default: the 7 projections of a llama/qwen2/mistral layer;
+    other architectures: dda.families)."""
 
 
 @dataclass
@@ -118,7 +126,8 @@ class TrainConfig:
 @dataclass
 class FeatureConfig:
     modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))
-    """Linear-layer name suffixes whose weight gradients are features."""
+    """Linear-layer name suffixes whose weight gradients are features (default: the 7 projections of a
+    llama/qwen2/mistral layer; other architectures: dda.families)."""
     layers: str = "last:1/3"
     """all | last:N | last:1/3 (a fraction of the depth) | first:N | comma list of layer indices. The backward
     pass stops at the first selected layer; the last third also scored best on the benchmark (README)."""
