@@ -185,3 +185,7 @@ def test_an_index_of_an_unregistered_backend_is_named(tmp_path, user_backends):
             open_index(out)
     finally:
         register_backend(EveryRow)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "backend": "exact"}))  # a scan backend has no index
+    with pytest.raises(ValueError, match="not a dda search index"):
+        open_index(out)

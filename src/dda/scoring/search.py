@@ -370,11 +370,14 @@ def open_index(root: str | Path) -> SearchIndex:
     if not meta_path.exists():
         raise FileNotFoundError(f"{root}: no search index here (build it with `dda build-index`)")
     meta = read_json(meta_path)
-    if meta.get("format") != INDEX_FORMAT or not isinstance(meta.get("backend"), str):
+    backend = meta.get("backend")
+    named = isinstance(backend, str)
+    scan = named and backend in BACKENDS and not BACKENDS[backend].needs_index  # exact: never builds an index
+    if meta.get("format") != INDEX_FORMAT or not named or scan:
         raise ValueError(f"{meta_path}: not a dda search index of format {INDEX_FORMAT}")
-    if meta["backend"] not in index_backends():
+    if backend not in BACKENDS:
         raise ValueError(
-            f"{meta_path}: an index of backend '{meta['backend']}', which is not registered here "
+            f"{meta_path}: an index of backend '{backend}', which is not registered here "
             f"(index backends: {', '.join(index_backends())}); register it before opening its indexes"
         )
     return SearchIndex(root, meta)
