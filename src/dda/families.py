@@ -68,8 +68,8 @@ def family_for(model_type: str | None) -> ModelFamily:
     note = (
         f"{what} has no registered model family; assuming the generic one: modules named "
         f"{', '.join(GENERIC.tracked_modules)}, layer indices matched by {GENERIC.layer_pattern!r}. If its Linear "
-        "layers are named otherwise, set features.modules and train.lora.target_modules, or register a family "
-        "(dda.families.register_family)"
+        "layers are named otherwise, set features.modules and train.lora.target_modules to their names and "
+        "register its family (dda.families.register_family) so that features.layers finds their layer indices"
     )
     return dataclasses.replace(GENERIC, fallback_note=note)
 
