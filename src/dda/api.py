@@ -513,13 +513,14 @@ class Attributor:
         seed: int | None = None,
         out_dir: str | Path | None = None,
     ) -> Path:
-        """Index the concatenated training rows `method` reads (sketch or faiss), in
+        """Index the concatenated training rows `method` reads (sketch, faiss or a registered index backend), in
         WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores. Settings left at
-        None come from the config's `search` section (backend: sketch when it says exact)."""
+        None come from the config's `search` section (backend: sketch when it names one without an index)."""
+        from .scoring.backends import get_backend
         from .scoring.search import build_index, concatenated_rows, index_name, store_sources
 
         sc = self.cfg.search
-        backend = backend or (sc.backend if sc.backend != "exact" else "sketch")
+        backend = backend or (sc.backend if get_backend(sc.backend).needs_index else "sketch")
         sketch_dim = sketch_dim or sc.sketch_dim
         nlist = nlist if nlist is not None else sc.nlist
         seed = sc.seed if seed is None else seed
@@ -577,8 +578,8 @@ class Attributor:
         sc = self.cfg.search
         k, backend, candidates = k or sc.k, backend or sc.backend, candidates or sc.candidates
         nprobe, sketch_dim = nprobe or sc.nprobe, sketch_dim or sc.sketch_dim
+        from .scoring.backends import get_backend
         from .scoring.search import (
-            BACKENDS,
             SearchResult,
             find_index,
             folded_topk,
@@ -588,8 +589,7 @@ class Attributor:
             train_blocks,
         )
 
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+        impl = get_backend(backend)  # an unknown name fails here, with every registered one listed
         train_path = self.workdir.train_data
         if not train_path.exists():
             raise FileNotFoundError(f"{train_path}: no indexed training data; run index() first")
@@ -597,7 +597,7 @@ class Attributor:
         plan, blocks = self._search_plan(method, stores)  # fails on an unfoldable method before any compute
         sources = store_sources({k: s.meta for k, s in stores.items()})
         index = None
-        if backend != "exact":
+        if impl.needs_index:
             index_root = self.workdir.search_index
             dim = int(stores[plan.layout[0]].meta["dim"])
             index = (
@@ -632,8 +632,8 @@ class Attributor:
             "k": k,
             "fold": plan.describe(),
             "index": str(index.root) if index else None,
-            "candidates": candidates if index else None,
-            "nprobe": nprobe if backend == "faiss" else None,
+            "candidates": candidates if "candidates" in impl.reads else None,
+            "nprobe": nprobe if "nprobe" in impl.reads else None,
             "seconds": round(self.timings["search"], 3),
         }
         result = SearchResult(

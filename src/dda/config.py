@@ -14,15 +14,23 @@ import difflib
 import functools
 import inspect
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .families import GENERIC
+
 DEFAULT_MODEL = "builtin:smollm2-135m-instruct"
 DEFAULT_DATA = "builtin:xsum"
-ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# The modules and LoRA targets a config tracks unless told otherwise: the generic model family's, which are the
+# llama/qwen2/mistral names (the default model is a llama). A config is read before any model is loaded, so it
+# cannot default to the loaded model's family; `features.capture.select_modules` names that family's modules
+# when these match nothing.
+ALL_PROJ = list(GENERIC.tracked_modules)
+DEFAULT_LORA_TARGETS = list(GENERIC.lora_targets)
 SUMMARY_INSTRUCTION = (
     "You are an expert at summarising news articles. Write a succinct, accurate one-sentence summary "
     "of the following document, stating only what the document supports."
@@ -86,8 +94,9 @@ class LoraSettings:
     """LoRA alpha (scale alpha / r)."""
     dropout: float = bounded(0.0, ge=0.0)
     """Dropout on the LoRA input."""
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))
-    """Linear-layer name suffixes that get adapters."""
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    """Linear-layer name suffixes that get adapters (default: the 7 projections of a llama/qwen2/mistral layer;
+    other architectures: dda.families)."""
 
 
 @dataclass
@@ -117,7 +126,8 @@ class TrainConfig:
 @dataclass
 class FeatureConfig:
     modules: list[str] = field(default_factory=lambda: list(ALL_PROJ))
-    """Linear-layer name suffixes whose weight gradients are features."""
+    """Linear-layer name suffixes whose weight gradients are features (default: the 7 projections of a
+    llama/qwen2/mistral layer; other architectures: dda.families)."""
     layers: str = "last:1/3"
     """all | last:N | last:1/3 (a fraction of the depth) | first:N | comma list of layer indices. The backward
     pass stops at the first selected layer; the last third also scored best on the benchmark (README)."""
@@ -180,7 +190,8 @@ class ExplainConfig:
 @dataclass
 class SearchConfig:
     backend: Literal["exact", "sketch", "faiss"] = "exact"
-    """exact (streaming scan of every row), sketch or faiss (an index's candidates re-ranked exactly)."""
+    """exact (streaming scan of every row), sketch or faiss (an index's candidates re-ranked exactly), or a
+    backend registered with dda.scoring.backends.register_backend."""
     k: int = bounded(100, ge=1)
     """Rows per query returned by `dda search`."""
     candidates: int = bounded(1024, ge=1)
@@ -303,6 +314,24 @@ def _wrap(text: str, width: int) -> list[str]:
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
+# Registries above the config (they sit in higher import layers, so the config cannot import them) add the names
+# a user registers to a Literal field's choices: {dotted key: function giving every registered name}. The Literal
+# keeps listing the built-in choices, which the docs and `dda config` print; tests check it against the registry.
+_REGISTERED_CHOICES: dict[str, Callable[[], Iterable[str]]] = {}
+
+
+def register_choices(key: str, names: Callable[[], Iterable[str]]) -> None:
+    """Accept every name `names()` gives (read at each check, so later registrations count) as a value of the
+    Literal field `key` ("search.backend"), besides the Literal's own choices."""
+    _REGISTERED_CHOICES[key] = names
+
+
+def literal_choices(tp: Any, key: str) -> tuple[Any, ...]:
+    """The accepted values of the Literal field `key`: the Literal's, then any registered beyond them."""
+    built_in = get_args(tp)
+    extra = _REGISTERED_CHOICES.get(key)
+    return built_in + tuple(n for n in (extra() if extra else ()) if n not in built_in)
+
 
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
@@ -335,10 +364,10 @@ def coerce(value: Any, tp: Any, key: str, where: str, f: dataclasses.Field | Non
             return _check_bounds(parsed, key, where, f)
         raise bad
     if origin is Literal:
-        choices = get_args(tp)
-        if value in choices or (isinstance(value, str) and value.strip() in choices):
+        accepted = literal_choices(tp, key)
+        if value in accepted or (isinstance(value, str) and value.strip() in accepted):
             return value.strip() if isinstance(value, str) else value
-        raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, accepted))}; got {value!r}")
     if origin in (list, tuple):  # tuple[X, ...]: the frozen bench presets' sequences
         items = [x.strip() for x in value.split(",") if x.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):

@@ -3,16 +3,14 @@ can only describe the settings the run actually used."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import DDAConfig
+from ..families import GENERIC, ModelFamily
 
 __all__ = ["FeatureFacts", "config_notes", "pair_notes", "timing_note"]
-
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -24,6 +22,7 @@ class FeatureFacts:
     dim: int  # feature dims per example
     mean_tokens: float | None = None  # mean training sequence length (prompt + response)
     examples_per_s: float | None = None  # training-gradient throughput per checkpoint, when rows were computed
+    family: ModelFamily = GENERIC  # the model's family: where a module name holds its layer index
 
 
 def _span(ids: Sequence[int]) -> str:
@@ -36,7 +35,7 @@ def _span(ids: Sequence[int]) -> str:
 def _features_note(cfg: DDAConfig, facts: FeatureFacts) -> str:
     f = cfg.features
     types = [m for m in f.modules if any(n.rsplit(".", 1)[-1] == m for n in facts.modules)]
-    layers = sorted({int(m.group(1)) for n in facts.modules if (m := _LAYER_RE.search(n))})
+    layers = sorted({i for n in facts.modules if (i := facts.family.layer_index(n)) is not None})
     depth = f" of {facts.model_layers}" if facts.model_layers else ""
     if f.projection == "kronecker":
         k2 = f.proj_dim**2

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..api import Attributor
+from ..families import family_of
 from ..io import write_json, write_text, write_yaml
 from ..progress import say
 from ..scoring import parse_method
@@ -42,6 +43,7 @@ def feature_facts(att: Attributor) -> FeatureFacts:
         int(stats.get("dim", 0)),
         stats.get("mean_tokens"),
         stats.get("examples_per_s"),
+        family_of(att.model),
     )
 
 

@@ -11,20 +11,26 @@ Padding is on the right; with causal attention pads cannot affect real tokens, a
 
 from __future__ import annotations
 
-import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from ..families import ModelFamily, family_of
 from .projection import Projector
 
-_LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
 
-
-def select_modules(model: torch.nn.Module, suffixes: Sequence[str], layers: str = "all") -> list[str]:
-    """Names of Linear layers (or peft LoRA wrappers of them) whose last name part is in `suffixes`."""
+def select_modules(
+    model: torch.nn.Module, suffixes: Sequence[str], layers: str = "all", family: ModelFamily | None = None
+) -> list[str]:
+    """Names of Linear layers (or peft LoRA wrappers of them) whose last name part is in `suffixes`, in the
+    decoder layers `layers` selects; `family` (default: the model's, by config.model_type) says where a name
+    holds its layer index."""
+    family = family or family_of(model)
+    if family.is_fallback:
+        warnings.warn(family.fallback_note, UserWarning, stacklevel=2)
     named = dict(model.named_modules())
     picked = []
     for name, mod in named.items():
@@ -32,11 +38,16 @@ def select_modules(model: torch.nn.Module, suffixes: Sequence[str], layers: str 
         if last not in suffixes or not hasattr(mod, "in_features") or not hasattr(mod, "out_features"):
             continue
         picked.append(name)
-    layer_ids = sorted({int(m.group(1)) for n in picked if (m := _LAYER_RE.search(n))})
+    layer_ids = sorted({i for n in picked if (i := family.layer_index(n)) is not None})
     keep = _parse_layers(layers, layer_ids)
-    picked = [n for n in picked if (m := _LAYER_RE.search(n)) is None or int(m.group(1)) in keep]
+    picked = [n for n in picked if (i := family.layer_index(n)) is None or i in keep]
     if not picked:
-        raise ValueError(f"no Linear layers named {list(suffixes)} (layers={layers}) in the model")
+        hint = ""
+        if family.is_fallback:
+            hint = f"; {family.fallback_note}"
+        elif set(suffixes) != set(family.tracked_modules):
+            hint = f"; the {family.name} family's modules are {', '.join(family.tracked_modules)}"
+        raise ValueError(f"no Linear layers named {list(suffixes)} (layers={layers}) in the model{hint}")
     return picked
 
 
@@ -99,8 +110,15 @@ def per_example_loss(model: Any, ids: torch.Tensor, attn: torch.Tensor, resp: to
 class GradientFeaturizer:
     """Callable: padded batch -> (B, D) projected per-example gradient features (float32)."""
 
-    def __init__(self, model: torch.nn.Module, module_names: Sequence[str], projector: Projector):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        module_names: Sequence[str],
+        projector: Projector,
+        family: ModelFamily | None = None,
+    ):
         self.model = model
+        self.family = family or family_of(model)  # where the decoder layers are, for the backward's start
         self.names = list(module_names)
         self.projector = projector
         self.shapes = module_shapes(model, self.names)
@@ -116,9 +134,9 @@ class GradientFeaturizer:
     def _grad_start_hook(self) -> torch.utils.hooks.RemovableHandle:
         """Make autograd start at the input of the first decoder layer that holds a selected module: nothing
         below it needs a gradient, so with `features.layers=last:N` the backward pass covers N layers only."""
-        layer_ids = [int(m.group(1)) for n in self.names if (m := _LAYER_RE.search(n))]
+        layer_ids = [i for n in self.names if (i := self.family.layer_index(n)) is not None]
         backbone = self.model.get_decoder() if hasattr(self.model, "get_decoder") else None
-        layers = getattr(backbone, "layers", None)
+        layers = getattr(backbone, self.family.layers_attr, None)
         if len(layer_ids) == len(self.names) and layers is not None and len(layers) > min(layer_ids):
 
             def start(_mod, args, kwargs):

@@ -8,12 +8,10 @@ vectors (1/N at each fine-tuned checkpoint, -beta for the theta0 term, ...). So 
 between the folded query [q_1 | ... | q_N | q_0] and the virtually concatenated row [f(x_1) | ... | f(x_N) | f(x_0)]
 (`ConcatenatedRows`). f is per row and per module, so it is applied to each row as it streams past; only the
 weights fold into the query. A top-k is then one streaming pass over the N+1 stores with memory independent of
-the number of rows, or a candidate search on an index of the concatenated rows with exact re-ranking:
-
-    exact   every row scored (`topk.topk_scores`): the exact top-k
-    sketch  a seeded Gaussian sketch of every concatenated row (`sketch.py`) gives candidates, ranked exactly
-    faiss   an inner-product IVF (faiss-cpu, the optional extra `faiss`) over the same Gaussian projection gives
-            candidates, ranked exactly from the stores
+the number of rows, or a candidate search on an index of the concatenated rows with exact re-ranking; which one
+is the search backend's job (`backends/`: exact, sketch, faiss, or one registered with `register_backend`).
+This module keeps what every backend shares: the fold, the concatenated rows, an index's directory, meta.json
+and the checks that it still serves a method, and the entry points (`build_index`, `search_rows`, `folded_topk`).
 
 Every backend returns exact scores; the index backends can miss a row whose approximate score fell below the
 candidate cut. An index holds rows, not query weights: one built for dda serves every beta and debias reading
@@ -39,13 +37,15 @@ import torch
 
 from ..io import read_json, replace_dir, stable_hash, write_json, write_yaml
 from ..models import Checkpoint
+from .backends import BACKENDS as BACKENDS  # re-exported: callers check names against it
+from .backends import IndexSettings, QuerySettings, get_backend, index_backends
+from .backends.faiss_ivf import default_nlist as default_nlist  # re-exported for the benchmarks
 from .base import REGISTRY, FeatureSet, ScoringContext, module_normalized, parse_method
 from .gradient import Term, term_query
-from .sketch import build_sketch, exact_rerank, load_sketch, read_rows, sketch_matrix
-from .topk import release_pages, topk_scores
+from .sketch import read_rows
+from .topk import release_pages
 
 INDEX_FORMAT = 1
-BACKENDS = ("exact", "sketch", "faiss")
 FOLDABLE = ("dda", "grad_dot", "grad_cos", "tracin")
 BLOCK_BYTES = 64 << 20  # float32 bytes of concatenated rows held per streaming block
 
@@ -272,22 +272,6 @@ def index_name(backend: str, plan: FoldPlan, blocks: list[int] | None, sources: 
     return f"{backend}-{stable_hash(key, 12)}"
 
 
-def _faiss():
-    try:
-        import faiss
-    except ImportError as err:
-        raise ImportError(
-            "the faiss backend needs faiss-cpu: pip install 'dda-attribution[faiss]' (or faiss-cpu)"
-        ) from err
-    return faiss
-
-
-def default_nlist(n: int) -> int:
-    """Inverted lists: ~sqrt(n) (a list scan is cheap next to reading candidate rows), at least 39 training
-    points per list (faiss warns below that)."""
-    return int(max(1, min(round(np.sqrt(n)), n // 39)))
-
-
 def build_index(
     rows: ConcatenatedRows,
     out_dir: str | Path,
@@ -302,49 +286,23 @@ def build_index(
     run_config: dict | None = None,
     on_block: Callable[[int], None] | None = None,
 ) -> Path:
-    """Build a `sketch` or `faiss` index of `rows` into `out_dir` (replacing one there), atomically: it is
-    written into a temporary directory, meta.json last, then renamed. One streaming pass over the stores.
-
-    faiss: the rows are projected with the sketch's seeded Gaussian to `sketch_dim` dims (a temporary sketch
-    file), an inner-product IVF with `nlist` lists (default `default_nlist`) is trained on `train_rows` of them
-    (default 64 per list) and every row is added (float16 scalar quantizer); the IVF file is what stays."""
-    if backend not in ("sketch", "faiss"):
-        raise ValueError(f"index backend must be sketch or faiss, not '{backend}'")
-    if sketch_dim < 1:
-        raise ValueError(f"sketch_dim must be positive, not {sketch_dim}")
-    if backend == "faiss":
-        faiss = _faiss()
+    """Build the index of `backend` (sketch, faiss, or any registered backend that needs one) over `rows` into
+    `out_dir` (replacing one there), atomically: the backend writes its files into a temporary directory, then
+    meta.json is written last and the directory renamed. One streaming pass over the stores for the built-ins
+    (what each one builds: `backends/`)."""
+    impl = get_backend(backend)
+    if not impl.needs_index:
+        raise ValueError(f"index backend must be one of {', '.join(index_backends())}, not '{backend}'")
+    settings = IndexSettings(sketch_dim=sketch_dim, seed=seed, nlist=nlist, train_rows=train_rows)
+    impl.validate(settings)
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n, dim = rows.shape
     t0 = time.perf_counter()
-    params: dict[str, Any] = {"sketch_dim": sketch_dim, "seed": seed}
     try:
-        sk_path = tmp / "sketch.npy"
-        proj = build_sketch(
-            rows, sk_path, sketch_dim=sketch_dim, seed=seed, block_rows=rows.block_rows(), on_block=on_block
-        )
-        if backend == "faiss":
-            nl = min(nlist or default_nlist(n), n)
-            nt = min(n, train_rows or 64 * nl)
-            sample = np.sort(np.random.default_rng(seed).choice(n, size=nt, replace=False))
-            quantizer = faiss.IndexFlatIP(sketch_dim)
-            index = faiss.IndexIVFScalarQuantizer(
-                quantizer, sketch_dim, nl, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
-            )
-            index.train(np.ascontiguousarray(proj[sample], dtype=np.float32))
-            step = 1 << 16
-            for start in range(0, n, step):
-                index.add(np.ascontiguousarray(proj[start : start + step], dtype=np.float32))
-            faiss.write_index(index, str(tmp / "ivf.faiss"))
-            del index, quantizer, proj
-            sk_path.unlink()
-            Path(str(sk_path) + ".json").unlink()
-            params.update(nlist=nl, train_rows=nt, quantizer="fp16")
-        else:
-            del proj
+        params = impl.build(rows, tmp, settings, on_block)
         meta = {
             "format": INDEX_FORMAT,
             "backend": backend,
@@ -397,28 +355,13 @@ class SearchIndex:
         return None
 
     def candidates(self, rows: ConcatenatedRows, queries: np.ndarray, n: int, nprobe: int) -> np.ndarray:
-        """(n_queries, n) candidate row numbers (-1 where faiss found fewer)."""
+        """(n_queries, n) candidate row numbers from the index's backend (-1 where it found fewer)."""
         if tuple(rows.shape) != (self.meta["n_rows"], self.meta["dim"]):
             raise ValueError(
                 f"{self.root}: index of {self.meta['n_rows']} x {self.meta['dim']} rows, the stores give "
                 f"{rows.shape[0]} x {rows.shape[1]}; rebuild it"
             )
-        p = self.meta["params"]
-        if self.backend == "sketch":
-            sketch, meta = load_sketch(self.root / "sketch.npy", rows)
-            q_sk = (
-                torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-                @ sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])
-            ).numpy()
-            return topk_scores(sketch, q_sk, n, block_rows=65536, half=True)[1]
-        faiss = _faiss()
-        index = faiss.read_index(str(self.root / "ivf.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        index.nprobe = max(1, min(nprobe, p["nlist"]))
-        q_proj = (
-            torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-            @ sketch_matrix(self.meta["dim"], p["sketch_dim"], p["seed"])
-        ).numpy()
-        return index.search(np.ascontiguousarray(q_proj), min(n, self.meta["n_rows"]))[1]
+        return get_backend(self.backend).candidates(self, rows, queries, n, QuerySettings(n, nprobe))
 
 
 def open_index(root: str | Path) -> SearchIndex:
@@ -427,8 +370,16 @@ def open_index(root: str | Path) -> SearchIndex:
     if not meta_path.exists():
         raise FileNotFoundError(f"{root}: no search index here (build it with `dda build-index`)")
     meta = read_json(meta_path)
-    if meta.get("format") != INDEX_FORMAT or meta.get("backend") not in ("sketch", "faiss"):
+    backend = meta.get("backend")
+    named = isinstance(backend, str)
+    scan = named and backend in BACKENDS and not BACKENDS[backend].needs_index  # exact: never builds an index
+    if meta.get("format") != INDEX_FORMAT or not named or scan:
         raise ValueError(f"{meta_path}: not a dda search index of format {INDEX_FORMAT}")
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"{meta_path}: an index of backend '{backend}', which is not registered here "
+            f"(index backends: {', '.join(index_backends())}); register it before opening its indexes"
+        )
     return SearchIndex(root, meta)
 
 
@@ -460,16 +411,14 @@ def search_rows(
     """Top-k of `queries @ rows.T`: (scores, row numbers), both (n_queries, <= k), scores exact and descending.
 
     exact: one streaming pass (memory: one block of rows plus the running top-k). sketch/faiss: `candidates`
-    rows per query from `index`, re-ranked by their exact scores (rows read with parallel preads)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+    rows per query from `index`, re-ranked by their exact scores (rows read with parallel preads). Any other
+    registered backend: what its `search` does."""
+    impl = get_backend(backend)
     if k < 1:
         raise ValueError(f"k must be positive, not {k}")
-    if backend == "exact":
-        return topk_scores(rows, queries, k, block_rows=rows.block_rows(), on_block=on_block)
-    if index is None or index.backend != backend:
+    if impl.needs_index and (index is None or index.backend != backend):
         raise ValueError(f"backend '{backend}' needs an index of that kind (`dda build-index --backend {backend}`)")
-    return exact_rerank(rows, queries, index.candidates(rows, queries, max(k, candidates), nprobe), k)
+    return impl.search(rows, queries, k, index, QuerySettings(candidates, nprobe), on_block)
 
 
 def folded_topk(
@@ -485,7 +434,7 @@ def folded_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of the method `plan` folds, over the stores of `fs`, without any (n_queries x n_train) array."""
     layout = plan.layout
-    if backend != "exact":
+    if get_backend(backend).needs_index:
         if index is None:
             raise ValueError(f"backend '{backend}' needs an index (`dda build-index --backend {backend}`)")
         d = fs.train[plan.layout[0]].shape[1]
