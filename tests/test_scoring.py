@@ -268,6 +268,16 @@ def test_sketch_tier_finds_standout_rows_and_scores_them_exactly(tmp_path):
     tiny_vals, tiny_idx = sketch_topk(ro, sk, meta, q * 1e-9, k=k, candidates=200)
     np.testing.assert_array_equal(tiny_idx, idx)
     np.testing.assert_allclose(tiny_vals, vals * 1e-9, rtol=1e-4)
+    # The sketch index backend (`dda search --backend sketch` on a built index) scans the same float16 sketch: its
+    # candidates for the tiny query are the unscaled query's.
+    from dda.scoring.backends import QuerySettings, get_backend
+    from dda.scoring.search import SearchIndex
+
+    backend, index = get_backend("sketch"), SearchIndex(tmp_path, {"backend": "sketch"})
+    cand = backend.candidates(index, ro, q, 200, QuerySettings(candidates=200))
+    tiny_cand = backend.candidates(index, ro, q * 1e-9, 200, QuerySettings(candidates=200))
+    assert all(set(planted[i]) <= set(cand[i]) for i in range(4))
+    np.testing.assert_array_equal(tiny_cand, cand)
     # With every row a candidate the tier is the exact scan.
     vals_all, idx_all = sketch_topk(ro[:300], sk[:300], {**meta, "n_rows": 300}, q, k=k, candidates=300)
     np.testing.assert_array_equal(idx_all[0], np.argsort(-full[0][:300])[:k])

@@ -52,4 +52,7 @@ class SketchIndex(SearchBackend):
             torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
             @ sketch_matrix(meta["source_dim"], meta["sketch_dim"], meta["seed"])
         ).numpy()
+        # Unit norm before the float16 scan, as in sketch_topk: candidates depend only on a query's direction, and
+        # an lr-scaled TracIn query would otherwise underflow in float16 and lose them.
+        q_sk /= np.maximum(np.linalg.norm(q_sk, axis=1, keepdims=True), np.finfo(np.float32).tiny)
         return topk_scores(sketch, q_sk, n, block_rows=65536, half=True)[1]
