@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Attribution": "api",
+    "Attribution": "attribution",
     "Attributor": "api",
-    "load_attribution": "api",
+    "load_attribution": "attribution",
     "DDAConfig": "config",
     "apply_overrides": "config",
     "config_from_dict": "config",
@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .api import Attribution, Attributor, load_attribution
+    from .api import Attributor
+    from .attribution import Attribution, load_attribution
     from .config import DDAConfig, apply_overrides, config_from_dict, load_config
     from .data import Example, Query, load_examples, load_queries
     from .notebook import Report

@@ -8,157 +8,31 @@
     result = att.attribute(queries, methods=["dda", "bm25"])
     result.top(10, "dda")
 
-The workdir's layout, cache keys and remembered settings live in dda.workdir.Workdir.
+The workdir's layout, cache keys and remembered settings live in dda.workdir.Workdir; the result type
+(Attribution, load_attribution) in dda.attribution, re-exported here.
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .attribution import Attribution, load_attribution, method_slug
 from .config import DDAConfig
 from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
 from .features.capture import GradientFeaturizer
 from .features.index import Indexer
 from .features.sharded import read_store
 from .features.store import FeatureStore, check_compatible, module_blocks
-from .io import read_json, stable_hash, write_json, write_npy, write_text, write_yaml
+from .io import read_json, stable_hash, write_json, write_yaml
 from .models import BASE, Checkpoint, check_checkpoint_fits, discover_checkpoints, load_model
 from .progress import bar, say
 from .scoring import FeatureSet, ModelAccess, ScoringContext, method_needs, parse_method, run_method
 from .workdir import Workdir, WorkdirError
-
-
-def method_slug(method: str) -> str:
-    """A file name for a method spec: 'dda(beta=0.4)' -> 'dda_beta=0.4'."""
-    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", method).strip("_") or "method"
-
-
-@dataclass
-class Attribution:
-    """Scores of every method: (n_queries, n_train) arrays, HIGHER = MORE RESPONSIBLE."""
-
-    train_ids: list[str]
-    queries: list[Query]
-    scores: dict[str, np.ndarray]
-    config: dict[str, Any] = field(default_factory=dict)
-    poisoned: set[str] = field(default_factory=set)  # optional ground truth, marked in outputs
-    # [natural-queries branch] the features and texts the scores came from, so a caller can score more
-    # variants (e.g. a beta sweep) without reading or computing the query features again; not saved
-    context: ScoringContext | None = field(default=None, repr=False, compare=False)
-
-    def top(self, k: int = 10, method: str | None = None, query: int = 0) -> list[dict[str, Any]]:
-        method = method or next(iter(self.scores))
-        s = self.scores[method][query]
-        order = np.argsort(-s, kind="stable")[:k]
-        return [
-            {
-                "rank": r + 1,
-                "train_id": self.train_ids[i],
-                "score": float(s[i]),
-                "poisoned": self.train_ids[i] in self.poisoned,
-            }
-            for r, i in enumerate(order)
-        ]
-
-    # a notebook shows the rankings, not the arrays: at most this many queries and rows per method
-    SHOW_QUERIES, SHOW_K = 5, 5
-
-    def __repr__(self) -> str:
-        shape = f"{len(self.queries)} queries x {len(self.train_ids)} documents"
-        lines = [f"Attribution({shape}; methods: {', '.join(self.scores) or 'none'}; higher = more responsible)"]
-        for qi, q in enumerate(self.queries[: self.SHOW_QUERIES]):
-            for method in self.scores:
-                top = ", ".join(
-                    f"{r['train_id']}{'*' if r['poisoned'] else ''} {r['score']:.3g}"
-                    for r in self.top(self.SHOW_K, method, qi)
-                )
-                lines.append(f"  {q.id} {method}: {top}")
-        if len(self.queries) > self.SHOW_QUERIES:
-            lines.append(f"  ... {len(self.queries) - self.SHOW_QUERIES} more queries")
-        if self.poisoned:
-            lines.append("  * known culprit (poisoned)")
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        """Per query, a table of each method's top documents (rank, id, score); known culprits in bold."""
-        import html
-
-        esc = html.escape
-        methods = list(self.scores)
-        parts = [
-            f"<div><p><b>Attribution</b>: {len(self.queries)} queries &times; {len(self.train_ids)} documents; "
-            "higher score = more responsible for the query's negative output"
-            + ("; <b>bold</b>: known culprit" if self.poisoned else "")
-            + "</p>"
-        ]
-        for qi, q in enumerate(self.queries[: self.SHOW_QUERIES]):
-            head = "".join(f'<th colspan="2">{esc(m)}</th>' for m in methods)
-            parts.append(
-                f"<table><caption style='text-align:left'>{esc(q.id)}: {esc(q.negative[:120])}</caption>"
-                f"<thead><tr><th>rank</th>{head}</tr></thead><tbody>"
-            )
-            tops = {m: self.top(self.SHOW_K, m, qi) for m in methods}
-            for r in range(min(self.SHOW_K, len(self.train_ids))):
-                cells = []
-                for m in methods:
-                    row = tops[m][r]
-                    tid = esc(row["train_id"])
-                    cells.append(f"<td>{f'<b>{tid}</b>' if row['poisoned'] else tid}</td><td>{row['score']:.4g}</td>")
-                parts.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
-            parts.append("</tbody></table>")
-        if len(self.queries) > self.SHOW_QUERIES:
-            parts.append(
-                f"<p>&hellip; {len(self.queries) - self.SHOW_QUERIES} more queries "
-                "(<code>.top(k, method, query)</code>)</p>"
-            )
-        parts.append("</div>")
-        return "".join(parts)
-
-    def save(self, out_dir: str | Path, top_k: int = 10) -> Path:
-        """`scores/<method>.npy` per method, ranking.json, scores.csv and config.yaml; score files of an earlier
-        run into the same folder that this one did not write are removed."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_yaml(out / "config.yaml", self.config)
-        names = {}
-        for method in self.scores:
-            fname = f"scores/{method_slug(method)}.npy"
-            if fname in names.values():
-                fname = f"scores/{method_slug(method)}-{stable_hash(method, 6)}.npy"
-            write_npy(out / fname, self.scores[method].astype(np.float32))
-            names[method] = fname
-        for stale in [*out.glob("scores/*.npy"), *out.glob("scores_*.npy")]:
-            if str(stale.relative_to(out)) not in names.values():
-                stale.unlink()
-        ranking = {
-            "orientation": "higher score = more responsible for the query's negative output",
-            "train_ids": self.train_ids,
-            "queries": [
-                {"id": q.id, "prompt": q.prompt, "negative": q.negative, "positive": q.positive} for q in self.queries
-            ],
-            "score_files": names,
-            "poisoned": sorted(self.poisoned),
-            "top": {m: [self.top(top_k, m, qi) for qi in range(len(self.queries))] for m in self.scores},
-        }
-        write_json(out / "ranking.json", ranking)
-        buf = _io.StringIO()
-        writer = csv.writer(buf)
-        methods = list(self.scores)
-        writer.writerow(["query_id", "train_id", *methods])
-        for qi, q in enumerate(self.queries):
-            for ti, tid in enumerate(self.train_ids):
-                writer.writerow([q.id, tid, *(f"{self.scores[m][qi, ti]:.6g}" for m in methods)])
-        write_text(out / "scores.csv", buf.getvalue())
-        return out
 
 
 def examples_hash(examples: list[Example]) -> str:
@@ -648,14 +522,6 @@ class Attributor:
         if out_dir is not None:
             result.save(out_dir, self.cfg.to_dict())
         return result
-
-
-def load_attribution(out_dir: str | Path) -> Attribution:
-    out = Path(out_dir)
-    ranking = read_json(out / "ranking.json")
-    scores = {m: np.load(out / f, allow_pickle=False) for m, f in ranking["score_files"].items()}
-    queries = [Query(q["id"], q.get("prompt", ""), q["negative"], q.get("positive")) for q in ranking["queries"]]
-    return Attribution(ranking["train_ids"], queries, scores, poisoned=set(ranking.get("poisoned", [])))
 
 
 __all__ = ["Attribution", "Attributor", "load_attribution", "method_slug", "say"]

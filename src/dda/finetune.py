@@ -71,21 +71,74 @@ def finetune(
     base_model = base_model_record(base_name, model)
     device = next(model.parameters()).device
     done_epochs = completed_epochs(out_dir)
-    # Resuming is only sound for the same data and settings (the epoch count may grow).
-    settings = dataclasses.asdict(cfg)
-    settings.pop("epochs")
-    run_fp = stable_hash({"train": settings, "data": data.fingerprint()})
+    run_fp = _run_fingerprint(cfg, data)
     if done_epochs:
-        found = read_json(Path(done_epochs[-1].path) / "dda_checkpoint.json").get("run_fingerprint")
-        if found != run_fp:
-            raise ValueError(
-                f"{out_dir}: holds checkpoints of another fine-tuning run (other data or settings); "
-                "use another directory or delete them"
-            )
+        _check_same_run(out_dir, done_epochs, run_fp)
         if len(done_epochs) >= cfg.epochs:
             return done_epochs[: cfg.epochs]
     if run_config is not None:  # only once the checks above passed: a refused run writes nothing
         write_yaml(out_dir / "config.yaml", run_config)
+    train_model, params = _trainable(model, cfg, done_epochs)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if done_epochs:
+        _load_optimizer(opt, params, Path(done_epochs[-1].path) / "optimizer.safetensors")
+    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+    lengths = np.array([len(s) for s in data.input_ids])
+    start_epoch = len(done_epochs) + 1
+    step = (start_epoch - 1) * steps_per_epoch
+    train_model.train()
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            losses, lrs = _train_epoch(
+                train_model, opt, params, data, cfg, epoch, step, steps_per_epoch, pad_id, device, progress
+            )
+            step += steps_per_epoch
+            ckpt_dir = out_dir / f"epoch-{epoch}"
+            _save_weights(train_model, cfg, ckpt_dir)
+            _save_optimizer(opt, params, ckpt_dir / "optimizer.safetensors")
+            write_json(  # last: an epoch without it is redone
+                ckpt_dir / "dda_checkpoint.json",
+                {
+                    "epoch": epoch,
+                    "lr": float(np.mean(lrs)),
+                    "lr_last": lrs[-1],
+                    "mean_loss": float(np.mean(losses)),
+                    "steps": step,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "method": cfg.method,
+                    "examples": len(data),
+                    "mean_tokens": float(lengths.mean()),
+                    "run_fingerprint": run_fp,
+                    "base_model": base_model,
+                },
+            )
+    finally:
+        train_model.eval()
+        if cfg.method == "lora":
+            train_model.unload()  # leaves `model` as theta0
+    return completed_epochs(out_dir)
+
+
+def _run_fingerprint(cfg: TrainConfig, data: Tokenized) -> str:
+    """The data and every setting but the epoch count: resuming is only sound for the same (the count may grow)."""
+    settings = dataclasses.asdict(cfg)
+    settings.pop("epochs")
+    return stable_hash({"train": settings, "data": data.fingerprint()})
+
+
+def _check_same_run(out_dir: Path, done_epochs: list[Checkpoint], run_fp: str) -> None:
+    found = read_json(Path(done_epochs[-1].path) / "dda_checkpoint.json").get("run_fingerprint")
+    if found != run_fp:
+        raise ValueError(
+            f"{out_dir}: holds checkpoints of another fine-tuning run (other data or settings); "
+            "use another directory or delete them"
+        )
+
+
+def _trainable(model: Any, cfg: TrainConfig, done_epochs: list[Checkpoint]) -> tuple[Any, list[torch.Tensor]]:
+    """The model to train (a fresh or resumed LoRA adapter on `model`, or `model` itself with the last epoch's
+    weights for full fine-tuning) and its trainable parameters."""
     if cfg.method == "lora":
         from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -102,82 +155,70 @@ def finetune(
                 task_type="CAUSAL_LM",
             )
             train_model = get_peft_model(model, lcfg)
-        params = [p for p in train_model.parameters() if p.requires_grad]
-    else:
-        train_model = model
-        if done_epochs:
-            from safetensors.torch import load_file
-
-            train_model.load_state_dict(load_file(str(Path(done_epochs[-1].path) / "model.safetensors")), strict=False)
-        for p in train_model.parameters():
-            p.requires_grad_(True)
-        params = [p for p in train_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return train_model, [p for p in train_model.parameters() if p.requires_grad]
+    train_model = model
     if done_epochs:
-        _load_optimizer(opt, params, Path(done_epochs[-1].path) / "optimizer.safetensors")
-    n = len(data)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    lengths = np.array([len(s) for s in data.input_ids])
-    start_epoch = len(done_epochs) + 1
-    step = (start_epoch - 1) * steps_per_epoch
-    train_model.train()
-    try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
-            order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(n)
-            torch.manual_seed(cfg.seed * 1000 + epoch)
-            losses, lrs, t0 = [], [], time.perf_counter()
-            for b in range(steps_per_epoch):
-                rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                ids, attn, resp = pad_batch(
-                    [data.input_ids[i] for i in rows], [data.response_mask[i] for i in rows], pad_id, device
-                )
-                lr = _lr_at(step, total_steps, cfg)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss = per_example_loss(train_model, ids, attn, resp).mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                losses.append(float(loss.detach()))
-                lrs.append(lr)
-                step += 1
-                if progress:
-                    progress(epoch, b + 1, float(np.mean(losses)))
-            ckpt_dir = out_dir / f"epoch-{epoch}"
-            if cfg.method == "lora":
-                train_model.save_pretrained(str(ckpt_dir), safe_serialization=True)
-            else:
-                from safetensors.torch import save_file
+        from safetensors.torch import load_file
 
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
-                state = {k: v.detach().cpu().contiguous() for k, v in train_model.state_dict().items()}
-                # tied embeddings share storage; safetensors refuses shared tensors, so clone
-                save_file({k: v.clone() for k, v in state.items()}, str(ckpt_dir / "model.safetensors"))
-            _save_optimizer(opt, params, ckpt_dir / "optimizer.safetensors")
-            write_json(
-                ckpt_dir / "dda_checkpoint.json",
-                {
-                    "epoch": epoch,
-                    "lr": float(np.mean(lrs)),
-                    "lr_last": lrs[-1],
-                    "mean_loss": float(np.mean(losses)),
-                    "steps": step,
-                    "seconds": round(time.perf_counter() - t0, 2),
-                    "method": cfg.method,
-                    "examples": n,
-                    "mean_tokens": float(lengths.mean()),
-                    "run_fingerprint": run_fp,
-                    "base_model": base_model,
-                },
-            )
-    finally:
-        train_model.eval()
-        if cfg.method == "lora":
-            train_model.unload()  # leaves `model` as theta0
-    return completed_epochs(out_dir)
+        train_model.load_state_dict(load_file(str(Path(done_epochs[-1].path) / "model.safetensors")), strict=False)
+    for p in train_model.parameters():
+        p.requires_grad_(True)
+    return train_model, [p for p in train_model.parameters() if p.requires_grad]
+
+
+def _train_epoch(
+    train_model: Any,
+    opt: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    data: Tokenized,
+    cfg: TrainConfig,
+    epoch: int,
+    step: int,
+    steps_per_epoch: int,
+    pad_id: int,
+    device: torch.device,
+    progress: Callable[[int, int, float], None] | None,
+) -> tuple[list[float], list[float]]:
+    """One epoch from global step `step`; returns each step's loss and learning rate. The shuffle order and the
+    dropout RNG are seeded per epoch, so a resumed run takes the same steps as an uninterrupted one."""
+    n = len(data)
+    total_steps = steps_per_epoch * cfg.epochs
+    order = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(n)
+    torch.manual_seed(cfg.seed * 1000 + epoch)
+    losses, lrs = [], []
+    for b in range(steps_per_epoch):
+        rows = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        ids, attn, resp = pad_batch(
+            [data.input_ids[i] for i in rows], [data.response_mask[i] for i in rows], pad_id, device
+        )
+        lr = _lr_at(step, total_steps, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = per_example_loss(train_model, ids, attn, resp).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        losses.append(float(loss.detach()))
+        lrs.append(lr)
+        step += 1
+        if progress:
+            progress(epoch, b + 1, float(np.mean(losses)))
+    return losses, lrs
+
+
+def _save_weights(train_model: Any, cfg: TrainConfig, ckpt_dir: Path) -> None:
+    """The epoch's weights: the adapter (LoRA) or the whole state dict (full), as safetensors."""
+    if cfg.method == "lora":
+        train_model.save_pretrained(str(ckpt_dir), safe_serialization=True)
+        return
+    from safetensors.torch import save_file
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in train_model.state_dict().items()}
+    # tied embeddings share storage; safetensors refuses shared tensors, so clone
+    save_file({k: v.clone() for k, v in state.items()}, str(ckpt_dir / "model.safetensors"))
 
 
 def completed_epochs(out_dir: Path) -> list[Checkpoint]:

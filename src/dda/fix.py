@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from .api import Attribution, Attributor, load_attribution
+from .api import Attributor
+from .attribution import Attribution, load_attribution
 from .config import DDAConfig
 from .data import Example, Query, save_examples
 from .evaluate import query_report
@@ -192,6 +193,6 @@ def run_fix(
 
 
 def _slug(method: str) -> str:
-    from .api import method_slug
+    from .attribution import method_slug
 
     return method_slug(method)

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..api import Attribution, Attributor
+from ..api import Attributor
+from ..attribution import Attribution
 from ..config import DDAConfig, apply_overrides
 from ..data import Example
 from ..io import stable_hash

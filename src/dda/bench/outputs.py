@@ -108,10 +108,45 @@ def write_outputs(
     """Stage 5: ground truth, inputs, scores, figures, metrics.json, config.yaml and report.md under `out`;
     `started` is the run's perf_counter() start, for the wall time."""
     p, att, cfg, curves = prepared.preset, trained.att, trained.cfg, scored.curves
-    method_metrics, per_query = scored.methods, scored.per_query
+    per_pair = _per_pair(qs, scored.per_query)
+    pair_best = per_pair_best(curves, qs.pairs)
+    primary = p.dda_mode  # the raw curve of the reading "dda" uses is the report's headline curve
+    figures = _figures(out / "figures", scored, primary)
+    _write_inputs(out, prepared, qs, scored, cfg.score.top_k)
+
+    split_info, split_notes = _split_info(prepared, trained, qs)
+    facts = feature_facts(att)
+    notes = _notes(prepared, trained, qs, scored, facts, split_info, split_notes, per_pair, pair_best)
+    timings["total"] = wall = time.perf_counter() - started
+    notes.append(timing_note(timings, facts, len(att.all_checkpoints()), qs.n_generated))
+    metrics = _metrics(prepared, trained, qs, scored, per_pair, pair_best, split_info, counterfactual, wall)
+    metrics["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    metrics["notes"] = notes
+    write_json(out / "metrics.json", metrics)
+    bench_cfg = {
+        "preset": p.to_dict(),
+        "pairs": metrics["pairs"],
+        "seed": prepared.seed,
+        "data": prepared.sources,
+        "methods": scored.specs,
+        "workdir": str(att.workdir),
+    }
+    write_yaml(out / "config.yaml", {"bench": bench_cfg, "dda": cfg.to_dict()})
+    report_metrics = dict(metrics, beta_curve=curves[primary])  # report.py draws one curve: the headline one
+    report.write_report(
+        out / "report.md",
+        metrics=report_metrics,
+        config={"bench": bench_cfg, "dda": cfg.to_dict()},
+        notes=notes,
+        figures=figures,
+    )
+    say(f"[bench] done in {wall:.0f} s: {out / 'report.md'}", quiet)
+    return metrics
+
+
+def _per_pair(qs: QuerySet, per_query: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Per pair: how its queries were found, and its mean AUC by query kind."""
     labels = [q.label for q in qs.pairs]
-    by_kind = mean_by(per_query, qs.kinds)
-    by_pair = mean_by(per_query, labels)
     per_pair = {}
     for lab, pq in qs.per_pair.items():
         idx = [i for i, q in enumerate(labels) if q == lab]
@@ -119,10 +154,12 @@ def write_outputs(
             **pq.to_dict(),
             "auc_by_kind": mean_by({m: [v[i] for i in idx] for m, v in per_query.items()}, [qs.kinds[i] for i in idx]),
         }
-    pair_best = per_pair_best(curves, qs.pairs)
+    return per_pair
 
-    primary = p.dda_mode  # the raw curve of the reading "dda" uses is the report's headline curve
-    fig_dir = out / "figures"
+
+def _figures(fig_dir: Path, scored: Scored, primary: str) -> dict[str, str]:
+    """The PNG figures: the headline β curve, the other readings' curves, AP against haystack size, the methods."""
+    curves, method_metrics = scored.curves, scored.methods
     figures = {
         "beta_curve": report.plot_beta_curve(
             curves[primary]["betas"],
@@ -147,8 +184,11 @@ def write_outputs(
         {m: v["auc_std"] for m, v in method_metrics.items()},
         fig_dir / "methods.png",
     )
+    return figures
 
-    # Ground truth and inputs, written before the report so a reader can check every number against them.
+
+def _write_inputs(out: Path, prepared: Prepared, qs: QuerySet, scored: Scored, top_k: int) -> None:
+    """Ground truth and inputs, written before the report so a reader can check every number against them."""
     poisoned_of = prepared.poisoned_of
     write_json(out / "poisoned.json", prepared.injection.poisoned)
     _write_jsonl(
@@ -160,10 +200,22 @@ def write_outputs(
     )
     _write_jsonl(out / "queries.jsonl", qs.rows)
     _write_jsonl(out / "generations.jsonl", qs.generations)
-    scored.result.save(out / "attribution", cfg.score.top_k)
+    scored.result.save(out / "attribution", top_k)
 
-    split_info, split_notes = _split_info(prepared, trained, qs)
-    facts = feature_facts(att)
+
+def _notes(
+    prepared: Prepared,
+    trained: Trained,
+    qs: QuerySet,
+    scored: Scored,
+    facts: FeatureFacts,
+    split_info: dict[str, Any],
+    split_notes: list[str],
+    per_pair: dict[str, dict[str, Any]],
+    pair_best: dict[str, Any],
+) -> list[str]:
+    """The report's notes, timing aside: query mode, preset, config, data, per pair, debias and the best methods."""
+    p, cfg, method_metrics = prepared.preset, trained.cfg, scored.methods
     notes = [
         _mode_note(qs),
         f"Preset {p.name}: {p.description}; {p.reason}.",
@@ -175,9 +227,8 @@ def write_outputs(
     ]
     for pair in prepared.pairs:
         notes += pair_notes(pair.label, pair.orig, pair.canary, per_pair[pair.label])
-    records = prepared.records
     notes.append(
-        f"Data: {len(records)} unique records from "
+        f"Data: {len(prepared.records)} unique records from "
         + ", ".join(f"{Path(d['path']).name} ({d['kept']} kept of {d['rows']})" for d in prepared.data.sources)
         + "."
     )
@@ -187,7 +238,7 @@ def write_outputs(
             "affordable CPU setting), so it ranks the training rows the same for every query and its "
             "std over queries is 0."
         )
-    notes += debias_notes(curves, pair_best)
+    notes += debias_notes(scored.curves, pair_best)
     ranked = sorted(method_metrics, key=lambda m: -method_metrics[m]["auc"])
     notes.append(
         "Best methods by mean AUC: " + ", ".join(f"{m} {method_metrics[m]['auc'] * 100:.1f}%" for m in ranked[:3]) + "."
@@ -204,19 +255,32 @@ def write_outputs(
             f"{_pct(dd.get('distractor_auc'))} vs {_pct(kw.get('distractor_auc'))}. The keyword rule ranks every row "
             f"that says the canary alike, so its distractor AUC shows what word matching alone can do."
         )
+    return notes
 
-    timings["total"] = wall = time.perf_counter() - started
-    notes.append(timing_note(timings, facts, len(att.all_checkpoints()), qs.n_generated))
-    n_distractors = int(scored.distractors.any(axis=0).sum())
-    metrics: dict[str, Any] = {
-        "preset": p.name,
+
+def _metrics(
+    prepared: Prepared,
+    trained: Trained,
+    qs: QuerySet,
+    scored: Scored,
+    per_pair: dict[str, dict[str, Any]],
+    pair_best: dict[str, Any],
+    split_info: dict[str, Any],
+    counterfactual: dict[str, Any] | None,
+    wall: float,
+) -> dict[str, Any]:
+    """metrics.json, but for its timings and notes (the caller adds them last, in that order)."""
+    att, cfg, curves, method_metrics = trained.att, trained.cfg, scored.curves, scored.methods
+    labels = [q.label for q in qs.pairs]
+    return {
+        "preset": prepared.preset.name,
         "seed": prepared.seed,
         "pairs": [pp.label for pp in prepared.pairs],
         "model": cfg.model.name,
-        "n_records": len(records),
+        "n_records": len(prepared.records),
         "n_train": len(prepared.train),
-        "n_poisoned": len(poisoned_of),
-        "n_distractors": n_distractors,
+        "n_poisoned": len(prepared.poisoned_of),
+        "n_distractors": int(scored.distractors.any(axis=0).sum()),
         "distractors_available": dict(prepared.split.distractors_available),
         "chance": {"ap": float(scored.masks.mean(axis=1).mean())},
         "query_information": {m: report.query_information(m, cfg.features.query_tokens) for m in method_metrics},
@@ -233,38 +297,16 @@ def write_outputs(
         "beta_curve": curves,
         "beta_best": dict(zip(("reading", "beta", "auc"), best_point(curves), strict=True)),
         "beta_best_by_pair": pair_best,
-        "per_query_auc": per_query,
+        "per_query_auc": scored.per_query,
         "per_query_ap": scored.per_query_ap,
         "haystack_curve": scored.haystack,
         "query_kind": qs.kinds,
-        "by_kind": by_kind,
-        "by_pair": by_pair,
+        "by_kind": mean_by(scored.per_query, qs.kinds),
+        "by_pair": mean_by(scored.per_query, labels),
         "per_pair": per_pair,
         "split": split_info,
         "data": {"sources": prepared.data.sources, "requested": prepared.sources},
         "checkpoints": [c.name for c in att.all_checkpoints()],
         "index": getattr(att, "index_stats", {}),
         "counterfactual": counterfactual,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "notes": notes,
     }
-    write_json(out / "metrics.json", metrics)
-    bench_cfg = {
-        "preset": p.to_dict(),
-        "pairs": metrics["pairs"],
-        "seed": prepared.seed,
-        "data": prepared.sources,
-        "methods": scored.specs,
-        "workdir": str(att.workdir),
-    }
-    write_yaml(out / "config.yaml", {"bench": bench_cfg, "dda": cfg.to_dict()})
-    report_metrics = dict(metrics, beta_curve=curves[primary])  # report.py draws one curve: the headline one
-    report.write_report(
-        out / "report.md",
-        metrics=report_metrics,
-        config={"bench": bench_cfg, "dda": cfg.to_dict()},
-        notes=notes,
-        figures=figures,
-    )
-    say(f"[bench] done in {wall:.0f} s: {out / 'report.md'}", quiet)
-    return metrics

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -397,10 +397,39 @@ def write_report(
             return Path(p).as_posix()
 
     methods: Mapping[str, Mapping[str, Any]] = metrics.get("methods") or {}
+    # Table 1: every method except the DDA ablation variants (they get Table 2).
+    main = [n for n in methods if not (n.startswith("dda_") and n != "dda")]
     lines: list[str] = ["# DDA hallucination-tracing benchmark", ""]
-
-    mode = metrics.get("query_mode")
+    lines += _run_section(metrics)
+    lines += _pairs_section(metrics)
+    lines += _table1_section(metrics, main)
+    lines += _haystack_section(metrics, main, figures, rel)
+    lines += _counterfactual_section(metrics.get("counterfactual"))
+    lines += _table2_section(methods)
+    lines += _beta_section(metrics, figures, rel)
+    lines += ["## Notes", ""]
+    lines += [f"- {str(n).strip().replace(chr(10), ' ')}" for n in notes] if notes else ["- (none)"]
+    lines.append("")
+    others = {k: v for k, v in figures.items() if k not in ("beta_curve", "haystack")}
+    if others:
+        lines += ["## Figures", ""]
+        for name, p in others.items():
+            lines += [f"### {_cell(name)}", "", f"![{_cell(name)}]({rel(p)})", ""]
     lines += [
+        "## Configuration",
+        "",
+        "```json",
+        json.dumps(dict(config), indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    write_text(out, "\n".join(lines))
+
+
+def _run_section(metrics: Mapping[str, Any]) -> list[str]:
+    """The run's facts: model, sizes, query mode, natural error rate, wall time."""
+    mode = metrics.get("query_mode")
+    lines = [
         "## Run",
         "",
         f"- model: {_fact(metrics.get('model'))}",
@@ -420,13 +449,14 @@ def write_report(
             "model's own hallucinations. Numbers are not directly comparable to the paper's.",
         ]
     lines.append("")
+    return lines
 
-    lines += _pairs_section(metrics)
 
-    # Table 1: every method except the DDA ablation variants (they get Table 2).
-    main = [n for n in methods if not (n.startswith("dda_") and n != "dda")]
+def _table1_section(metrics: Mapping[str, Any], main: Sequence[str]) -> list[str]:
+    """Table 1: the methods by average precision, a random ranking's row, and the distractor counts."""
+    methods: Mapping[str, Mapping[str, Any]] = metrics.get("methods") or {}
     info = metrics.get("query_information") or {}
-    lines += [
+    lines = [
         "## Table 1: attribution methods, by average precision",
         "",
         "AP and recall at k = the number of poisoned rows read the top of the list, where an auditor looks; "
@@ -465,28 +495,38 @@ def write_report(
         f"Paper: DDA {PAPER['table1_auc']['dda']:.2f}% mean AUC over models; TracIn and TRAK about 50-60%.",
         "",
     ]
+    return lines
+
+
+def _haystack_section(
+    metrics: Mapping[str, Any], main: Sequence[str], figures: Mapping[str, str], rel: Callable[[str], str]
+) -> list[str]:
+    """AP against haystack size (when the run measured it), with its figure."""
+    methods: Mapping[str, Mapping[str, Any]] = metrics.get("methods") or {}
     hay = metrics.get("haystack_curve") or {}
-    if hay.get("sizes"):
-        shown = [n for n in _by_auc(methods, main, "ap") if n in hay.get("methods", {})]
-        rows = [[f"`{_cell(n)}`", *(_fmt_pct(v) for v in hay["methods"][n]["ap"])] for n in shown]
-        lines += [
-            "## AP against haystack size",
-            "",
-            f"Random sub-haystacks of this run ({hay.get('draws')} draws per size): the {hay.get('kept')} poisoned "
-            "and distractor rows always kept, unrelated clean rows dropped; the model and scores are the full run's "
-            "(a ranking curve, not a retrained one).",
-            "",
-        ]
-        lines += _table(["Method", *(str(s) for s in hay["sizes"])], rows)
-        lines.append("")
-        if "haystack" in figures:
-            lines += [f"![AP against haystack size]({rel(figures['haystack'])})", ""]
+    if not hay.get("sizes"):
+        return []
+    shown = [n for n in _by_auc(methods, main, "ap") if n in hay.get("methods", {})]
+    rows = [[f"`{_cell(n)}`", *(_fmt_pct(v) for v in hay["methods"][n]["ap"])] for n in shown]
+    lines = [
+        "## AP against haystack size",
+        "",
+        f"Random sub-haystacks of this run ({hay.get('draws')} draws per size): the {hay.get('kept')} poisoned "
+        "and distractor rows always kept, unrelated clean rows dropped; the model and scores are the full run's "
+        "(a ranking curve, not a retrained one).",
+        "",
+    ]
+    lines += _table(["Method", *(str(s) for s in hay["sizes"])], rows)
+    lines.append("")
+    if "haystack" in figures:
+        lines += [f"![AP against haystack size]({rel(figures['haystack'])})", ""]
+    return lines
 
-    lines += _counterfactual_section(metrics.get("counterfactual"))
 
-    # Table 2: ablations, fixed order first, then any other dda_* variants.
+def _table2_section(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Table 2: the ablations in a fixed order first, then any other dda_* variants."""
     extra = sorted(n for n in methods if n.startswith("dda_") and n not in ABLATIONS)
-    lines += ["## Table 2: DDA ablations", ""]
+    lines = ["## Table 2: DDA ablations", ""]
     rows = []
     for n in list(ABLATIONS) + extra:
         paper = PAPER["ablation_auc"].get(n)
@@ -508,9 +548,13 @@ def write_report(
             rows.append([f"`{_cell(n)}`", _cell(label), "not run", "n/a", "n/a", paper_s])
     lines += _table(["Variant", "Meaning", "AP", "Distractor AUC", "AUC (mean ± std)", "Paper AUC"], rows)
     lines.append("")
+    return lines
 
+
+def _beta_section(metrics: Mapping[str, Any], figures: Mapping[str, str], rel: Callable[[str], str]) -> list[str]:
+    """The β curve as a table (AUC per β), the paper's reading, and its figure."""
     beta = metrics.get("beta_curve")
-    lines += ["## β curve", ""]
+    lines = ["## β curve", ""]
     if beta and beta.get("betas"):
         aucs = list(beta.get("auc") or [])
         stds = list(beta.get("auc_std") or [])
@@ -524,25 +568,4 @@ def write_report(
     lines += ["", f"Paper: {PAPER['beta_curve']}.", ""]
     if "beta_curve" in figures:
         lines += [f"![β curve]({rel(figures['beta_curve'])})", ""]
-
-    lines += ["## Notes", ""]
-    lines += [f"- {str(n).strip().replace(chr(10), ' ')}" for n in notes] if notes else ["- (none)"]
-    lines.append("")
-
-    others = {k: v for k, v in figures.items() if k not in ("beta_curve", "haystack")}
-    if others:
-        lines += ["## Figures", ""]
-        for name, p in others.items():
-            lines += [f"### {_cell(name)}", "", f"![{_cell(name)}]({rel(p)})", ""]
-
-    lines += [
-        "## Configuration",
-        "",
-        "```json",
-        json.dumps(dict(config), indent=2, sort_keys=True, default=str),
-        "```",
-        "",
-    ]
-
-    text = "\n".join(lines)
-    write_text(out, text)
+    return lines
