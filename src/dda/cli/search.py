@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ..progress import console, results
+from ..scoring.backends import index_backends
 from .common import ConfigOpt, ModelOpt, QuietOpt, SetOpt, WorkdirOpt, build_config, clean_errors
 
 
@@ -30,7 +31,9 @@ SketchDimOpt = Annotated[int | None, typer.Option(help=_search_help("sketch_dim"
 
 def build_index_command(
     workdir: WorkdirOpt,
-    backend: Annotated[str, typer.Option(help="sketch or faiss.")] = "sketch",
+    backend: Annotated[
+        str, typer.Option(help=f"{' or '.join(index_backends())} (the registered index backends).")
+    ] = "sketch",
     method: MethodOpt = "dda",
     sketch_dim: SketchDimOpt = None,
     nlist: Annotated[int | None, typer.Option(help=_search_help("nlist"))] = None,
