@@ -163,3 +163,24 @@ def test_layer_selection():
     assert all(".layers.1." in n for n in select_modules(model, ["q_proj"], "last:1/2"))
     with pytest.raises(ValueError, match="fraction like 1/3"):
         _parse_layers("last:x/3", list(range(4)))
+
+
+def test_a_registered_projection_is_selected_by_the_config():
+    """register_projection's promise: `features.projection=<kind>` selects the new kind through the config."""
+    from dda.config import ConfigError, DDAConfig, apply_overrides
+    from dda.features.projection import PROJECTIONS, IdentityProjector, projector_from_config, register_projection
+
+    with pytest.raises(ConfigError, match="got 'scaled-identity'"):
+        apply_overrides(DDAConfig(), {"features.projection": "scaled-identity"}, "--set")
+
+    @register_projection
+    class ScaledIdentity(IdentityProjector):
+        kind = "scaled-identity"
+
+    try:
+        cfg = apply_overrides(DDAConfig(), {"features.projection": "scaled-identity"}, "--set")
+        assert isinstance(projector_from_config(cfg.features), ScaledIdentity)
+    finally:
+        PROJECTIONS.pop("scaled-identity")
+    with pytest.raises(ConfigError, match="got 'scaled-identity'"):
+        apply_overrides(DDAConfig(), {"features.projection": "scaled-identity"}, "--set")

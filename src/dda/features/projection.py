@@ -28,7 +28,7 @@ import hashlib
 
 import torch
 
-from ..config import FeatureConfig
+from ..config import FeatureConfig, register_choices
 
 ACCUMULATE = torch.float32  # dtype of every projection matrix, product and sum over tokens
 
@@ -56,6 +56,10 @@ def register_projection(cls: type[Projector]) -> type[Projector]:
     """A new projection is one class with this decorator: `features.projection=<its kind>` then selects it."""
     PROJECTIONS[cls.kind] = cls
     return cls
+
+
+# `--set features.projection=KIND` accepts a registered kind, not only the Literal's built-ins
+register_choices("features.projection", lambda: PROJECTIONS)
 
 
 class Projector:
