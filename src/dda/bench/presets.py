@@ -235,15 +235,16 @@ CPU_HAYSTACK = BenchPreset(
     ),
     reason=(
         "a word-matching rule ranks every row that says the canary alike, so only a haystack with distractors can "
-        "tell attribution from matching; to fit 75 minutes per pair it cuts prompts to 96 tokens, summaries to 40, "
-        "trains 2 epochs and sketches each module 64x64 -> 256 (library default); feature and scoring settings are "
-        "cpu-small's, none chosen on this preset"
+        "tell attribution from matching; to fit 75 minutes per pair with room on a 2-core AVX2 host it cuts prompts "
+        "to 64 tokens (96 took ~72 idle minutes there: a fine-tuning step on 8 rows 7.4 s at 96 tokens, 5.1 s at 64), "
+        "summaries to 40, trains 2 epochs and sketches each module 64x64 -> 256 (library default); feature and "
+        "scoring settings are cpu-small's, none chosen on this preset"
     ),
     # cpu-small's settings, cut to fit the larger haystack: shorter prompts and summaries, 2 epochs, batch 8, and
     # the two-stage 64x64 -> 256 sketch (the library default) instead of the unsketched 64x64
     overrides={
         **CPU_SMALL.overrides,
-        "data.max_prompt_tokens": 96,
+        "data.max_prompt_tokens": 64,
         "data.max_response_tokens": 40,
         "train.epochs": 2,
         "train.batch_size": 8,
@@ -259,7 +260,7 @@ CPU_HAYSTACK = BenchPreset(
     gen_max_seconds=150.0,
     gen_batch_size=16,
     max_new_tokens=40,
-    expected_minutes=60.0,
+    expected_minutes=55.0,
 )
 
 GPU_PAPER = BenchPreset(
