@@ -58,9 +58,11 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
-# dda's feature defaults (dda.config.FeatureConfig; tests/test_gpu_check.py keeps the two equal). Not imported:
-# dda.config needs yaml, which the GPU machine may lack.
-MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from dda.families import DECODER_PROJECTIONS  # noqa: E402 (after the path; names only, no yaml or torch)
+
+# dda's feature defaults (dda.config.FeatureConfig; tests/test_gpu_check.py keeps the two equal). dda.config is
+# not imported: it needs yaml, which the GPU machine may lack.
+MODULES = list(DECODER_PROJECTIONS)
 LAYERS = "last:1/3"
 PROJ_K = 64
 MODULE_DIM = 256

@@ -524,4 +524,4 @@ class Attributor:
         return result
 
 
-__all__ = ["Attribution", "Attributor", "load_attribution", "method_slug", "say"]
+__all__ = ["Attribution", "Attributor", "load_attribution", "method_slug"]

@@ -16,7 +16,18 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import benchmark, pipeline, search, show
+from ..plugins import PluginError, load_plugins
+
+# Plugins register before the command modules build their options, so a plugin's backend or projection is a
+# choice in `--help` and in the config; a broken plugin is reported when a command runs, not at import.
+try:
+    load_plugins()
+    _PLUGIN_ERROR: PluginError | None = None
+except PluginError as err:
+    _PLUGIN_ERROR = err
+
+from . import benchmark, pipeline, search, show  # noqa: E402
+from .common import print_error  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -39,6 +50,9 @@ def main(
     ] = False,
 ) -> None:
     """Trace a fine-tuned LLM's outputs back to the training documents behind them (DDA)."""
+    if _PLUGIN_ERROR is not None:
+        print_error(str(_PLUGIN_ERROR))
+        raise typer.Exit(2)
 
 
 # The commands live in modules by job (pipeline, benchmark, search, show); registered here, in the order

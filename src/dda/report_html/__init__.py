@@ -5,7 +5,7 @@ Works on a `dda attribute` output (ranking.json, optionally explain/*.json), on 
 has no external reference at all: styles, script and data are inline, fonts are the system's, the beta curve is
 an inline SVG. Only the top-k documents of each query and method are embedded, each document's token texts once
 (shared by every query and method that lists it), and contributions as integers relative to the document's
-largest one, so a page for 50 queries x 20 documents stays a few MB (see `page_size_estimate`).
+largest one, so a page for 50 queries x 20 documents stays a few MB.
 
 Reading the page: tokens are shaded by their contribution to the document's score (red: toward the negative
 output, i.e. the reason the document ranks high; blue: against), relative to the document's largest |contribution|.
