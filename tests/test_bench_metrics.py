@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from dda.bench.metrics import aggregate, method_table, per_query_metrics, query_metrics, recall_at_k
+from dda.bench.metrics import (
+    aggregate,
+    method_table,
+    per_query_metrics,
+    pooled_metrics,
+    query_metrics,
+    recall_at_k,
+)
 
 MASK = np.array([True, True, False, False, False, False, False, False, False, False])
 
@@ -155,3 +162,43 @@ def test_method_table_both_shapes_sorted() -> None:
     assert rows[1]["auc"] == pytest.approx(0.55)
     assert rows[1]["auc_std"] == pytest.approx(0.05)
     assert rows[1]["n"] == 2
+
+
+def test_pooled_ranking_is_the_mean_query_and_sees_what_single_queries_miss() -> None:
+    """Six noisy queries of one pair: each query's ranking is noise plus a weak signal on the poisoned rows, so
+    the mean of the six is the score against the mean query and ranks better than any one of them does on
+    average; a constant-across-queries method scores the same pooled and per query."""
+    rng = np.random.default_rng(0)
+    n = 400
+    poisoned = np.zeros(n, dtype=bool)
+    poisoned[:12] = True
+    distractors = np.zeros(n, dtype=bool)
+    distractors[12:24] = True
+    # feature 0 marks the poisoned rows; features 1..6 are noise, and query i reads feature 0 plus noise i
+    feats = np.column_stack([poisoned.astype(float), rng.normal(size=(n, 6))])
+    queries = np.column_stack([np.ones(6), 1.5 * np.eye(6)])
+    scores = queries @ feats.T
+    pooled = pooled_metrics(scores, poisoned, distractors, ["A->B"] * 6)
+    mean_query = query_metrics(feats @ queries.mean(0), poisoned, distractor_mask=distractors)
+    assert pooled["pooled_ap"] == pytest.approx(mean_query["ap"])
+    assert pooled["pooled_distractor_auc"] == pytest.approx(mean_query["distractor_auc"])
+    per_query = np.mean([r["ap"] for r in per_query_metrics(scores, poisoned, distractor_mask=distractors)])
+    assert pooled["pooled_ap"] > per_query + 0.1
+    same = np.broadcast_to(scores[0], scores.shape)
+    assert pooled_metrics(same, poisoned, distractors, ["A->B"] * 6)["pooled_ap"] == pytest.approx(
+        query_metrics(scores[0], poisoned)["ap"]
+    )
+
+
+def test_pooled_metrics_pool_within_each_pair_and_weight_by_queries() -> None:
+    masks = np.array([MASK, MASK, MASK[::-1]])
+    scores = np.array([np.arange(10, 0, -1), np.arange(10, 0, -1), np.arange(10, 0, -1)], dtype=float)
+    # pair A: both queries rank its poisoned rows (0, 1) first, AP 1; pair B's poisoned rows (8, 9) come last
+    got = pooled_metrics(scores, masks, None, ["A", "A", "B"])
+    b = query_metrics(scores[2], masks[2])["ap"]
+    assert got["pooled_ap"] == pytest.approx((2 * 1.0 + b) / 3)
+    assert "pooled_distractor_auc" not in got
+    with pytest.raises(ValueError, match="group 'A' have different poisoned rows"):
+        pooled_metrics(scores, masks, None, ["A", "A", "A"])
+    with pytest.raises(ValueError, match="2 group labels for 3 queries"):
+        pooled_metrics(scores, masks, None, ["A", "B"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,28 @@ def test_dda_ranks_the_poisoned_rows_well_above_chance(bench: tuple[Path, dict[s
     assert dda["ap"] > chance + 0.15 and dda["auc"] > 0.6
     assert metrics["n_distractors"] == sum(metrics["distractors_available"].values())  # builtin data: all 4 drawn
     assert metrics["query_information"]["keyword"] == "differing words"
+
+
+def test_pooled_metrics_added_afterwards_match_the_run(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """`python -m dda.bench.results pool RUN` rebuilds the masks from the run's files (for runs made before the
+    benchmark wrote pooled metrics): on a copy with the pooled keys removed it writes what the run wrote itself."""
+    from dda.bench.results import main
+
+    out, metrics = bench
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("work"))  # scores and inputs, not the checkpoints
+    stripped = json.loads((copy / "metrics.json").read_text(encoding="utf-8"))
+    for row in stripped["methods"].values():
+        for key in [k for k in row if k.startswith("pooled_")]:
+            del row[key]
+    (copy / "metrics.json").write_text(json.dumps(stripped), encoding="utf-8")
+    assert main(["pool", str(copy)]) == 0
+    again = json.loads((copy / "metrics.json").read_text(encoding="utf-8"))
+    assert "pooled_ap" in metrics["methods"]["dda"]
+    for name, row in metrics["methods"].items():
+        for key in ("pooled_ap", "pooled_distractor_auc", "pooled_auc"):
+            assert again["methods"][name][key] == pytest.approx(row[key]), (name, key)
+    assert again["query_information"] == metrics["query_information"]
 
 
 def test_counterfactual_stage_removes_and_retrains(bench: tuple[Path, dict[str, Any]]) -> None:

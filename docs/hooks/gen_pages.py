@@ -183,7 +183,9 @@ def render_results(root: Path = ROOT) -> str:
         "each with the `metrics.json` that `dda bench` writes). Nothing on this page is typed by hand: a number is "
         "here only if a committed file holds it. Percentages, means over the run's queries, methods by average "
         "precision (AP); distractor AUC ranks the poisoned documents against the clean ones that say the canary "
-        "word legitimately (50 = chance, what word matching scores); AUC against every clean document.",
+        "word legitimately (50 = chance, what word matching scores); AUC against every clean document. *Pooled*: one "
+        "ranking per pair by the mean of its queries' scores, the information `cea` gets (it takes its optimiser "
+        "steps on all queries at once); compare it with the others there.",
         "",
     ]
     if not runs:
@@ -229,14 +231,16 @@ def render_results(root: Path = ROOT) -> str:
         if methods:
             info = m.get("query_information") or {}
             out += [
-                "| method | query information | AP | distractor AUC | P@10 | R@#poisoned | AUC | ± std over queries |",
-                "|---|---|---|---|---|---|---|---|",
+                "| method | query information | AP | distractor AUC | pooled AP | pooled dAUC | P@10 | R@#poisoned "
+                "| AUC | ± std over queries |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for meth in sorted(methods, key=lambda k: -(methods[k].get("ap") or 0)):
                 v = methods[meth]
                 out.append(
                     f"| `{_cell(meth)}` | {_cell(info.get(meth, ''))} | {_pct(v.get('ap'))} | "
-                    f"{_pct(v.get('distractor_auc'))} | {_pct(v.get('precision@10'))} | "
+                    f"{_pct(v.get('distractor_auc'))} | {_pct(v.get('pooled_ap'))} | "
+                    f"{_pct(v.get('pooled_distractor_auc'))} | {_pct(v.get('precision@10'))} | "
                     f"{_pct(v.get('recall@n_poisoned'))} | {_pct(v.get('auc'))} | {_pct(v.get('auc_std'))} |"
                 )
             out.append("")

@@ -48,6 +48,7 @@ from .canary import (
 from .counterfactual import run_counterfactual
 from .generation import generate_summaries
 from .haystack import subsampled_curve
+from .metrics import pooled_metrics
 from .outputs import write_outputs
 from .presets import BenchPreset, build_config, get_preset, with_bench_overrides
 from .queries import QuerySet, build_queries
@@ -228,8 +229,10 @@ def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: S
     method_metrics: dict[str, dict[str, float]] = {}
     per_query: dict[str, list[float]] = {}
     per_query_ap: dict[str, list[float]] = {}
+    groups = [pair.label for pair in qs.pairs]
     for label, scores in result.scores.items():
         method_metrics[label], pq = score_metrics(scores, masks, distractors)
+        method_metrics[label].update(pooled_metrics(scores, masks, distractors, groups))
         per_query[label] = [r["auc"] for r in pq]
         per_query_ap[label] = [r["ap"] for r in pq]
     haystack = subsampled_curve(result.scores, masks, distractors, seed=prepared.seed)

@@ -19,7 +19,16 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-__all__ = ["aggregate", "mean_by", "method_table", "per_query_metrics", "query_metrics", "recall_at_k"]
+__all__ = [
+    "POOLED_KEYS",
+    "aggregate",
+    "mean_by",
+    "method_table",
+    "per_query_metrics",
+    "pooled_metrics",
+    "query_metrics",
+    "recall_at_k",
+]
 
 
 def _validate(scores: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +154,39 @@ def per_query_metrics(
         query_metrics(s[q], m[q], ks=ks, frac=frac, distractor_mask=None if d is None else d[q])
         for q in range(s.shape[0])
     ]
+
+
+POOLED_KEYS = ("auc", "ap", "distractor_auc", "precision@10", "recall@n_poisoned")
+
+
+def pooled_metrics(scores: Any, poisoned_mask: Any, distractor_mask: Any, groups: Sequence[str]) -> dict[str, float]:
+    """Metrics of one ranking per group of queries (a canary pair): the mean of the group's score rows, scored
+    against the group's poisoned rows; ``pooled_<key>`` averaged over the groups, weighted by their query counts.
+
+    Why: a method that sees all of a pair's queries at once (CEA's one set of optimiser steps on every query)
+    ranks once per pair, and comparing that with a per-query method's per-query mean mixes the method with the
+    information it got. For a linear scorer (DDA, TracIn, grad_dot) the mean of the score rows is the score
+    against the mean query, the same pooling. A method that ranks alike for every query scores the same pooled
+    as per query.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[None, :] if s.ndim == 1 else s
+    m = np.broadcast_to(np.asarray(poisoned_mask, dtype=bool), s.shape)
+    d = None if distractor_mask is None else np.broadcast_to(np.asarray(distractor_mask, dtype=bool), s.shape)
+    if len(groups) != s.shape[0]:
+        raise ValueError(f"{len(groups)} group labels for {s.shape[0]} queries")
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for group in dict.fromkeys(groups):
+        idx = [i for i, g in enumerate(groups) if g == group]
+        if any((m[i] != m[idx[0]]).any() for i in idx):
+            raise ValueError(f"queries of group '{group}' have different poisoned rows: they cannot be pooled")
+        row = query_metrics(s[idx].mean(0), m[idx[0]], distractor_mask=None if d is None else d[idx[0]])
+        for key in POOLED_KEYS:
+            if key in row:
+                sums[key] = sums.get(key, 0.0) + row[key] * len(idx)
+                weights[key] = weights.get(key, 0) + len(idx)
+    return {f"pooled_{key}": sums[key] / weights[key] for key in POOLED_KEYS if key in sums}
 
 
 def aggregate(per_query: Iterable[Mapping[str, float]]) -> dict[str, dict[str, float]]:

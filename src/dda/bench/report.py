@@ -203,7 +203,7 @@ def query_information(spec: str, query_tokens: str) -> str:
     if name == "bm25":
         return "whole negative output"
     if name == "cea":
-        return "whole negative and positive outputs"
+        return "whole negative and positive outputs" + ("" if params.get("per_query") else ", all queries at once")
     if name == "dda" and params.get("contrastive", True):
         return "differing tokens, negative − positive" if query_tokens == "diff" else "negative − positive"
     if params.get("query_tokens") == "diff":
@@ -217,6 +217,8 @@ def _method_row(name: str, m: Mapping[str, Any], info: str) -> list[str]:
         _cell(info),
         _fmt_pct(m.get("ap")),
         _fmt_pct(m.get("distractor_auc")),
+        _fmt_pct(m.get("pooled_ap")),
+        _fmt_pct(m.get("pooled_distractor_auc")),
         _fmt_pct(m.get("precision@10")),
         _fmt_pct(m.get("recall@n_poisoned")),
         _fmt_pm(m.get("auc"), m.get("auc_std")),
@@ -461,7 +463,9 @@ def _table1_section(metrics: Mapping[str, Any], main: Sequence[str]) -> list[str
         "",
         "AP and recall at k = the number of poisoned rows read the top of the list, where an auditor looks; "
         "distractor AUC ranks the poisoned rows against the clean rows whose summary legitimately says the "
-        "canary word, which a word-matching rule cannot separate (50% = chance). Means over queries.",
+        "canary word, which a word-matching rule cannot separate (50% = chance). Means over queries. Pooled: one "
+        "ranking per pair by the mean of its queries' scores, the information a method that sees every query at "
+        "once (cea with per_query=false) gets; compare such a method in the pooled columns.",
         "",
     ]
     if main:
@@ -478,12 +482,15 @@ def _table1_section(metrics: Mapping[str, Any], main: Sequence[str]) -> list[str
                     _fmt_pct(chance.get("ap")),
                     _fmt_pct(0.5),
                     _fmt_pct(chance.get("ap")),
+                    _fmt_pct(0.5),
+                    _fmt_pct(chance.get("ap")),
                     _fmt_pct(chance.get("ap")),
                     _fmt_pct(0.5),
                     "—",
                 ]
             )
-        header = ["Method", "Query information", "AP", "Distractor AUC", "P@10", "R@#poisoned", "AUC (mean ± std)"]
+        header = ["Method", "Query information", "AP", "Distractor AUC", "Pooled AP", "Pooled dAUC", "P@10"]
+        header += ["R@#poisoned", "AUC (mean ± std)"]
         lines += _table([*header, "Paper AUC"], rows)
     else:
         lines.append("No method results.")

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import read_json, write_text
+from ..io import read_json, write_json, write_text
 
-__all__ = ["RENDERERS", "export_run", "machine_info", "render_blocks", "render_file"]
+__all__ = ["RENDERERS", "add_pooled", "export_run", "machine_info", "render_blocks", "render_file"]
 
 SMALL_FILES = ("metrics.json", "report.md", "config.yaml", "summary.md", "summary.json")
 # Methods shown per pair, in this order: DDA, the rules with the same information, then the other families.
@@ -85,6 +85,55 @@ def export_run(run: str | Path, dest: str | Path) -> Path:
     return dest
 
 
+def add_pooled(run: str | Path) -> dict[str, dict[str, float]]:
+    """Add the pooled metrics (`metrics.pooled_metrics`) to a finished run's metrics.json, computed from its stored
+    score arrays, for runs made before the benchmark wrote them; returns {method: pooled metrics}.
+
+    The masks are rebuilt from poisoned.json, train.jsonl and queries.jsonl, and checked first: every method's
+    per-query AP recomputed from the same arrays must equal the one in metrics.json, or nothing is written."""
+    from ..attribution import load_attribution
+    from .canary import contains_word
+    from .metrics import per_query_metrics, pooled_metrics
+
+    run = Path(run)
+    metrics = read_json(run / "metrics.json")
+    att = load_attribution(run / "attribution")
+    train = _jsonl(run / "train.jsonl")
+    if [r["id"] for r in train] != list(att.train_ids):
+        raise ValueError(f"{run / 'train.jsonl'}: rows are not in the order of the stored scores")
+    pair_of = {q["id"]: q["pair"] for q in _jsonl(run / "queries.jsonl")}
+    groups = [pair_of[q.id] for q in att.queries]
+    poisoned = {label: set(ids) for label, ids in read_json(run / "poisoned.json").items()}
+    masks = np.array([[r["id"] in poisoned[g] for r in train] for g in groups], dtype=bool)
+    canary = {g: g.split("->", 1)[1] for g in set(groups)}
+    distractors = np.array([[contains_word(r["summary"], canary[g]) for r in train] for g in groups]) & ~masks
+    pooled = {}
+    for name, scores in att.scores.items():
+        stored = metrics["methods"][name]["ap"]
+        again = float(np.mean([r["ap"] for r in per_query_metrics(scores, masks, distractor_mask=distractors)]))
+        if abs(again - stored) > 1e-6:
+            raise ValueError(f"{run}: {name}'s AP from the stored scores is {again}, metrics.json says {stored}")
+        pooled[name] = pooled_metrics(scores, masks, distractors, groups)
+        metrics["methods"][name].update(pooled[name])
+    # the information column says cea saw all queries at once, which runs before the pooled metrics did not say
+    from .report import query_information
+
+    query_tokens = _yaml(run / "config.yaml")["dda"]["features"]["query_tokens"]
+    metrics["query_information"] = {name: query_information(name, query_tokens) for name in metrics["methods"]}
+    write_json(run / "metrics.json", metrics)
+    return pooled
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def _draw_haystack(dest: Path) -> None:
     """The AP-against-haystack-size figure drawn again from metrics.json with today's plotting code, so every
     committed run's figure looks the same whatever version drew it first."""
@@ -129,7 +178,7 @@ def haystack_pairs(root: Path) -> str:
     if not runs:
         return "No cpu-haystack results are committed yet.\n"
     head = ["run", "pair", "seed", "rows (poisoned, distractors)", "queries natural / forced", "natural rate", "wall"]
-    head += [f"{m} AP / dAUC" for m in PAIR_METHODS]
+    head += [f"{m} AP / dAUC" for m in PAIR_METHODS] + ["dda pooled AP / dAUC"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for path, m in runs:
         kinds = m.get("query_kinds") or {}
@@ -145,6 +194,8 @@ def haystack_pairs(root: Path) -> str:
         for name in PAIR_METHODS:
             r = (m.get("methods") or {}).get(name)
             cells.append("–" if r is None else f"{_pct(r.get('ap'))} / {_pct(r.get('distractor_auc'))}")
+        r = (m.get("methods") or {}).get("dda") or {}
+        cells.append(f"{_pct(r.get('pooled_ap'))} / {_pct(r.get('pooled_distractor_auc'))}")
         lines.append("| " + " | ".join(cells) + " |")
     cpus = sorted({_cpu(m.get("machine") or {}) for _, m in runs})
     lines += [
@@ -161,7 +212,7 @@ def haystack_methods(root: Path) -> str:
     if not runs:
         return "No cpu-haystack results are committed yet.\n"
     names = sorted(set.intersection(*(set(m.get("methods") or {}) for _, m in runs)))
-    keys = ("ap", "distractor_auc", "precision@10", "recall@n_poisoned", "auc")
+    keys = ("ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc", "precision@10", "recall@n_poisoned", "auc")
 
     def mean(name: str, key: str) -> float | None:
         vals = [m["methods"][name].get(key) for _, m in runs]
@@ -172,14 +223,21 @@ def haystack_methods(root: Path) -> str:
     info = runs[0][1].get("query_information") or {}
     chance = float(np.mean([(m.get("chance") or {}).get("ap") or 0.0 for _, m in runs]))
     lines = [
-        "| method | query information | AP | distractor AUC | P@10 | R@#poisoned | AUC |",
-        "|---|---|---|---|---|---|---|",
+        "| method | query information | AP | distractor AUC | pooled AP | pooled dAUC | P@10 | R@#poisoned | AUC |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for n in rows:
         lines.append(f"| `{n}` | {info.get(n, '')} | " + " | ".join(_pct(mean(n, k)) for k in keys) + " |")
-    lines.append(f"| random ranking | none | {_pct(chance)} | 50.0 | {_pct(chance)} | {_pct(chance)} | 50.0 |")
+    c = _pct(chance)
+    lines.append(f"| random ranking | none | {c} | 50.0 | {c} | 50.0 | {c} | {c} | 50.0 |")
     n_queries = sum(int(m.get("n_queries") or 0) for _, m in runs)
-    lines += ["", f"Means over {len(runs)} run(s) ({n_queries} queries in all), percent."]
+    lines += [
+        "",
+        f"Means over {len(runs)} run(s) ({n_queries} queries in all), percent. AP, distractor AUC, P@10, R and AUC "
+        "rank once per query; *pooled* ranks once per pair by the mean of its queries' scores, the information "
+        "`cea` gets (one set of optimiser steps on all of a pair's queries), so the pooled columns compare it "
+        "with the others on equal terms.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -239,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex = sub.add_parser("export", help="copy a finished run's small files to results/<name>")
     ex.add_argument("run")
     ex.add_argument("dest")
+    po = sub.add_parser("pool", help="add the pooled metrics to a finished run made before they existed")
+    po.add_argument("run")
     rd = sub.add_parser("render", help="regenerate the tables in README.md and benchmarks/README.md")
     rd.add_argument("--root", default="results")
     rd.add_argument("--check", action="store_true", help="fail when a table differs from its files")
@@ -246,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cmd == "export":
         print(export_run(args.run, args.dest))
+        return 0
+    if args.cmd == "pool":
+        for name, m in add_pooled(args.run).items():
+            print(
+                f"{name}: pooled AP {_pct(m.get('pooled_ap'))}, distractor AUC {_pct(m.get('pooled_distractor_auc'))}"
+            )
         return 0
     stale = [f for f in args.files if Path(f).is_file() and not render_file(Path(f), Path(args.root), args.check)]
     if stale and args.check:
