@@ -79,6 +79,8 @@ def test_write_report_full(tmp_path: Path) -> None:
                 "auc_std": 0.023,
                 "ap": 0.6,
                 "distractor_auc": 0.81,
+                "pooled_ap": 0.75,
+                "pooled_distractor_auc": 0.9,
                 "precision@10": 0.7,
                 "recall@n_poisoned": 0.55,
                 "recall@10": 0.4,
@@ -102,10 +104,13 @@ def test_write_report_full(tmp_path: Path) -> None:
         figures={"methods": fig, "beta_curve": beta_fig},
     )
     text = (tmp_path / "report.md").read_text(encoding="utf-8")
-    dda_row = "| `dda` | differing tokens, negative − positive | 60.0% | 81.0% | 70.0% | 55.0% | 91.6% ± 2.3 | 91.64% |"
+    dda_row = (
+        "| `dda` | differing tokens, negative − positive | 60.0% | 81.0% | 75.0% | 90.0% | 70.0% | 55.0% | 91.6% ± 2.3 "
+        "| 91.64% |"
+    )
     assert dda_row in text
-    assert "| `tracin` | whole negative output | 5.0% | n/a | n/a | n/a | 55.0% ± 10.0 |" in text
-    assert "| random ranking | none | 4.0% | 50.0% | 4.0% | 4.0% | 50.0% | — |" in text
+    assert "| `tracin` | whole negative output | 5.0% | n/a | n/a | n/a | n/a | n/a | 55.0% ± 10.0 |" in text
+    assert "| random ranking | none | 4.0% | 50.0% | 4.0% | 50.0% | 4.0% | 4.0% | 50.0% | — |" in text
     assert "Distractors in training: 20" in text
     # Table 1 sorted by AP: dda above tracin; ablation variants are not in Table 1.
     t1 = text.split("## Table 1")[1].split("## Table 2")[0]
@@ -140,7 +145,7 @@ def test_write_report_minimal_and_directory_path(tmp_path: Path) -> None:
     write_report(out, metrics=metrics, config={}, notes=[], figures={})
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "Forced mode" in text
-    assert "| `random` |  | n/a | n/a | n/a | n/a | 50.0% | — |" in text
+    assert "| `random` |  | n/a | n/a | n/a | n/a | n/a | n/a | 50.0% | — |" in text
     assert "model: n/a" in text
     assert "Not run." in text  # no beta curve
     # Overwriting keeps a single, complete file.

@@ -54,7 +54,12 @@ def _site(tmp_path: Path) -> Path:
 
 
 def _dda(site: Path, *args: str, plugins: str = "") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path]), "DDA_PLUGINS": plugins}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), *sys.path]),
+        "DDA_PLUGINS": plugins,
+        "COLUMNS": "200",  # rich wraps --help to the terminal; a wide one keeps the backend list on one line
+    }
     return subprocess.run(
         [sys.executable, "-m", "dda", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -65,7 +70,7 @@ def test_entry_point_and_env_plugins_are_backend_choices_on_the_cli(tmp_path):
     site = _site(tmp_path)
     res = _dda(site, "build-index", "--help", plugins="lab_backend")
     assert res.returncode == 0, res.stderr
-    text = " ".join(res.stdout.split())
+    text = " ".join(res.stdout.replace("│", " ").split())
     # registered after the built-ins, entry points before DDA_PLUGINS: the help lists them in that order
     assert "sketch or faiss or acme-rows or lab-rows" in text
     # without the variable only the installed plugin is there

@@ -236,8 +236,9 @@ CPU_HAYSTACK = BenchPreset(
     reason=(
         "a word-matching rule ranks every row that says the canary alike, so only a haystack with distractors can "
         "tell attribution from matching; to fit 75 minutes per pair with room on a 2-core AVX2 host it cuts prompts "
-        "to 64 tokens (96 took ~72 idle minutes there: a fine-tuning step on 8 rows 7.4 s at 96 tokens, 5.1 s at 64), "
-        "summaries to 40, trains 2 epochs and sketches each module 64x64 -> 256 (library default); feature and "
+        "to 64 tokens (a pair took 52-56 idle minutes there, 88.5 beside other jobs at 96 tokens; at 64 the model "
+        "made no natural errors in 64 summaries on two pairs, so queries are forced), summaries to 40, trains 2 "
+        "epochs and sketches each module 64x64 -> 256 (library default); feature and "
         "scoring settings are cpu-small's, none chosen on this preset"
     ),
     # cpu-small's settings, cut to fit the larger haystack: shorter prompts and summaries, 2 epochs, batch 8, and
