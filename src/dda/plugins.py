@@ -26,7 +26,7 @@ from typing import Any
 ENTRY_POINT_GROUP = "dda.plugins"
 ENV_VAR = "DDA_PLUGINS"
 
-_loaded: dict[str, str] = {}  # {source: what it was}, so a second call imports and calls nothing again
+_loaded: set[str] = set()  # sources already loaded, so a second call imports and calls nothing again
 
 
 class PluginError(Exception):
@@ -42,7 +42,7 @@ def _load(source: str, load: Callable[[], Any]) -> None:
             obj()
     except Exception as err:  # a plugin's own failure, whatever it is, is reported as the plugin's
         raise PluginError(f"plugin {source}: {type(err).__name__}: {err}") from err
-    _loaded[source] = getattr(obj, "__name__", repr(obj))
+    _loaded.add(source)
 
 
 def load_plugins(environ: dict[str, str] | None = None) -> list[str]:

@@ -92,7 +92,9 @@ def add_pooled(run: str | Path) -> dict[str, dict[str, float]]:
     The masks are rebuilt from poisoned.json, train.jsonl and queries.jsonl, and checked first: every method's
     per-query AP recomputed from the same arrays must equal the one in metrics.json, or nothing is written."""
     from ..attribution import load_attribution
-    from .canary import contains_word
+    from ..data import Example
+    from .canary import CanaryPair
+    from .hallucination import distractor_masks
     from .metrics import per_query_metrics, pooled_metrics
 
     run = Path(run)
@@ -105,8 +107,9 @@ def add_pooled(run: str | Path) -> dict[str, dict[str, float]]:
     groups = [pair_of[q.id] for q in att.queries]
     poisoned = {label: set(ids) for label, ids in read_json(run / "poisoned.json").items()}
     masks = np.array([[r["id"] in poisoned[g] for r in train] for g in groups], dtype=bool)
-    canary = {g: g.split("->", 1)[1] for g in set(groups)}
-    distractors = np.array([[contains_word(r["summary"], canary[g]) for r in train] for g in groups]) & ~masks
+    # the benchmark's own rule for which clean rows are distractors, on the run's rows and pairs
+    examples = [Example(r["id"], r["document"], r["summary"]) for r in train]
+    distractors = distractor_masks(examples, [CanaryPair(*g.split("->", 1)) for g in groups], masks)
     pooled = {}
     for name, scores in att.scores.items():
         stored = metrics["methods"][name]["ap"]
