@@ -107,7 +107,7 @@ def test_pooled_metrics_added_afterwards_match_the_run(bench: tuple[Path, dict[s
 
 
 def test_counterfactual_stage_removes_and_retrains(bench: tuple[Path, dict[str, Any]]) -> None:
-    _, metrics = bench
+    out, metrics = bench
     cf = metrics["counterfactual"]
     k = metrics["n_poisoned"]
     assert cf["k"] == k and {"before", "dda", "bm25", "keyword", "random"} <= set(cf)
@@ -116,6 +116,14 @@ def test_counterfactual_stage_removes_and_retrains(bench: tuple[Path, dict[str, 
         assert cf[name]["generated"] == cf["before"]["generated"] > 0
     # DDA's top k holds more of the poisoned rows than k random rows do.
     assert cf["dda"]["poisoned_removed"] > cf["random"]["poisoned_removed"]
+    # The report lists each query's margin before and after every removal, in the order metrics.json keeps.
+    report = (out / "report.md").read_text(encoding="utf-8")
+    per_query = report.split("### Canary margin per query", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in per_query.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(cf["query_ids"]) == len(_jsonl(out / "queries.jsonl"))
+    first = [cell.strip() for cell in rows[0].strip("|").split("|")]
+    assert first[0] == f"`{cf['query_ids'][0]}`"
+    assert first[1:] == [f"{cf[label]['margins'][0]:+.2f}" for label in ("before", "dda", "bm25", "keyword", "random")]
 
 
 def test_beta_sweep(bench: tuple[Path, dict[str, Any]]) -> None:

@@ -107,6 +107,19 @@ def test_attribution_repr_lists_each_methods_ranking():
     assert "q<1> bm25: d2 3, d0 2, d1* 1, d3 0" in text
 
 
+def test_pooled_ranking_is_the_mean_of_the_queries_scores(tmp_path):
+    result = _result()
+    pooled = result.pooled()
+    assert [q.id for q in pooled.queries] == ["mean of 2 queries"]
+    # dda means: d0 0.05, d1 0.55, d2 0.05, d3 0.3 (d0 and d2 tie); bm25: d0 1.5, d1 1, d2 2, d3 0.5
+    assert [r["train_id"] for r in pooled.top(2, "dda")] == ["d1", "d3"]
+    assert [r["train_id"] for r in pooled.top(4, "bm25")] == ["d2", "d0", "d1", "d3"]
+    assert pooled.top(1, "dda")[0] == {"rank": 1, "train_id": "d1", "score": pytest.approx(0.55), "poisoned": True}
+    ranking = json.loads((result.save(tmp_path / "a", top_k=2) / "ranking.json").read_text())
+    assert [r["train_id"] for r in ranking["pooled_top"]["bm25"]] == ["d2", "d0"]
+    assert "pooled_top" not in json.loads((result.save(tmp_path / "b", pooled=False) / "ranking.json").read_text())
+
+
 def test_attribution_html_is_a_table_per_query_in_rank_order():
     page = _result()._repr_html_()
     assert page.count("<table>") == 2 and "said &lt;China&gt;" in page and "<China>" not in page

@@ -54,6 +54,30 @@ def test_tables_come_from_the_result_files(tmp_path: Path) -> None:
         render_blocks("x\n<!-- table:nope -->\n<!-- /table:nope -->", tmp_path)
 
 
+def test_counterfactual_table_comes_from_the_run(tmp_path: Path) -> None:
+    m = _metrics("England->China", 0.6) | {"preset": "cpu-small", "timings": {"counterfactual": 1800.0}}
+    row = {"margin": -1.5, "natural_error_rate": 0.05, "generated": 96, "distractor_loss": 2.25, "heldout_loss": 2.5}
+    m["counterfactual"] = {
+        "k": 24,
+        "distractors": 24,
+        "before": row | {"margin": 0.75, "natural_error_rate": 0.125},
+        "dda": row | {"poisoned_removed": 20, "distractors_removed": 1},
+        "random": row | {"margin": 0.5, "poisoned_removed": 4, "distractors_removed": 3, "heldout_loss": None},
+    }
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    (tmp_path / "plain").mkdir()  # a run without the stage adds nothing
+    (tmp_path / "plain" / "metrics.json").write_text(json.dumps(_metrics("US->France", 0.5)))
+    out = render_blocks("<!-- table:counterfactual -->\n<!-- /table:counterfactual -->", tmp_path)
+    assert "the stage took 30.0 of the run's 40.0 min on Test CPU" in out and "`plain`" not in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| removed")]
+    assert rows == [
+        "| nothing removed | – | – | 12.5% | +0.75 | 2.250 | 2.500 |",
+        "| `dda` top 24 | 20 | 1 | 5.0% | -1.50 | 2.250 | 2.500 |",
+        "| 24 random rows | 4 | 3 | 5.0% | +0.50 | 2.250 | n/a |",
+    ]
+
+
 def test_check_fails_on_a_stale_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "r" / "a").mkdir(parents=True)
     (tmp_path / "r" / "a" / "metrics.json").write_text(json.dumps(_metrics("England->China", 0.6)))

@@ -331,7 +331,7 @@ class Attributor:
                 [e.id for e in examples], queries, scores, self.cfg.to_dict(), poisoned or set(), context=ctx
             )
             if out_dir is not None:
-                result.save(out_dir, self.cfg.score.top_k)
+                result.save(out_dir, self.cfg.score.top_k, pooled=self.cfg.score.pool)
         return result
 
     # ------------------------------------------------------------------------- explain (token attribution)

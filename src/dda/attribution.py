@@ -55,6 +55,17 @@ class Attribution:
             for r, i in enumerate(order)
         ]
 
+    def pooled(self) -> Attribution:
+        """One ranking for all the queries: each method's scores averaged over them (for DDA, linear in the query,
+        the score against the mean query). Meant for several queries of one mistake, where a single query is noisy."""
+        if not self.queries:
+            raise ValueError("no queries to pool")
+        ids = [q.id for q in self.queries]
+        shown = ", ".join(ids[:5]) + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
+        query = Query(f"mean of {len(ids)} queries", "", f"mean over {shown}", None)
+        scores = {m: s.mean(axis=0, keepdims=True) for m, s in self.scores.items()}
+        return Attribution(self.train_ids, [query], scores, self.config, self.poisoned)
+
     # a notebook shows the rankings, not the arrays: at most this many queries and rows per method
     SHOW_QUERIES, SHOW_K = 5, 5
 
@@ -109,9 +120,10 @@ class Attribution:
         parts.append("</div>")
         return "".join(parts)
 
-    def save(self, out_dir: str | Path, top_k: int = 10) -> Path:
+    def save(self, out_dir: str | Path, top_k: int = 10, pooled: bool = True) -> Path:
         """`scores/<method>.npy` per method, ranking.json, scores.csv and config.yaml; score files of an earlier
-        run into the same folder that this one did not write are removed."""
+        run into the same folder that this one did not write are removed. With `pooled` and several queries,
+        ranking.json also holds `pooled_top`, each method's top_k by the mean of the queries' scores."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_yaml(out / "config.yaml", self.config)
@@ -135,6 +147,9 @@ class Attribution:
             "poisoned": sorted(self.poisoned),
             "top": {m: [self.top(top_k, m, qi) for qi in range(len(self.queries))] for m in self.scores},
         }
+        if pooled and len(self.queries) > 1:
+            mean = self.pooled()
+            ranking["pooled_top"] = {m: mean.top(top_k, m) for m in self.scores}
         write_json(out / "ranking.json", ranking)
         buf = _io.StringIO()
         writer = csv.writer(buf)

@@ -175,6 +175,9 @@ class ScoreConfig:
     """CEA: optimiser steps on the erroneous and on the corrected outputs."""
     top_k: int = bounded(10, ge=1)
     """Documents per query in rankings and printed tables."""
+    pool: bool = True
+    """With several queries, also rank by the mean of their scores (printed, and ranking.json's `pooled_top`):
+    for queries of one mistake it is less noisy than any one of them; turn it off for unrelated queries."""
 
 
 @dataclass

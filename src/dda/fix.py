@@ -6,7 +6,9 @@ queries into one set of k training rows; `run_fix` writes the kept and removed r
 from the same base model with the same settings and seed on the kept rows (same epochs; the schedule follows the
 smaller set's step count) and on the set without k random rows (the control), then reports for each model the
 queries' margin (mean log p(negative) - log p(positive) over the differing tokens), whether greedy generation
-still says the negative's differing words, and the mean loss on held-out documents.
+still says the negative's differing words, and the mean loss on held-out documents. A user who retrains with their
+own trainer on the written splits (kept.jsonl, random_kept.jsonl) passes those checkpoints instead
+(`after_checkpoint`, `random_checkpoint`) and gets the same measurements.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .config import DDAConfig
 from .data import Example, Query, save_examples
 from .evaluate import query_report
 from .io import write_json, write_yaml
-from .models import applied
+from .models import Checkpoint, ModelError, applied, check_checkpoint_fits, discover_checkpoints
 from .progress import say
 from .workdir import WorkdirError
 
@@ -117,6 +119,46 @@ def _models_to_report(
     return models
 
 
+def _own_checkpoint(att: Attributor, path: str | Path, flag: str) -> Checkpoint:
+    """The last checkpoint under `path` (a user's retrain on kept.jsonl or random_kept.jsonl), checked against the
+    workdir's base model before any measurement."""
+    try:
+        ckpt = discover_checkpoints(path)[-1]
+        check_checkpoint_fits(att.model, ckpt, att.cfg.model.name)
+    except ModelError as err:
+        raise FixError(f"{flag}: {err}") from None
+    return ckpt
+
+
+def _checked_inputs(
+    att: Attributor,
+    queries: Sequence[Query],
+    retrain: bool,
+    after_checkpoint: str | Path | None,
+    random_checkpoint: str | Path | None,
+) -> list[Example]:
+    """Every refusal `run_fix` can make, before any work; returns the workdir's training examples."""
+    fx = att.cfg.fix
+    if not queries:
+        raise FixError("no queries")
+    measure = retrain or after_checkpoint is not None
+    if retrain and after_checkpoint is not None:
+        raise FixError("--retrain and --after both give the retrained model: use one")
+    if random_checkpoint is not None and after_checkpoint is None:
+        raise FixError("--random is the control beside --after: give the retrain on kept.jsonl with --after too")
+    if measure and any(not q.positive for q in queries):
+        raise FixError("measuring a margin needs a positive output for every query")
+    train = att.train_examples()
+    if fx.k >= len(train):
+        raise FixError(f"fix.k={fx.k}: the workdir holds {len(train)} training documents; k must be smaller")
+    if measure:
+        try:
+            att.all_checkpoints()
+        except WorkdirError as err:
+            raise FixError(f"measuring compares against the workdir's fine-tuned model: {err}") from None
+    return train
+
+
 def run_fix(
     cfg: DDAConfig,
     workdir: str | Path,
@@ -125,26 +167,23 @@ def run_fix(
     retrain: bool = False,
     out_dir: str | Path | None = None,
     heldout: Sequence[Example] | None = None,
+    after_checkpoint: str | Path | None = None,
+    random_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Choose `cfg.fix.k` documents by `cfg.fix.method`, write the split under `out_dir` (default
-    WORKDIR/fix/<method>-k<K>/), and with `retrain` measure before / after / random; returns fix.json's content."""
+    WORKDIR/fix/<method>-k<K>/), and measure before / after / random when `retrain` (dda fine-tunes) or when
+    `after_checkpoint` (and optionally `random_checkpoint`) name the user's own retrains; returns fix.json's content."""
     att = Attributor(cfg, workdir)
     fx = att.cfg.fix
-    if not queries:
-        raise FixError("no queries")
-    if retrain and any(not q.positive for q in queries):
-        raise FixError("--retrain measures a margin: every query needs a positive output")
-    train = att.train_examples()
-    if fx.k >= len(train):
-        raise FixError(f"fix.k={fx.k}: the workdir holds {len(train)} training documents; k must be smaller")
-    if retrain:
-        try:
-            att.all_checkpoints()
-        except WorkdirError as err:
-            raise FixError(f"--retrain compares against the workdir's fine-tuned model: {err}") from None
+    train = _checked_inputs(att, queries, retrain, after_checkpoint, random_checkpoint)
     scores, result = _scores_for(att, queries, fx.method)
     if result.train_ids != [e.id for e in train]:
         raise FixError(f"{att.workdir.attribution}: its training ids differ from the workdir's indexed data")
+    own: dict[str, Checkpoint] = {}
+    if after_checkpoint is not None:
+        own["after"] = _own_checkpoint(att, after_checkpoint, "--after")
+        if random_checkpoint is not None:
+            own["random"] = _own_checkpoint(att, random_checkpoint, "--random")
     plan = plan_removal(scores, fx.k, fx.combine, fx.method)
     out = Path(out_dir or att.workdir / "fix" / f"{_slug(fx.method)}-k{fx.k}")
     out.mkdir(parents=True, exist_ok=True)
@@ -168,16 +207,26 @@ def run_fix(
         "n_train": len(train),
         "retrained": retrain,
     }
-    if retrain:
-        random_rows = set(random_removal(len(train), fx.k, att.cfg.seed)) if fx.random_control else None
-        random_kept = None if random_rows is None else [e for i, e in enumerate(train) if i not in random_rows]
-        if random_rows is not None:
-            summary["random_removed"] = [train[i].id for i in sorted(random_rows)]
+    random_kept = None
+    if fx.random_control:
+        # The control split is written even without --retrain, so an own-trainer user can retrain it too.
+        random_rows = set(random_removal(len(train), fx.k, att.cfg.seed))
+        random_kept = [e for i, e in enumerate(train) if i not in random_rows]
+        summary["random_removed"] = [train[i].id for i in sorted(random_rows)]
+        save_examples(out / "random_kept.jsonl", random_kept)
+    if own:
+        summary["measured"] = {label: str(Path(ck.path or "").resolve()) for label, ck in own.items()}
+        models = {"before": (att, att.all_checkpoints()[-1]), **{label: (att, ck) for label, ck in own.items()}}
+    elif retrain:
+        models = _models_to_report(att, kept, random_kept, out)
+    else:
+        models = {}
+    if models:
         summary["heldout_source"] = "heldout" if heldout else "kept"
         held = att.tokenize(list(heldout) if heldout else kept)
-        for label, (a, ckpt) in _models_to_report(att, kept, random_kept, out).items():
+        for label, (a, ckpt) in models.items():
             with applied(a.model, ckpt) as model:
-                rep = query_report(
+                summary[label] = query_report(
                     model,
                     a.tokenizer,
                     a.formatter,
@@ -187,7 +236,6 @@ def run_fix(
                     fx.max_new_tokens,
                     a.cfg.features.batch_size,
                 )
-            summary[label] = rep
     write_json(out / "fix.json", summary)
     return summary
 

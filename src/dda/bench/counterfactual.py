@@ -93,6 +93,7 @@ def run_counterfactual(trained: Any, prepared: Any, qs: Any, scored: Any, k: int
         "combine": "mean-rank",
         "heldout_loss_docs": len(heldout_rows),
         "distractors": len(distractor_rows),
+        "query_ids": [q.id for q in qs.queries],  # the order of every `margins` list
         "before": _measure(att, att.all_checkpoints()[-1], qs, prepared, docs, max_new, distractor_rows, heldout_rows),
     }
     removals = {

@@ -200,7 +200,7 @@ def _write_inputs(out: Path, prepared: Prepared, qs: QuerySet, scored: Scored, t
     )
     _write_jsonl(out / "queries.jsonl", qs.rows)
     _write_jsonl(out / "generations.jsonl", qs.generations)
-    scored.result.save(out / "attribution", top_k)
+    scored.result.save(out / "attribution", top_k, pooled=False)  # pooled per pair: metrics.json
 
 
 def _notes(

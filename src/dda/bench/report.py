@@ -351,10 +351,8 @@ def _counterfactual_section(cf: Mapping[str, Any] | None) -> list[str]:
         "",
     ]
     rows = []
-    for label in (
-        "before",
-        *[m for m in cf if m not in ("before", "k", "combine", "heldout_loss_docs", "distractors")],
-    ):
+    labels = ["before", *[m for m in cf if isinstance(cf[m], Mapping) and m != "before"]]
+    for label in labels:
         r = cf[label]
         rows.append(
             [
@@ -369,6 +367,22 @@ def _counterfactual_section(cf: Mapping[str, Any] | None) -> list[str]:
         )
     header = ["removed", "poisoned removed", "distractors removed", "natural error rate", "canary margin"]
     lines += _table([*header, "distractor loss", "held-out loss"], rows)
+    return [*lines, "", *_per_query_margins(cf, labels)]
+
+
+def _per_query_margins(cf: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
+    """One row per query: its canary margin before and after each removal (a mean can hide one query that moved)."""
+    ids = cf.get("query_ids")
+    if not ids or any(len(cf[label].get("margins") or []) != len(ids) for label in labels):
+        return []
+    rows = [[f"`{_cell(q)}`", *(f"{cf[label]['margins'][i]:+.2f}" for label in labels)] for i, q in enumerate(ids)]
+    lines = [
+        "### Canary margin per query",
+        "",
+        "Before, and after removing each method's top k (or k random rows); below zero the model prefers the original.",
+        "",
+    ]
+    lines += _table(["query", *("before" if lb == "before" else f"`{_cell(lb)}`" for lb in labels)], rows)
     return [*lines, ""]
 
 

@@ -180,6 +180,10 @@ def attribute(
     if not quiet:
         for method in result.scores:
             print_ranking(result, method, att.cfg.score.top_k, explanations)
+        if att.cfg.score.pool and len(result.queries) > 1:
+            pooled = result.pooled()
+            for method in result.scores:
+                print_ranking(pooled, method, att.cfg.score.top_k)
         console.print(f"scores of {len(result.scores)} methods in {out_dir}")
         if explanations:
             console.print(f"token attribution in {out_dir}/explain; page: dda show {out_dir} --out report.html")
@@ -215,6 +219,17 @@ def fix(
             "only the split is written, for your own trainer.",
         ),
     ] = False,
+    after: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own retrain on OUT/kept.jsonl (a checkpoint dir, or a dir of epoch dirs: the last is used): "
+            "measured as 'after' instead of --retrain."
+        ),
+    ] = None,
+    random: Annotated[
+        Path | None,
+        typer.Option(help="Your own retrain on OUT/random_kept.jsonl, the 'random' control (needs --after)."),
+    ] = None,
     heldout: Annotated[
         Path | None, typer.Option(help="Documents for the collateral loss (default: the kept training set).")
     ] = None,
@@ -229,8 +244,9 @@ def fix(
 ) -> None:
     """Remove the documents a method blames for the queries, retrain, and measure whether the mistake is gone.
 
-    Writes OUT/kept.jsonl, OUT/removed.json and OUT/fix.json (before / after / random: margin, says_negative,
-    heldout_loss). Needs `dda attribute` scores of the method for these queries.
+    Writes OUT/kept.jsonl, OUT/random_kept.jsonl (the control), OUT/removed.json and OUT/fix.json (before / after /
+    random: margin, says_negative, heldout_loss). Needs `dda attribute` scores of the method for these queries.
+    Retrained with your own trainer on those files? Pass the checkpoints with --after (and --random).
 
     Example: `dda fix -w runs/x --queries q.jsonl --method dda --k 24 --retrain`
     """
@@ -246,7 +262,16 @@ def fix(
             from ..config import DataConfig
 
             held = load_examples(DataConfig(path=str(heldout)))
-        summary = run_fix(cfg, workdir, qs, retrain=retrain, out_dir=out, heldout=held)
+        summary = run_fix(
+            cfg,
+            workdir,
+            qs,
+            retrain=retrain,
+            out_dir=out,
+            heldout=held,
+            after_checkpoint=after,
+            random_checkpoint=random,
+        )
     if not quiet:
         _print_fix(summary)
 
@@ -258,7 +283,7 @@ def _print_fix(summary: dict) -> None:
         f"{summary['method']}: removed {len(summary['removed'])} of {summary['n_train']} documents "
         f"({summary['combine']}) for {len(summary['queries'])} queries"
     )
-    if not summary.get("retrained"):
+    if "after" not in summary:
         return
     table = Table("model", "margin (log p neg - log p pos)", "says negative", f"loss ({summary['heldout_source']})")
     for label in ("before", "after", "random"):
