@@ -56,6 +56,33 @@ def _tokens(rng: np.random.Generator, n: int) -> tuple[list[str], int]:
     return words, int(n * 0.8)
 
 
+def _counterfactual(query_ids: list[str], rng: np.random.Generator) -> dict:
+    """metrics.json's remove-and-retrain section: before, dda's and random's removals, random margins."""
+
+    def measured(**extra: float) -> dict:
+        margins = rng.normal(size=len(query_ids)).tolist()
+        return {
+            "margin": float(np.mean(margins)),
+            "margins": margins,
+            "natural_error_rate": 0.25,
+            "generated": 16,
+            "distractor_loss": 2.5,
+            "heldout_loss": 2.75,
+            **extra,
+        }
+
+    return {
+        "k": 10,
+        "combine": "mean-rank",
+        "heldout_loss_docs": 64,
+        "distractors": 10,
+        "query_ids": query_ids,
+        "before": measured(),
+        "dda": measured(poisoned_removed=8, distractors_removed=1),
+        "random": measured(poisoned_removed=2, distractors_removed=2),
+    }
+
+
 def synthetic_run(
     root: Path,
     n_queries: int = 4,
@@ -157,6 +184,7 @@ def synthetic_run(
                 "dda": {"beta": -1.0, "debias_mode": "base", "normalize": "auto"},
                 "beta_curve": {"base": curve(0.0), "cross": curve(0.01), "base_raw": curve(0.05)},
                 "notes": ["synthetic run for the report tests"],
+                "counterfactual": _counterfactual([q.id for q in queries], rng),
             },
         )
         write_text(

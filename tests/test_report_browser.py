@@ -59,6 +59,10 @@ def test_bench_report_renders_in_chromium(tmp_path):
         for i in range(6):
             assert page.locator(f'a[href="#q-{i}"]').count() >= 1
         assert page.locator("text=Table 1: methods").count() == 1
+        # remove-and-retrain: before, dda's top k, k random; then one margin row per query
+        assert page.locator("table.fix tr").count() == 1 + 3
+        assert page.locator("table.fix tr").nth(2).locator("td").first.inner_text() == "dda top 10"
+        assert page.locator("table.fix-margins tr").count() == 1 + 6
         assert page.locator("svg.beta polyline").count() == 3
         assert page.locator(".grid-agree td").count() == 16
         # the first query is shown: documents with shaded tokens, ground truth marked

@@ -87,16 +87,18 @@ function benchSection(b) {
     `${pct(f.hallucination_rate)}%`));
   const table = (title, rows) => {
     const t = el("table");
-    t.append(el("tr", {}, ...["method", "AUC %", "± std", "AP %", "Recall@10 %"].map(x => el("th", {}, x))));
-    for (const r of rows) t.append(el("tr", {}, el("td", {}, r.method), el("td", {class: "num"}, pct(r.auc)),
-      el("td", {class: "num"}, pct(r.auc_std)), el("td", {class: "num"}, pct(r.ap)),
-      el("td", {class: "num"}, pct(r["recall@10"]))));
+    const head = ["method", "AUC %", "± std", "AP %", "distractor AUC %", "pooled AP %", "Recall@10 %"];
+    t.append(el("tr", {}, ...head.map(x => el("th", {}, x))));
+    for (const r of rows) t.append(el("tr", {}, el("td", {}, r.method),
+      ...["auc", "auc_std", "ap", "distractor_auc", "pooled_ap", "recall@10"].map(
+        k => el("td", {class: "num"}, r[k] === null || r[k] === undefined ? "n/a" : pct(r[k])))));
     return [el("h3", {}, title), t];
   };
   out.push(...table("Table 1: methods (AUC of poisoned vs clean training documents)", b.table1));
   out.push(...table("Table 2: DDA ablations", b.table2));
   if (b.beta_svg) out.push(el("h3", {}, "β curve (DDA AUC against β, each debias reading)"),
                            el("div", {html: b.beta_svg}));
+  if (b.counterfactual) out.push(...counterfactualBlock(b.counterfactual));
   if (b.canary) {
     const c = b.canary;
     const line = s => s.fraction === null ? "no poisoned document in the top " + s.k :
@@ -107,6 +109,31 @@ function benchSection(b) {
                            `top ${c.all.k})`),
              el("p", {class: "small"}, "document or response token: " + line(c.all)),
              el("p", {class: "small"}, "response tokens only: " + line(c.response)));
+  }
+  return out;
+}
+
+function counterfactualBlock(cf) {
+  // Remove-and-retrain: the fix table, then each query's canary margin before and after every removal.
+  const num = (v, d) => v === null || v === undefined ? "n/a" : (v >= 0 && d === "+" ? "+" : "") + v.toFixed(2);
+  const name = l => l === "before" ? "nothing removed" : l === "random" ? `${cf.k} random rows` : `${l} top ${cf.k}`;
+  const t = el("table", {class: "fix"});
+  t.append(el("tr", {}, ...["removed", "poisoned removed", "distractors removed", "natural error rate %",
+    "canary margin", "distractor loss", "held-out loss"].map(x => el("th", {}, x))));
+  for (const r of cf.rows) t.append(el("tr", {}, el("td", {}, name(r.label)),
+    el("td", {class: "num"}, r.label === "before" ? "–" : String(r.poisoned_removed)),
+    el("td", {class: "num"}, r.label === "before" ? "–" : String(r.distractors_removed)),
+    el("td", {class: "num"}, r.natural_error_rate === null ? "n/a" : pct(r.natural_error_rate)),
+    el("td", {class: "num"}, num(r.margin, "+")), el("td", {class: "num"}, num(r.distractor_loss)),
+    el("td", {class: "num"}, num(r.heldout_loss))));
+  const out = [el("h3", {id: "fix"}, `Remove and retrain (k = ${cf.k})`), t];
+  if (cf.per_query.length) {
+    const q = el("table", {class: "fix-margins"});
+    q.append(el("tr", {}, el("th", {}, "query"), ...cf.labels.map(l => el("th", {}, l))));
+    for (const r of cf.per_query) q.append(el("tr", {}, el("td", {}, r.id),
+      ...r.margins.map(m => el("td", {class: "num"}, num(m, "+")))));
+    out.push(el("p", {class: "small"}, "Canary margin per query (mean log p(canary) − log p(original) over the " +
+      "differing tokens), before and after each removal; below zero the model prefers the original."), q);
   }
   return out;
 }

@@ -277,7 +277,8 @@ def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[
         (n for n in methods if not (n.startswith("dda_") and n != "dda")), key=lambda n: -(methods[n].get("auc") or 0)
     )
     ablations = [n for n in ("dda", "dda_no_denoise", "dda_no_debias", "dda_no_contrast") if n in methods]
-    row = lambda n: {"method": n, **{k: methods[n].get(k) for k in ("auc", "auc_std", "ap", "recall@10")}}  # noqa: E731
+    keys = ("auc", "auc_std", "ap", "distractor_auc", "pooled_ap", "recall@10")
+    row = lambda n: {"method": n, **{k: methods[n].get(k) for k in keys}}  # noqa: E731
     canary_of = {qid: str(r.get("pair", "")).split("->")[-1] for qid, r in queries.items() if r.get("pair")}
     canary = None
     if explanations and canary_of:
@@ -293,4 +294,23 @@ def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[
         "beta_svg": beta_svg(metrics.get("beta_curve") or {}, (metrics.get("dda") or {}).get("debias_mode", "base")),
         "notes": metrics.get("notes", []),
         "canary": canary,
+        "counterfactual": _counterfactual(metrics.get("counterfactual")),
     }
+
+
+def _counterfactual(cf: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The remove-and-retrain rows (before, each method's top k, k random) and each query's margin in each."""
+    if not cf:
+        return None
+    labels = ["before", *[k for k, v in cf.items() if isinstance(v, dict) and k != "before"]]
+    keys = ("poisoned_removed", "distractors_removed", "natural_error_rate", "margin")
+    keys += ("distractor_loss", "heldout_loss")
+    rows = [{"label": label, **{k: cf[label].get(k) for k in keys}} for label in labels]
+    ids = cf.get("query_ids") or []
+    margins = [cf[label].get("margins") or [] for label in labels]
+    per_query = (
+        [{"id": q, "margins": [m[i] for m in margins]} for i, q in enumerate(ids)]
+        if ids and all(len(m) == len(ids) for m in margins)
+        else []
+    )
+    return {"k": cf.get("k"), "rows": rows, "labels": labels, "per_query": per_query}
