@@ -125,6 +125,14 @@ def test_cli_writes_the_split_and_refuses_bad_input(workdir, tmp_path):
     ):
         bad = runner.invoke(app, [*base, *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output
+    # --after with the workdir's own last checkpoint measures the model `before` measures: the same numbers.
+    last = sorted((root / "checkpoints").glob("epoch-*"))[-1]
+    same = runner.invoke(app, [*base[:-2], "--k", "4", "--after", str(last), "--out", str(tmp_path / "same")])
+    assert same.exit_code == 0, same.output
+    fix = json.loads((tmp_path / "same" / "fix.json").read_text())
+    assert fix["after"]["margin"] == pytest.approx(fix["before"]["margin"]) and "random" not in fix
+    assert fix["measured"] == {"after": str(last.resolve())}
+    assert "per query" in same.output and all(q.id in same.output for q in _queries())
     empty = tmp_path / "empty"
     Path(empty).mkdir()
     bad = runner.invoke(app, ["fix", "-w", str(empty), "--queries", str(queries), "--retrain"])

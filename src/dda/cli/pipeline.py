@@ -285,10 +285,15 @@ def _print_fix(summary: dict) -> None:
     )
     if "after" not in summary:
         return
+    labels = [label for label in ("before", "after", "random") if label in summary]
     table = Table("model", "margin (log p neg - log p pos)", "says negative", f"loss ({summary['heldout_source']})")
-    for label in ("before", "after", "random"):
-        if label in summary:
-            r = summary[label]
-            loss = "n/a" if r["heldout_loss"] is None else f"{r['heldout_loss']:.4f}"
-            table.add_row(label, f"{r['margin']:+.3f}", f"{r['says_negative']:.0%}", loss)
+    for label in labels:
+        r = summary[label]
+        loss = "n/a" if r["heldout_loss"] is None else f"{r['heldout_loss']:.4f}"
+        table.add_row(label, f"{r['margin']:+.3f}", f"{r['says_negative']:.0%}", loss)
     results.print(table)
+    if len(summary["queries"]) > 1:  # a mean can hide the one query that did not move
+        per_query = Table("query", *(f"margin {label}" for label in labels), title="per query")
+        for i, qid in enumerate(summary["queries"]):
+            per_query.add_row(qid, *(f"{summary[label]['per_query'][i]['margin']:+.3f}" for label in labels))
+        results.print(per_query)
