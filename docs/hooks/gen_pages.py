@@ -258,6 +258,10 @@ def render_results(root: Path = ROOT) -> str:
                 at = {float(b): a for b, a in zip(c["betas"], c["auc"], strict=False)}
                 out.append(f"| {reading} | " + " | ".join(_pct(at.get(b)) for b in betas) + " |")
             out.append("")
+        if m.get("counterfactual"):
+            from dda.bench.results import counterfactual_table
+
+            out += ["Remove and retrain:", "", *counterfactual_table(name, m)]
         timings = m.get("timings") or {}
         if timings:
             out += ["Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".", ""]

@@ -268,37 +268,39 @@ def _loss(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.3f}"
 
 
+def counterfactual_table(name: str, m: dict[str, Any]) -> list[str]:
+    """One run's remove-and-retrain rows (before, each method's top k, k random), with what the stage cost."""
+    cf, t = m["counterfactual"], m.get("timings") or {}
+    labels = ["before", *[k for k, v in cf.items() if isinstance(v, dict) and k != "before"]]
+    lines = [
+        f"`{name}` ({m.get('preset')}, {', '.join(m.get('pairs') or [])}, seed {m.get('seed')}; "
+        f"k = {cf.get('k')} of {m.get('n_train')} rows, {m.get('n_poisoned')} poisoned; "
+        f"{cf['before'].get('generated')} held-out summaries per model; the stage took "
+        f"{(t.get('counterfactual') or 0) / 60:.1f} of the run's {(m.get('wall_seconds') or 0) / 60:.1f} min "
+        f"on {_cpu(m.get('machine') or {})}):",
+        "",
+        "| removed | poisoned removed | distractors removed | natural error rate | canary margin "
+        "| distractor loss | held-out loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        r = cf[label]
+        first = "nothing removed" if label == "before" else f"`{label}` top {cf.get('k')}"
+        if label == "random":
+            first = f"{cf.get('k')} random rows"
+        removed = [str(r.get(k, "–")) for k in ("poisoned_removed", "distractors_removed")]
+        cells = [first, *removed, _pct(r.get("natural_error_rate")) + "%", f"{r['margin']:+.2f}"]
+        cells += [_loss(r.get("distractor_loss")), _loss(r.get("heldout_loss"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def counterfactual(root: Path) -> str:
-    """Every committed run with a remove-and-retrain section: before, then each method's top k and k random rows."""
+    """Every committed run with a remove-and-retrain section."""
     runs = [(p, m) for p, m in _runs(root) if m.get("counterfactual")]
     if not runs:
         return "No run with the remove-and-retrain stage is committed yet.\n"
-    lines = []
-    for path, m in runs:
-        cf, t = m["counterfactual"], m.get("timings") or {}
-        labels = ["before", *[k for k, v in cf.items() if isinstance(v, dict) and k != "before"]]
-        lines += [
-            f"`{path.name}` ({m.get('preset')}, {', '.join(m.get('pairs') or [])}, seed {m.get('seed')}; "
-            f"k = {cf.get('k')} of {m.get('n_train')} rows, {m.get('n_poisoned')} poisoned; "
-            f"{cf['before'].get('generated')} held-out summaries per model; the stage took "
-            f"{(t.get('counterfactual') or 0) / 60:.1f} of the run's {(m.get('wall_seconds') or 0) / 60:.1f} min "
-            f"on {_cpu(m.get('machine') or {})}):",
-            "",
-            "| removed | poisoned removed | distractors removed | natural error rate | canary margin "
-            "| distractor loss | held-out loss |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for label in labels:
-            r = cf[label]
-            first = "nothing removed" if label == "before" else f"`{label}` top {cf.get('k')}"
-            if label == "random":
-                first = f"{cf.get('k')} random rows"
-            removed = [str(r.get(k, "–")) for k in ("poisoned_removed", "distractors_removed")]
-            cells = [first, *removed, _pct(r.get("natural_error_rate")) + "%", f"{r['margin']:+.2f}"]
-            cells += [_loss(r.get("distractor_loss")), _loss(r.get("heldout_loss"))]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join(line for path, m in runs for line in counterfactual_table(path.name, m))
 
 
 RENDERERS: dict[str, Callable[[Path], str]] = {
