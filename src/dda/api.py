@@ -29,7 +29,7 @@ from .features.index import Indexer
 from .features.sharded import read_store
 from .features.store import FeatureStore, check_compatible, module_blocks
 from .io import read_json, stable_hash, write_json, write_yaml
-from .models import BASE, Checkpoint, check_checkpoint_fits, discover_checkpoints, load_model
+from .models import BASE, Checkpoint, CheckpointSet, check_checkpoint_fits, find_checkpoints, load_model
 from .progress import bar, say
 from .scoring import FeatureSet, ModelAccess, ScoringContext, method_needs, parse_method, run_method
 from .workdir import Workdir, WorkdirError
@@ -52,6 +52,9 @@ class Attributor:
         self._model, self._tokenizer = model, tokenizer
         self._indexer: Indexer | None = None
         self.checkpoints: list[Checkpoint] = []
+        """The fine-tuned checkpoints in training order (theta0 not included)."""
+        self.checkpoint_set: CheckpointSet | None = None
+        """How `use_checkpoints` found them (layout and notes); None after `finetune`."""
         self.timings: dict[str, float] = {}
         self.index_stats: dict[str, Any] = {}
         torch.manual_seed(self.cfg.seed)
@@ -127,8 +130,13 @@ class Attributor:
         return self.checkpoints
 
     def use_checkpoints(self, path: str | Path) -> list[Checkpoint]:
-        self.checkpoints = discover_checkpoints(path)
+        """Use the checkpoints found at `path` (dda's epoch-K folders, a Trainer's checkpoint-N folders, or one
+        model folder; see `dda.models.find_checkpoints`) instead of fine-tuning; prints what was found."""
+        found = find_checkpoints(path)
+        self.checkpoints, self.checkpoint_set = found.checkpoints, found
         self._checkpoint_source = str(path)
+        for note in found.notes:
+            say(note, self.cfg.quiet)
         return self.checkpoints
 
     def all_checkpoints(self) -> list[Checkpoint]:
@@ -218,6 +226,7 @@ class Attributor:
             stats = {
                 "n_train": len(examples),
                 "checkpoints": [c.name for c in cks],
+                "checkpoint_layout": self.checkpoint_set.describe() if self.checkpoint_set else None,
                 "n_prompt_truncated": data.n_prompt_truncated,
                 "n_response_truncated": data.n_response_truncated,
                 "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
