@@ -113,6 +113,8 @@ def _param_row(p: Any) -> str:
         kind += ", repeatable"
     if p.required:
         default = "required"
+    elif isinstance(getattr(p, "show_default", None), str):  # where a None default comes from (dda.cli.defaults)
+        default = _cell(p.show_default)
     elif getattr(p, "is_flag", False):
         default = "on" if p.default else "off"
     else:

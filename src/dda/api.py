@@ -147,6 +147,7 @@ class Attributor:
             elif self.workdir.checkpoints.exists():
                 self.use_checkpoints(self.workdir.checkpoints)
         if not self.checkpoints:
+            self.workdir.require_exists()
             raise WorkdirError(
                 f"{self.workdir}: no checkpoints: run `dda finetune`, or `dda index --checkpoints DIR` "
                 "with your own (Python: finetune() or use_checkpoints(path))"
@@ -281,6 +282,7 @@ class Attributor:
         from .config import DataConfig
 
         path = self.workdir.train_data
+        self.workdir.require_exists()
         if not path.exists():
             raise FileNotFoundError(f"{path}: no indexed training data; run `dda index` first")
         return load_examples(DataConfig(path=str(path)))
@@ -474,6 +476,7 @@ class Attributor:
 
         impl = get_backend(backend)  # an unknown name fails here, with every registered one listed
         train_path = self.workdir.train_data
+        self.workdir.require_exists()
         if not train_path.exists():
             raise FileNotFoundError(f"{train_path}: no indexed training data; run index() first")
         stores = self.train_stores()
