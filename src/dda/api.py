@@ -48,7 +48,9 @@ class Attributor:
 
     def __init__(self, cfg: DDAConfig, workdir: str | Path | Workdir, model: Any = None, tokenizer: Any = None):
         self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        """The run directory (dda.workdir.Workdir): checkpoints, features, attribution."""
         self.cfg = self.workdir.resolve_config(cfg)
+        """The config in use: the one given, with the settings the workdir's features were built with."""
         self._model, self._tokenizer = model, tokenizer
         self._indexer: Indexer | None = None
         self.checkpoints: list[Checkpoint] = []
@@ -56,12 +58,15 @@ class Attributor:
         self.checkpoint_set: CheckpointSet | None = None
         """How `use_checkpoints` found them (layout and notes); None after `finetune`."""
         self.timings: dict[str, float] = {}
+        """Seconds per stage run by this Attributor (model_load, finetune, index, attribute, ...)."""
         self.index_stats: dict[str, Any] = {}
+        """What the last `index` did: rows, checkpoints and their layout, truncations, computed rows, speed."""
         torch.manual_seed(self.cfg.seed)
 
     # ----------------------------------------------------------------------------------------- model + data
     @property
     def model(self) -> Any:
+        """theta0, the base model of `cfg.model`, loaded on first use (or the one passed in)."""
         if self._model is None:
             t0 = time.perf_counter()
             self._model, tok = load_model(self.cfg.model)
@@ -71,31 +76,39 @@ class Attributor:
 
     @property
     def tokenizer(self) -> Any:
+        """The model's tokenizer (loaded with the model, or the one passed in)."""
         if self._tokenizer is None:
             _ = self.model
         return self._tokenizer
 
     @property
     def formatter(self) -> PromptFormatter:
+        """Turns examples and queries into token ids and loss masks, as `cfg.data` says, within the model's
+        context."""
         context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         return PromptFormatter(self.tokenizer, self.cfg.data, context=context)
 
     @property
     def pad_id(self) -> int:
+        """The token id batches are padded with (the tokenizer's pad token, else its end-of-sequence token)."""
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def tokenize(self, examples: list[Example]) -> Tokenized:
+        """Token ids and loss masks of training examples, as `index` and `finetune` compute on them."""
         return self.formatter.tokenize_examples(examples)
 
     @property
     def indexer(self) -> Indexer:
+        """The gradient featurizer of `cfg.features` (tracked modules, projection), built on first use."""
         if self._indexer is None:
             self._indexer = Indexer(self.model, self.tokenizer, self.cfg.features)
         return self._indexer
 
     # ------------------------------------------------------------------------------------------- finetune
     def finetune(self, examples: list[Example], out_dir: str | Path | None = None) -> list[Checkpoint]:
+        """Fine-tune theta0 on `examples` as `cfg.train` says, one checkpoint per epoch into `out_dir` (default
+        WORKDIR/checkpoints), resuming from the last complete epoch; returns the checkpoints."""
         from .finetune import completed_epochs, finetune
 
         out = Path(out_dir or self.workdir.checkpoints)
@@ -140,6 +153,7 @@ class Attributor:
         return self.checkpoints
 
     def all_checkpoints(self) -> list[Checkpoint]:
+        """theta0 then every checkpoint: those set by `finetune`/`use_checkpoints`, else the workdir's source."""
         if not self.checkpoints:
             source = (self.workdir.settings() or {}).get("checkpoints")
             if source and Path(source).exists():
@@ -279,6 +293,7 @@ class Attributor:
 
     # ------------------------------------------------------------------------------------------ attribute
     def train_examples(self) -> list[Example]:
+        """The indexed training examples (WORKDIR/data/train.jsonl), in the order of the stored features."""
         from .config import DataConfig
 
         path = self.workdir.train_data
@@ -288,6 +303,7 @@ class Attributor:
         return load_examples(DataConfig(path=str(path)))
 
     def feature_set(self, queries: list[Query]) -> FeatureSet:
+        """The stored training features and the queries' features (computed or reused) at every checkpoint."""
         cks = self.all_checkpoints()
         stores = {c.name: read_store(self.workdir.train_store(c.name)) for c in cks}
         q = self.query_features(queries)
@@ -307,6 +323,8 @@ class Attributor:
         out_dir: str | Path | None = None,
         poisoned: set[str] | None = None,
     ) -> Attribution:
+        """Score every indexed training document for each query's negative output with each method (default
+        `cfg.score.methods`); saved to `out_dir` when given. `poisoned` ids (known culprits) are marked."""
         methods = methods or list(self.cfg.score.methods)
         parsed = [parse_method(m) for m in methods]  # fail fast on a typo or a bad parameter, before any compute
         needs = method_needs(methods)
@@ -360,7 +378,7 @@ class Attributor:
         """Token-level attribution of each query's top-k documents (see dda.explain): per document its tokens
         with contributions that sum to the method's score, the prompt/response split, and the query tokens'
         shares. `result_or_queries`: an Attribution (its queries and ground truth) or queries. Methods default to
-        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/<query>.json if given.
+        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/{query}.json if given.
         align="target": a position's part shown on the token it predicts; "input": on the token it reads."""
         from .explain import explain, explainable
 
@@ -399,7 +417,7 @@ class Attributor:
         out_dir: str | Path | None = None,
     ) -> Path:
         """Index the concatenated training rows `method` reads (sketch, faiss or a registered index backend), in
-        WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores. Settings left at
+        WORKDIR/features/index/{backend}-{key}/ by default; one streaming pass over the stores. Settings left at
         None come from the config's `search` section (backend: sketch when it names one without an index)."""
         from .scoring.backends import get_backend
         from .scoring.search import build_index, concatenated_rows, index_name, store_sources

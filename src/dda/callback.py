@@ -132,24 +132,30 @@ class DDACheckpointCallback(TrainerCallback):
 
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
+        """Where the epoch-K checkpoint folders go."""
         self._lrs: list[float] = []
         self._losses: list[float] = []
         self.saved: list[Checkpoint] = []
+        """The checkpoints saved so far, in order."""
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Start the epoch's record of learning rates and losses."""
         self._lrs, self._losses = [], []
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        """Record the learning rate this optimizer step used (before the scheduler moves it)."""
         if optimizer is not None:
             self._lrs.append(float(optimizer.param_groups[0]["lr"]))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        """Record the training loss the Trainer logged (kept as the checkpoint's mean_logged_loss)."""
         if logs and "loss" in logs:
             self._losses.append(float(logs["loss"]))
 
     def on_epoch_end(
         self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
     ) -> None:
+        """Save OUT/epoch-K/ with the epoch's mean learning rate (on the main process only)."""
         if not state.is_world_process_zero:
             return
         if model is None:
