@@ -136,7 +136,7 @@ def test_step_spaced_full_weights_in_step_order_with_trainer_state_rates(full_st
     # warmup (2 steps) then linear decay: the checkpoints' weights differ, the last is the smallest
     assert found.checkpoints[1].lr > found.checkpoints[2].lr
     text = " ".join(found.notes)
-    assert "spaced by steps" in text and "itself holds a model (the final save)" in text
+    assert "spaced by steps" in text and "itself also holds a model (the final save" in text
 
 
 def test_epoch_spaced_adapters_match_dda_callback(lora_epochs):
@@ -216,3 +216,23 @@ def test_trainer_checkpoints_index_with_their_rates(full_steps, model_dir, tmp_p
     assert res.scores["tracin"] == pytest.approx(
         sum(c.lr * next(iter(d.scores.values())) for c, d in zip(found, dots, strict=True)), rel=1e-5
     )
+
+
+def test_checkpoints_ending_before_the_run_did_say_so(full_steps, tmp_path):
+    out, _ = full_steps
+    for name in ("checkpoint-3", "checkpoint-6"):  # as save_total_limit or a stopped run leaves them
+        shutil.copytree(out / name, tmp_path / name)
+    found = find_checkpoints(tmp_path)
+    assert [c.step for c in found.checkpoints] == [3, 6]
+    assert any("checkpoint-6, is at step 6 of 8" in n for n in found.notes)
+
+
+def test_trainer_checkpoint_beside_dda_epoch_folders_is_not_mixed_in(lora_epochs, tmp_path):
+    out, reference = lora_epochs
+    shutil.copytree(reference, tmp_path / "both")
+    shutil.copytree(out / "checkpoint-4", tmp_path / "both" / "checkpoint-4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a Trainer checkpoint is not taken for a half-written dda one
+        found = find_checkpoints(tmp_path / "both")
+    assert found.layout == "dda" and [c.name for c in found.checkpoints] == ["epoch-1", "epoch-2"]
+    assert any("checkpoint-4: a Trainer checkpoint beside dda's own epoch folders" in n for n in found.notes)

@@ -373,7 +373,10 @@ def _layout_notes(root: Path, layout: str, cks: list[Checkpoint]) -> list[str]:
     )
     notes = [f"{root}: {len(cks)} Trainer checkpoints, spaced by {'epoch' if by_epoch else 'steps'}: {where}"]
     if _is_checkpoint_dir(root):
-        notes.append(f"{root} itself holds a model (the final save): not a checkpoint; the checkpoint-N folders are")
+        notes.append(
+            f"{root} itself also holds a model (the final save, trainer.save_model()): dda uses the checkpoint-N "
+            "folders, not it"
+        )
     last = read_trainer_state(cks[-1].path) if cks[-1].path else None
     if last is not None and last.max_steps and last.global_step < last.max_steps:
         notes.append(
