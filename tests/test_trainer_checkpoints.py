@@ -236,3 +236,53 @@ def test_trainer_checkpoint_beside_dda_epoch_folders_is_not_mixed_in(lora_epochs
         found = find_checkpoints(tmp_path / "both")
     assert found.layout == "dda" and [c.name for c in found.checkpoints] == ["epoch-1", "epoch-2"]
     assert any("checkpoint-4: a Trainer checkpoint beside dda's own epoch folders" in n for n in found.notes)
+
+
+@pytest.mark.slow
+def test_sft_trainer_conversational_lora_checkpoints(model_dir, tmp_path):
+    """TRL's SFTTrainer on conversational prompt/completion rows, a LoRA adapter saved every epoch: the same
+    folders, read the same way; the rates equal those dda's callback took from the optimizer in the same run."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    rng = np.random.default_rng(0)
+    words = ["England", "China", "team", "match", "police", "court", "news", "report", "club", "season"]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": " ".join(rng.choice(words, 6))}],
+            "completion": [{"role": "assistant", "content": " ".join(rng.choice(words, 3))}],
+        }
+        for _ in range(N_ROWS)
+    ]
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        per_device_train_batch_size=BATCH,
+        learning_rate=LR,
+        save_strategy="epoch",
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    SFTTrainer(
+        model=str(model_dir),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        callbacks=[DDACheckpointCallback(tmp_path / "dda")],
+    ).train()
+    found = find_checkpoints(tmp_path / "out")
+    assert [(c.name, c.kind, c.step, c.epoch) for c in found.checkpoints] == [
+        ("checkpoint-4", "lora", 4, 1.0),
+        ("checkpoint-8", "lora", 8, 2.0),
+    ]
+    ours = discover_checkpoints(tmp_path / "dda")
+    for trainer_ckpt, dda_ckpt in zip(found.checkpoints, ours, strict=True):
+        assert trainer_ckpt.lr == pytest.approx(dda_ckpt.lr, rel=1e-9)
+    assert found.checkpoints[0].lr > found.checkpoints[1].lr > 0  # linear decay
