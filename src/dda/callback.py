@@ -16,6 +16,10 @@ Each `OUT/epoch-K/` holds the adapter (adapter_config.json + adapter_model.safet
 (safetensors) and `dda_checkpoint.json` (epoch, the learning rate in force: TracIn's weight, and what was saved).
 A checkpoint is written into OUT/.partial/ and renamed into place when complete, with dda_checkpoint.json written
 last, so a killed run never leaves a directory that `discover_checkpoints` would take for a checkpoint.
+
+Without the callback, `dda index --checkpoints OUT` reads the Trainer's own `checkpoint-N` folders, with each
+one's learning rate from its trainer_state.json (dda.trainer_state); the callback adds the base model's
+fingerprint, and epoch folders whatever the Trainer's save_strategy.
 """
 
 from __future__ import annotations
