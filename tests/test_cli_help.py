@@ -76,8 +76,9 @@ def test_a_wrong_workdir_path_says_so(command, tmp_path):
     assert not wrong.exists()  # nothing created at the wrong path
 
 
-def test_build_index_on_a_wrong_workdir_says_so(tmp_path):
-    code, out = _run("build-index", "-w", tmp_path / "typo")
+@pytest.mark.parametrize("args", [["build-index", "-w"], ["show"]])
+def test_build_index_and_show_on_a_wrong_path_say_so(args, tmp_path):
+    code, out = _run(*args, tmp_path / "typo")
     assert code == 2 and f"{tmp_path / 'typo'}: no such directory" in " ".join(out.split())
 
 
