@@ -21,10 +21,11 @@ def _help(*args: str) -> str:
     return res.stdout
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
+@pytest.mark.parametrize("name", ["", *COMMANDS])
 def test_every_option_shows_its_default(name):
-    out = _help(name)
-    options = [p for p in COMMANDS[name].params if p.param_type_name == "option" and p.name != "help"]
+    out = _help(name) if name else _help()
+    command = COMMANDS[name] if name else typer.main.get_command(app)
+    options = [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
     lines = out.splitlines()
     # an option's row in the Options panel starts with its name (after the border and a required mark)
     rows = {p.opts[0]: next((i for i, ln in enumerate(lines) if _row_of(ln) == p.opts[0]), None) for p in options}

@@ -102,5 +102,6 @@ class DefaultsGroup(TyperGroup):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        show_every_default("", self)  # `dda --version`
         for name, command in self.commands.items():
             show_every_default(name, command)
