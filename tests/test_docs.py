@@ -78,7 +78,12 @@ def test_results_page_renders_committed_metrics_and_says_when_there_are_none(gen
             "bm25": {"auc": 0.81, "auc_std": 0.05, "ap": 0.48, "recall@10": 0.2},
         },
         "beta_curve": {
-            "base": {"betas": [-1.0, 0.0, 0.4], "auc": [0.968, 0.867, 0.7], "auc_std": [0, 0, 0]},
+            "base": {
+                "betas": [-1.0, 0.0, 0.4],
+                "auc": [0.968, 0.867, 0.7],
+                "auc_std": [0, 0, 0],
+                "ap": [0.9, 0.5, 0.3],
+            },
             "cross": {"betas": [-1.0, 0.4], "auc": [0.95, 0.6], "auc_std": [0, 0]},
         },
     }
@@ -87,7 +92,14 @@ def test_results_page_renders_committed_metrics_and_says_when_there_are_none(gen
     assert "No `results/*/metrics.json`" not in page
     assert "| `dda` |  | 90.0 | 85.0 | – | – | 70.0 | – | 96.8 | 2.0 |" in page
     assert page.index("| `dda` |") < page.index("| `bm25` |")  # ranked by AP
-    assert "| base | 96.8 | 86.7 | 70.0 |" in page and "| cross | 95.0 | – | 60.0 |" in page
+    assert "| base | AUC | 96.8 | 86.7 | 70.0 |" in page and "| cross | AUC | 95.0 | – | 60.0 |" in page
+    assert page.index("| base | AP | 90.0 | 50.0 | 30.0 |") < page.index("| base | AUC |")  # AP leads
+    # the overview leads with AP and distractor AUC; AUC comes after them, and the best method is the best by AP
+    head = next(ln for ln in page.splitlines() if ln.startswith("| run |"))
+    assert (
+        head.index("DDA AP") < head.index("DDA distractor AUC") < head.index("best method (AP)") < head.index("DDA AUC")
+    )
+    assert "| 90.0 | 85.0 | dda (90.0) | 96.8 |" in page
     assert "12.1 min" in page
 
 

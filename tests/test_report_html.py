@@ -80,8 +80,11 @@ def test_show_cli_writes_the_page_and_refuses_other_dirs(tmp_path):
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["show", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "ranking.json" in res.output
-    with pytest.raises(RunDirError, match="not a directory"):
+    with pytest.raises(RunDirError, match="missing: no such directory"):
         locate(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="file: not a directory"):
+        locate(tmp_path / "file")
 
 
 def test_page_size_for_50_queries_and_20_documents(tmp_path):

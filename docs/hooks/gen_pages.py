@@ -113,6 +113,8 @@ def _param_row(p: Any) -> str:
         kind += ", repeatable"
     if p.required:
         default = "required"
+    elif isinstance(getattr(p, "show_default", None), str):  # where a None default comes from (dda.cli.defaults)
+        default = _cell(p.show_default)
     elif getattr(p, "is_flag", False):
         default = "on" if p.default else "off"
     else:
@@ -198,8 +200,8 @@ def render_results(root: Path = ROOT) -> str:
         ]
         return "\n".join(out)
     out += [
-        "| run | preset | seed | pairs | queries | DDA AUC | best method (AUC) | wall |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | preset | seed | pairs | queries | DDA AP | DDA distractor AUC | best method (AP) | DDA AUC | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     loaded = []
     for path in runs:
@@ -209,14 +211,15 @@ def render_results(root: Path = ROOT) -> str:
             raise ValueError(f"{path}: not readable JSON ({err})") from err
         loaded.append((path.parent.name, m))
         methods = m.get("methods") or {}
-        best = max(methods, key=lambda k: methods[k].get("auc") or 0, default=None)
+        # AP and distractor AUC lead: AUC against every clean document rewards a word match (see the README)
+        best = max(methods, key=lambda k: methods[k].get("ap") or 0, default=None)
         wall = m.get("wall_seconds")
-        best_cell = f"{best} ({_pct(methods[best].get('auc'))})" if best else "–"
+        best_cell = f"{best} ({_pct(methods[best].get('ap'))})" if best else "–"
+        dda = methods.get("dda") or {}
         out.append(
             f"| [{path.parent.name}](#run-{path.parent.name}) | {m.get('preset', '')} | {m.get('seed', '')} | "
             f"{_cell(', '.join(m.get('pairs') or []))} | {m.get('n_queries', '')} ({m.get('query_mode', '')}) | "
-            f"{_pct((methods.get('dda') or {}).get('auc'))} | "
-            f"{best_cell} | "
+            f"{_pct(dda.get('ap'))} | {_pct(dda.get('distractor_auc'))} | {best_cell} | {_pct(dda.get('auc'))} | "
             f"{f'{wall / 60:.1f} min' if isinstance(wall, (int, float)) else '–'} |"
         )
     out.append("")
@@ -249,14 +252,17 @@ def render_results(root: Path = ROOT) -> str:
             # readings may be swept over different β grids: one column per β any of them has
             betas = sorted({float(b) for c in curves.values() for b in c["betas"]})
             out += [
-                "DDA AUC against β, per debias reading (β < 0 adds the θ0 score):",
+                "DDA against β, per debias reading (β < 0 adds the θ0 score); AP and distractor AUC first:",
                 "",
-                "| reading | " + " | ".join(f"β = {b:g}" for b in betas) + " |",
-                "|---|" + "---|" * len(betas),
+                "| reading | metric | " + " | ".join(f"β = {b:g}" for b in betas) + " |",
+                "|---|---|" + "---|" * len(betas),
             ]
-            for reading, c in curves.items():
-                at = {float(b): a for b, a in zip(c["betas"], c["auc"], strict=False)}
-                out.append(f"| {reading} | " + " | ".join(_pct(at.get(b)) for b in betas) + " |")
+            for metric, label in (("ap", "AP"), ("distractor_auc", "distractor AUC"), ("auc", "AUC")):
+                for reading, c in curves.items():
+                    if not c.get(metric):
+                        continue
+                    at = {float(b): a for b, a in zip(c["betas"], c[metric], strict=False)}
+                    out.append(f"| {reading} | {label} | " + " | ".join(_pct(at.get(b)) for b in betas) + " |")
             out.append("")
         if m.get("counterfactual"):
             from dda.bench.results import counterfactual_table

@@ -29,7 +29,7 @@ from .features.index import Indexer
 from .features.sharded import read_store
 from .features.store import FeatureStore, check_compatible, module_blocks
 from .io import read_json, stable_hash, write_json, write_yaml
-from .models import BASE, Checkpoint, check_checkpoint_fits, discover_checkpoints, load_model
+from .models import BASE, Checkpoint, CheckpointSet, check_checkpoint_fits, find_checkpoints, load_model
 from .progress import bar, say
 from .scoring import FeatureSet, ModelAccess, ScoringContext, method_needs, parse_method, run_method
 from .workdir import Workdir, WorkdirError
@@ -48,17 +48,25 @@ class Attributor:
 
     def __init__(self, cfg: DDAConfig, workdir: str | Path | Workdir, model: Any = None, tokenizer: Any = None):
         self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        """The run directory (dda.workdir.Workdir): checkpoints, features, attribution."""
         self.cfg = self.workdir.resolve_config(cfg)
+        """The config in use: the one given, with the settings the workdir's features were built with."""
         self._model, self._tokenizer = model, tokenizer
         self._indexer: Indexer | None = None
         self.checkpoints: list[Checkpoint] = []
+        """The fine-tuned checkpoints in training order (theta0 not included)."""
+        self.checkpoint_set: CheckpointSet | None = None
+        """How `use_checkpoints` found them (layout and notes); None after `finetune`."""
         self.timings: dict[str, float] = {}
+        """Seconds per stage run by this Attributor (model_load, finetune, index, attribute, ...)."""
         self.index_stats: dict[str, Any] = {}
+        """What the last `index` did: rows, checkpoints and their layout, truncations, computed rows, speed."""
         torch.manual_seed(self.cfg.seed)
 
     # ----------------------------------------------------------------------------------------- model + data
     @property
     def model(self) -> Any:
+        """theta0, the base model of `cfg.model`, loaded on first use (or the one passed in)."""
         if self._model is None:
             t0 = time.perf_counter()
             self._model, tok = load_model(self.cfg.model)
@@ -68,31 +76,39 @@ class Attributor:
 
     @property
     def tokenizer(self) -> Any:
+        """The model's tokenizer (loaded with the model, or the one passed in)."""
         if self._tokenizer is None:
             _ = self.model
         return self._tokenizer
 
     @property
     def formatter(self) -> PromptFormatter:
+        """Turns examples and queries into token ids and loss masks, as `cfg.data` says, within the model's
+        context."""
         context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         return PromptFormatter(self.tokenizer, self.cfg.data, context=context)
 
     @property
     def pad_id(self) -> int:
+        """The token id batches are padded with (the tokenizer's pad token, else its end-of-sequence token)."""
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def tokenize(self, examples: list[Example]) -> Tokenized:
+        """Token ids and loss masks of training examples, as `index` and `finetune` compute on them."""
         return self.formatter.tokenize_examples(examples)
 
     @property
     def indexer(self) -> Indexer:
+        """The gradient featurizer of `cfg.features` (tracked modules, projection), built on first use."""
         if self._indexer is None:
             self._indexer = Indexer(self.model, self.tokenizer, self.cfg.features)
         return self._indexer
 
     # ------------------------------------------------------------------------------------------- finetune
     def finetune(self, examples: list[Example], out_dir: str | Path | None = None) -> list[Checkpoint]:
+        """Fine-tune theta0 on `examples` as `cfg.train` says, one checkpoint per epoch into `out_dir` (default
+        WORKDIR/checkpoints), resuming from the last complete epoch; returns the checkpoints."""
         from .finetune import completed_epochs, finetune
 
         out = Path(out_dir or self.workdir.checkpoints)
@@ -127,11 +143,17 @@ class Attributor:
         return self.checkpoints
 
     def use_checkpoints(self, path: str | Path) -> list[Checkpoint]:
-        self.checkpoints = discover_checkpoints(path)
+        """Use the checkpoints found at `path` (dda's epoch-K folders, a Trainer's checkpoint-N folders, or one
+        model folder; see `dda.models.find_checkpoints`) instead of fine-tuning; prints what was found."""
+        found = find_checkpoints(path)
+        self.checkpoints, self.checkpoint_set = found.checkpoints, found
         self._checkpoint_source = str(path)
+        for note in found.notes:
+            say(note, self.cfg.quiet)
         return self.checkpoints
 
     def all_checkpoints(self) -> list[Checkpoint]:
+        """theta0 then every checkpoint: those set by `finetune`/`use_checkpoints`, else the workdir's source."""
         if not self.checkpoints:
             source = (self.workdir.settings() or {}).get("checkpoints")
             if source and Path(source).exists():
@@ -139,6 +161,7 @@ class Attributor:
             elif self.workdir.checkpoints.exists():
                 self.use_checkpoints(self.workdir.checkpoints)
         if not self.checkpoints:
+            self.workdir.require_exists()
             raise WorkdirError(
                 f"{self.workdir}: no checkpoints: run `dda finetune`, or `dda index --checkpoints DIR` "
                 "with your own (Python: finetune() or use_checkpoints(path))"
@@ -218,6 +241,7 @@ class Attributor:
             stats = {
                 "n_train": len(examples),
                 "checkpoints": [c.name for c in cks],
+                "checkpoint_layout": self.checkpoint_set.describe() if self.checkpoint_set else None,
                 "n_prompt_truncated": data.n_prompt_truncated,
                 "n_response_truncated": data.n_response_truncated,
                 "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
@@ -269,14 +293,17 @@ class Attributor:
 
     # ------------------------------------------------------------------------------------------ attribute
     def train_examples(self) -> list[Example]:
+        """The indexed training examples (WORKDIR/data/train.jsonl), in the order of the stored features."""
         from .config import DataConfig
 
         path = self.workdir.train_data
+        self.workdir.require_exists()
         if not path.exists():
             raise FileNotFoundError(f"{path}: no indexed training data; run `dda index` first")
         return load_examples(DataConfig(path=str(path)))
 
     def feature_set(self, queries: list[Query]) -> FeatureSet:
+        """The stored training features and the queries' features (computed or reused) at every checkpoint."""
         cks = self.all_checkpoints()
         stores = {c.name: read_store(self.workdir.train_store(c.name)) for c in cks}
         q = self.query_features(queries)
@@ -296,6 +323,8 @@ class Attributor:
         out_dir: str | Path | None = None,
         poisoned: set[str] | None = None,
     ) -> Attribution:
+        """Score every indexed training document for each query's negative output with each method (default
+        `cfg.score.methods`); saved to `out_dir` when given. `poisoned` ids (known culprits) are marked."""
         methods = methods or list(self.cfg.score.methods)
         parsed = [parse_method(m) for m in methods]  # fail fast on a typo or a bad parameter, before any compute
         needs = method_needs(methods)
@@ -349,7 +378,7 @@ class Attributor:
         """Token-level attribution of each query's top-k documents (see dda.explain): per document its tokens
         with contributions that sum to the method's score, the prompt/response split, and the query tokens'
         shares. `result_or_queries`: an Attribution (its queries and ground truth) or queries. Methods default to
-        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/<query>.json if given.
+        the gradient methods among the result's (or "dda"). Writes OUT_DIR/explain/{query}.json if given.
         align="target": a position's part shown on the token it predicts; "input": on the token it reads."""
         from .explain import explain, explainable
 
@@ -388,7 +417,7 @@ class Attributor:
         out_dir: str | Path | None = None,
     ) -> Path:
         """Index the concatenated training rows `method` reads (sketch, faiss or a registered index backend), in
-        WORKDIR/features/index/<backend>-<key>/ by default; one streaming pass over the stores. Settings left at
+        WORKDIR/features/index/{backend}-{key}/ by default; one streaming pass over the stores. Settings left at
         None come from the config's `search` section (backend: sketch when it names one without an index)."""
         from .scoring.backends import get_backend
         from .scoring.search import build_index, concatenated_rows, index_name, store_sources
@@ -465,6 +494,7 @@ class Attributor:
 
         impl = get_backend(backend)  # an unknown name fails here, with every registered one listed
         train_path = self.workdir.train_data
+        self.workdir.require_exists()
         if not train_path.exists():
             raise FileNotFoundError(f"{train_path}: no indexed training data; run index() first")
         stores = self.train_stores()

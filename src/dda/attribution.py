@@ -33,15 +33,23 @@ class Attribution:
     """Scores of every method: (n_queries, n_train) arrays, HIGHER = MORE RESPONSIBLE."""
 
     train_ids: list[str]
+    """The training documents' ids, in the order of the score columns."""
     queries: list[Query]
+    """The queries, in the order of the score rows."""
     scores: dict[str, np.ndarray]
+    """{method spec: (n_queries, n_train) scores}; higher = more responsible."""
     config: dict[str, Any] = field(default_factory=dict)
+    """The full config the scores were computed with (saved as config.yaml)."""
     poisoned: set[str] = field(default_factory=set)  # optional ground truth, marked in outputs
+    """Ids known to be responsible (a benchmark's ground truth), marked with * in outputs; usually empty."""
     # [natural-queries branch] the features and texts the scores came from, so a caller can score more
     # variants (e.g. a beta sweep) without reading or computing the query features again; not saved
     context: ScoringContext | None = field(default=None, repr=False, compare=False)
+    """The features and texts the scores came from, to score more variants without recomputing; not saved."""
 
     def top(self, k: int = 10, method: str | None = None, query: int = 0) -> list[dict[str, Any]]:
+        """The `k` highest-scored documents of `method` (default: the first) for query number `query`, as
+        {rank, train_id, score, poisoned} rows; ties keep the training order."""
         method = method or next(iter(self.scores))
         s = self.scores[method][query]
         order = np.argsort(-s, kind="stable")[:k]
@@ -163,6 +171,8 @@ class Attribution:
 
 
 def load_attribution(out_dir: str | Path) -> Attribution:
+    """Read back what `Attribution.save` (and `dda attribute`) wrote to `out_dir`: ids, queries and every
+    method's scores (plain .npy arrays, never unpickled); the config and the scoring context are not restored."""
     out = Path(out_dir)
     ranking = read_json(out / "ranking.json")
     scores = {m: np.load(out / f, allow_pickle=False) for m, f in ranking["score_files"].items()}

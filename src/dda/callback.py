@@ -16,6 +16,10 @@ Each `OUT/epoch-K/` holds the adapter (adapter_config.json + adapter_model.safet
 (safetensors) and `dda_checkpoint.json` (epoch, the learning rate in force: TracIn's weight, and what was saved).
 A checkpoint is written into OUT/.partial/ and renamed into place when complete, with dda_checkpoint.json written
 last, so a killed run never leaves a directory that `discover_checkpoints` would take for a checkpoint.
+
+Without the callback, `dda index --checkpoints OUT` reads the Trainer's own `checkpoint-N` folders, with each
+one's learning rate from its trainer_state.json (dda.trainer_state); the callback adds the base model's
+fingerprint, and epoch folders whatever the Trainer's save_strategy.
 """
 
 from __future__ import annotations
@@ -132,24 +136,30 @@ class DDACheckpointCallback(TrainerCallback):
 
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
+        """Where the epoch-K checkpoint folders go."""
         self._lrs: list[float] = []
         self._losses: list[float] = []
         self.saved: list[Checkpoint] = []
+        """The checkpoints saved so far, in order."""
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Start the epoch's record of learning rates and losses."""
         self._lrs, self._losses = [], []
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        """Record the learning rate this optimizer step used (before the scheduler moves it)."""
         if optimizer is not None:
             self._lrs.append(float(optimizer.param_groups[0]["lr"]))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        """Record the training loss the Trainer logged (kept as the checkpoint's mean_logged_loss)."""
         if logs and "loss" in logs:
             self._losses.append(float(logs["loss"]))
 
     def on_epoch_end(
         self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
     ) -> None:
+        """Save OUT/epoch-K/ with the epoch's mean learning rate (on the main process only)."""
         if not state.is_world_process_zero:
             return
         if model is None:

@@ -226,6 +226,11 @@ class FixConfig:
 
 @dataclass
 class DDAConfig:
+    """Every setting of dda, one section per stage: model, data, train, features, score, explain, search, fix.
+
+    Build it from defaults (`DDAConfig()`), a YAML file (`load_config`), a dict (`config_from_dict`) or dotted
+    overrides (`apply_overrides`); every value is checked against its field's type, choices and range."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model theta0."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -435,10 +440,13 @@ def _suggest(dotted: str) -> str:
 
 
 def config_from_dict(values: dict[str, Any] | None, source: str = "<dict>") -> DDAConfig:
+    """A DDAConfig from nested dicts (`{"score": {"beta": 0.4}}`), each value checked; an unknown key or a bad
+    value raises ConfigError naming `source` and the dotted key."""
     return _build(DDAConfig, values if values is not None else {}, source)
 
 
 def load_config(path: str | Path) -> DDAConfig:
+    """A DDAConfig from a YAML file (as `dda config` prints it); errors name the file, the line and the key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -26,12 +26,19 @@ class ModelFamily:
     """An architecture's module naming, as dda uses it."""
 
     name: str
+    """The family's name (registry key, shown in notes)."""
     model_types: tuple[str, ...]  # the HF config.model_type values it covers
+    """The Hugging Face `config.model_type` values it covers."""
     tracked_modules: tuple[str, ...] = DECODER_PROJECTIONS  # last name parts whose weight gradients are features
+    """Last name parts of the Linear modules whose weight gradients are the features (`features.modules`)."""
     lora_targets: tuple[str, ...] = DECODER_PROJECTIONS  # last name parts that get LoRA adapters
+    """Last name parts of the modules `dda finetune` puts LoRA adapters on."""
     layer_pattern: str = DECODER_LAYER_PATTERN  # regex whose group 1 is a module's decoder-layer index
+    """A regex whose group 1 is a module's decoder-layer index (for `features.layers`)."""
     layers_attr: str = "layers"  # the decoder's list of layers (the backward pass starts at the first selected)
+    """The decoder's attribute holding its list of layers (the backward pass starts at the first selected)."""
     fallback_note: str = ""  # set on the generic family handed out for an unregistered model_type: why
+    """Set on the generic family handed out for an unregistered model_type: why it was used."""
 
     def __post_init__(self) -> None:
         if re.compile(self.layer_pattern).groups < 1:
@@ -39,6 +46,7 @@ class ModelFamily:
 
     @property
     def is_fallback(self) -> bool:
+        """True for the generic family given to a model_type no family registered."""
         return bool(self.fallback_note)
 
     def layer_index(self, module_name: str) -> int | None:

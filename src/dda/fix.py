@@ -13,6 +13,7 @@ own trainer on the written splits (kept.jsonl, random_kept.jsonl) passes those c
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,9 @@ def _own_checkpoint(att: Attributor, path: str | Path, flag: str) -> Checkpoint:
     """The last checkpoint under `path` (a user's retrain on kept.jsonl or random_kept.jsonl), checked against the
     workdir's base model before any measurement."""
     try:
-        ckpt = discover_checkpoints(path)[-1]
+        with warnings.catch_warnings():  # the model is measured, not weighted: a missing learning rate is no matter
+            warnings.filterwarnings("ignore", message=".*no learning rate found")
+            ckpt = discover_checkpoints(path)[-1]
         check_checkpoint_fits(att.model, ckpt, att.cfg.model.name)
     except ModelError as err:
         raise FixError(f"{flag}: {err}") from None

@@ -22,6 +22,7 @@ import torch
 
 from .config import ModelConfig
 from .io import read_json, sha256_file, write_json
+from .trainer_state import CHECKPOINT_DIR, TRAINER_STATE, TrainerStateError, interval_learning_rate, read_trainer_state
 
 # transformers 5 warns on every peft wrap; it is not actionable for users of dda
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -211,12 +212,22 @@ class Checkpoint:
     """One model state that attribution runs over. name 'base' is theta0 (no path)."""
 
     name: str
+    """The folder's name (`epoch-2`, `checkpoint-500`), or 'base' for theta0."""
     path: str | None = None
+    """The folder (or safetensors file); None for theta0."""
     kind: str = "base"  # base | lora | full
-    lr: float | None = None  # learning rate in force during the epoch that produced it (TracIn weight)
-    epoch: int | None = None
+    """'base' (theta0), 'lora' (a peft adapter folder) or 'full' (full weights)."""
+    lr: float | None = None
+    """The learning rate of the optimizer steps the checkpoint stands for (TracIn's weight); None: unknown."""
+    epoch: float | None = None
+    """Epochs done when it was saved (a Trainer's may be fractional); None: unknown."""
+    step: int | None = None
+    """Optimizer steps done when it was saved; None: unknown."""
+    lr_source: str | None = None
+    """Where `lr` was read (dda_checkpoint.json, or which trainer_state.json log entries)."""
 
     def fingerprint(self) -> str:
+        """A hash of the weight files' contents ('base' for theta0): what the feature stores were built from."""
         if self.path is None:
             return "base"
         p = Path(self.path)
@@ -231,40 +242,148 @@ BASE = Checkpoint("base")
 
 
 def epoch_key(path: Path) -> tuple[int, str]:
+    """Sort key of a checkpoint folder: the number its name ends with (epoch-K, checkpoint-STEP), then the name."""
     m = re.search(r"(\d+)$", path.name)
     return (int(m.group(1)) if m else 10**9, path.name)
 
 
+@dataclass(frozen=True)
+class CheckpointSet:
+    """The checkpoints found under one path, how they were laid out, and what dda makes of it."""
+
+    root: str
+    """The path given (`--checkpoints`)."""
+    layout: str
+    """'dda' (epoch-K folders with dda_checkpoint.json), 'trainer' (Trainer checkpoint-N folders), 'single'
+    (one model folder: the final model only) or 'folders' (model folders without training metadata)."""
+    checkpoints: list[Checkpoint]
+    """In training order."""
+    notes: list[str]
+    """What dda does with them, one sentence each (printed by `dda index`, kept in the index's stats)."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for the index's metadata."""
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "notes": self.notes,
+            "checkpoints": [
+                {"name": c.name, "kind": c.kind, "step": c.step, "epoch": c.epoch, "lr": c.lr, "lr_source": c.lr_source}
+                for c in self.checkpoints
+            ],
+        }
+
+
 def discover_checkpoints(root: str | Path) -> list[Checkpoint]:
+    """The checkpoints under `root` (or `root` itself) in training order; see `find_checkpoints`."""
+    return find_checkpoints(root).checkpoints
+
+
+def find_checkpoints(root: str | Path) -> CheckpointSet:
     """Find checkpoints under `root` (or `root` itself): LoRA adapter dirs or full safetensors dirs.
 
     A dir written by `dda finetune` (or the trainer callback) holds `dda_checkpoint.json` with the epoch and the
     lr in force, written last. Where any checkpoint has it, a sibling without it was left half-written by a kill
     and is skipped (never used with a made-up learning rate); a truncated weight file is refused.
+    A Trainer's `checkpoint-N` folders are ordered by step N, with the epoch, the step and the learning rate
+    read from their trainer_state.json (dda.trainer_state); when `root` holds them, a model saved in `root`
+    itself (the final save) is not one of the checkpoints. `root` holding only a model is the one checkpoint.
+    A checkpoint whose learning rate cannot be found is used with TracIn weight 1.0 and a warning naming it.
     """
     root = Path(root)
     if not root.exists():
         raise ModelError(f"{root}: checkpoint path not found")
-    candidates = (
-        [root]
-        if _is_checkpoint_dir(root)
-        else sorted((d for d in root.iterdir() if d.is_dir() and _is_checkpoint_dir(d)), key=epoch_key)
-    )
+    trainer_dirs = _subdirs(root, lambda d: bool(CHECKPOINT_DIR.match(d.name)) and _is_checkpoint_dir(d))
+    single = _is_checkpoint_dir(root) and not trainer_dirs
+    candidates = [root] if single else _subdirs(root, _is_checkpoint_dir)
     if not candidates:
         raise ModelError(f"{root}: no checkpoints (expected adapter_config.json or *.safetensors)")
     ours = any((d / "dda_checkpoint.json").exists() for d in candidates)
-    out = []
+    out: list[Checkpoint] = []
+    notes: list[str] = []
+    if trainer_dirs and not ours:  # another model folder beside a Trainer's checkpoints is no training step
+        notes += [f"{d.name}: not a checkpoint-N folder; not used" for d in candidates if d not in trainer_dirs]
+        candidates = trainer_dirs
     for d in candidates:
         if ours and not (d / "dda_checkpoint.json").exists():
-            warnings.warn(f"{d}: no dda_checkpoint.json (left half-written by a killed run?); skipped", stacklevel=2)
+            if CHECKPOINT_DIR.match(d.name) and (d / TRAINER_STATE).exists():
+                notes.append(f"{d.name}: a Trainer checkpoint beside dda's own epoch folders; not used")
+            else:
+                warnings.warn(
+                    f"{d}: no dda_checkpoint.json (left half-written by a killed run?); skipped", stacklevel=2
+                )
             continue
         check_weight_files(d)
-        info = read_json(d / "dda_checkpoint.json") if (d / "dda_checkpoint.json").exists() else {}
-        kind = "lora" if (d / "adapter_config.json").exists() else "full"
-        out.append(Checkpoint(d.name, str(d), kind, info.get("lr"), info.get("epoch")))
+        out.append(_read_checkpoint(d, out[-1].step if out and out[-1].step is not None else 0))
     if not out:
         raise ModelError(f"{root}: no complete checkpoints")
-    return out
+    layout = "dda" if ours else "single" if single else "trainer" if trainer_dirs else "folders"
+    notes += _layout_notes(root, layout, out)
+    for c in out:
+        if c.lr is None:
+            warnings.warn(
+                f"{c.path}: no learning rate found ({c.lr_source}); TracIn weights this checkpoint 1.0",
+                stacklevel=2,
+            )
+    return CheckpointSet(str(root), layout, out, notes)
+
+
+def _subdirs(root: Path, keep: Any) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted((d for d in root.iterdir() if d.is_dir() and keep(d)), key=epoch_key)
+
+
+def _read_checkpoint(d: Path, since_step: int) -> Checkpoint:
+    """One checkpoint folder with its lr, epoch and step from dda_checkpoint.json or trainer_state.json."""
+    kind = "lora" if (d / "adapter_config.json").exists() else "full"
+    if (d / "dda_checkpoint.json").exists():
+        info = read_json(d / "dda_checkpoint.json")
+        lr = info.get("lr")
+        source = "dda_checkpoint.json: lr" if lr is not None else "dda_checkpoint.json has no 'lr'"
+        return Checkpoint(
+            d.name, str(d), kind, lr, info.get("epoch"), info.get("steps", info.get("global_step")), source
+        )
+    try:
+        state = read_trainer_state(d)
+    except TrainerStateError as err:
+        raise ModelError(str(err)) from None
+    if state is None:
+        return Checkpoint(d.name, str(d), kind, lr_source=f"no dda_checkpoint.json or {TRAINER_STATE}")
+    rate = interval_learning_rate(state, since_step)
+    return Checkpoint(d.name, str(d), kind, rate.value, state.epoch, state.global_step, rate.source)
+
+
+def _layout_notes(root: Path, layout: str, cks: list[Checkpoint]) -> list[str]:
+    """What dda makes of the folder layout, for the log and the index's metadata."""
+    if layout == "single":
+        return [
+            f"{root}: one model and no checkpoint-N folders: dda uses it as the only checkpoint, so DDA's "
+            "denoising (the mean over checkpoints) has one term and TracIn one checkpoint"
+        ]
+    if layout != "trainer":
+        return [f"{root}: {len(cks)} checkpoints ({layout}): {', '.join(c.name for c in cks)}"]
+    epochs = [c.epoch for c in cks if c.epoch is not None]
+    by_epoch = len(epochs) == len(cks) and all(abs(e - round(e)) < 1e-6 for e in epochs)
+    where = ", ".join(
+        f"{c.name} (step {c.step}, epoch {c.epoch:g}, lr {c.lr:.3g})"
+        if c.step is not None and c.epoch is not None and c.lr is not None
+        else c.name
+        for c in cks
+    )
+    notes = [f"{root}: {len(cks)} Trainer checkpoints, spaced by {'epoch' if by_epoch else 'steps'}: {where}"]
+    if _is_checkpoint_dir(root):
+        notes.append(
+            f"{root} itself also holds a model (the final save, trainer.save_model()): dda uses the checkpoint-N "
+            "folders, not it"
+        )
+    last = read_trainer_state(cks[-1].path) if cks[-1].path else None
+    if last is not None and last.max_steps and last.global_step < last.max_steps:
+        notes.append(
+            f"the last checkpoint, {cks[-1].name}, is at step {last.global_step} of {last.max_steps}: the training "
+            "after it (and the final model, unless it was saved as a checkpoint) is not among dda's checkpoints"
+        )
+    return notes
 
 
 def check_weight_files(d: Path) -> None:

@@ -19,8 +19,11 @@ class Report:
 
     def __init__(self, run_dir: str | Path, top_k: int | None = None, height: int = 720):
         self.run_dir = Path(run_dir)
+        """The run directory the report reads."""
         self.data: dict[str, Any] = collect(self.run_dir, top_k)  # fails here, naming the directory, if unreadable
+        """Everything the page shows (queries, documents, scores, explanations), as collected from `run_dir`."""
         self.height = height
+        """Height in pixels of the page's frame in a notebook."""
 
     @property
     def html(self) -> str:

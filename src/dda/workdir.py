@@ -59,9 +59,18 @@ def _under(*parts: str, doc: str | None = None) -> property:
 
 
 class Workdir:
+    """One run directory: its paths, the settings its features were built with, and its lock."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self._lock_depth = 0
+
+    def require_exists(self) -> None:
+        """Refuse a workdir path that is not there (a typo), before any "run dda index first" advice."""
+        if not self.root.exists():
+            raise WorkdirError(f"{self.root}: no such directory (WORKDIR is the directory `dda index` wrote)")
+        if not self.root.is_dir():
+            raise WorkdirError(f"{self.root}: not a directory (WORKDIR is the directory `dda index` wrote)")
 
     def __fspath__(self) -> str:
         return str(self.root)

@@ -28,8 +28,10 @@ except PluginError as err:
 
 from . import benchmark, pipeline, search, show  # noqa: E402
 from .common import print_error  # noqa: E402
+from .defaults import DefaultsGroup  # noqa: E402
 
 app = typer.Typer(
+    cls=DefaultsGroup,
     add_completion=False,
     no_args_is_help=True,
     rich_markup_mode="markdown",

@@ -21,7 +21,7 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(
         "--model",
-        help="Hub id (org/name), local dir, .gguf file or builtin:NAME (default builtin:smollm2-135m-instruct).",
+        help="Hub id (org/name), local dir, .gguf file or builtin:NAME.",
     ),
 ]
 DataOpt = Annotated[str | None, typer.Option("--data", help="JSONL/CSV/Parquet file, dataset dir, hub:NAME.")]

@@ -126,8 +126,8 @@ def attribute(
         ),
     ] = None,
     beta: Annotated[float | None, typer.Option(help=BETA_HELP)] = None,
-    top_k: Annotated[int | None, typer.Option(help="Rows per query in the printed ranking (default 10).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/attribution).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Rows per query in the printed ranking.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dir.")] = None,
     prompt_field: str = "prompt",
     negative_field: str = "negative",
     positive_field: str = "positive",
@@ -142,9 +142,7 @@ def attribute(
             "top-k documents at each checkpoint; files in OUT/explain/, shown by `dda show`).",
         ),
     ] = True,
-    explain_methods: Annotated[
-        str | None, typer.Option(help="Methods to explain (default: the first gradient method of --methods).")
-    ] = None,
+    explain_methods: Annotated[str | None, typer.Option(help="Methods to explain.")] = None,
 ) -> None:
     """Rank training documents by responsibility for each query's negative output (higher = more responsible).
 
@@ -230,10 +228,8 @@ def fix(
         Path | None,
         typer.Option(help="Your own retrain on OUT/random_kept.jsonl, the 'random' control (needs --after)."),
     ] = None,
-    heldout: Annotated[
-        Path | None, typer.Option(help="Documents for the collateral loss (default: the kept training set).")
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/fix/<method>-k<K>).")] = None,
+    heldout: Annotated[Path | None, typer.Option(help="Documents for the collateral loss.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dir.")] = None,
     prompt_field: str = "prompt",
     negative_field: str = "negative",
     positive_field: str = "positive",

@@ -39,9 +39,7 @@ def build_index_command(
     nlist: Annotated[int | None, typer.Option(help=_search_help("nlist"))] = None,
     seed: Annotated[int | None, typer.Option(help=_search_help("seed"))] = None,
     checkpoints: CheckpointsOpt = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Index dir (default WORKDIR/features/index/<backend>-<key>).")
-    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Index dir.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
@@ -70,15 +68,13 @@ def search(
     k: Annotated[int | None, typer.Option(help=_search_help("k"))] = None,
     backend: BackendOpt = None,
     method: MethodOpt = "dda",
-    index: Annotated[
-        Path | None, typer.Option(help="Index dir (default: the newest matching one under WORKDIR/features/index).")
-    ] = None,
+    index: Annotated[Path | None, typer.Option(help="Index dir.")] = None,
     build: Annotated[bool, typer.Option(help="Build the index first if there is none.")] = False,
     candidates: Annotated[int | None, typer.Option(help=_search_help("candidates"))] = None,
     nprobe: Annotated[int | None, typer.Option(help=_search_help("nprobe"))] = None,
     sketch_dim: SketchDimOpt = None,
     checkpoints: CheckpointsOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Output dir (default WORKDIR/search).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output dir.")] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     beta: Annotated[float | None, typer.Option(help="DDA debias weight.")] = None,

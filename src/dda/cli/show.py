@@ -13,8 +13,8 @@ from .common import ConfigOpt, QuietOpt, SetOpt, build_config, clean_errors, spl
 
 def show(
     run_dir: Annotated[Path, typer.Argument(help="`dda attribute` output (or its workdir) or a `dda bench` run.")],
-    out: Annotated[Path | None, typer.Option(help="HTML file to write (default RUN_DIR/report.html).")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Documents per query and method (default: all stored).")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Documents per query and method.")] = None,
     explain: Annotated[
         bool,
         typer.Option(
@@ -63,7 +63,13 @@ def show(
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the full config (defaults, or FILE with --set overrides) as YAML with each field documented."""
     from ..config import documented_yaml
+    from ..scoring import parse_method
 
     with clean_errors():
         cfg = build_config(config, set_, False)
+        for spec in cfg.score.methods:  # a config that `dda attribute` would refuse is refused here
+            try:
+                parse_method(spec)
+            except ValueError as err:
+                raise ValueError(f"score.methods: {err}") from None
     typer.echo(documented_yaml(cfg), nl=False)

@@ -63,6 +63,8 @@ class Indexer:
             "checkpoint": {"name": ckpt.name, "kind": ckpt.kind, "fingerprint": self._ckpt_fp[ckpt.name]},
             "checkpoint_lr": ckpt.lr,
             "checkpoint_epoch": ckpt.epoch,
+            "checkpoint_step": ckpt.step,
+            "checkpoint_lr_source": ckpt.lr_source,
             "tokenizer": getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__),
             "projection": self.projector.describe(),
             "modules": self.modules,

@@ -58,6 +58,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def locate(run_dir: str | Path) -> tuple[str, Path, Path]:
     """(kind, run dir, attribution dir): kind 'bench' (metrics.json) or 'attribute' (ranking.json)."""
     run = Path(run_dir)
+    if not run.exists():
+        raise RunDirError(f"{run}: no such directory")
     if not run.is_dir():
         raise RunDirError(f"{run}: not a directory")
     if (run / "metrics.json").exists():

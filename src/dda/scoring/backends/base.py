@@ -50,8 +50,11 @@ class SearchBackend:
     built from and the checks that it still serves a method."""
 
     name: ClassVar[str] = "base"  # what `search.backend` and `--backend` say
+    """The backend's name: what `search.backend` and `--backend` say."""
     needs_index: ClassVar[bool] = True  # False: `search` needs no index (`dda build-index` refuses it)
+    """False: `search` scans the rows itself and needs no index (`dda build-index` refuses it)."""
     reads: ClassVar[tuple[str, ...]] = ("candidates",)  # the QuerySettings fields a search uses (recorded)
+    """The QuerySettings fields a search with it uses (recorded with the results)."""
 
     def validate(self, settings: IndexSettings) -> None:
         """Refuse bad settings or a missing optional dependency before anything is written."""
