@@ -32,6 +32,7 @@ from .io import read_json, stable_hash, write_json, write_yaml
 from .models import BASE, Checkpoint, check_checkpoint_fits, discover_checkpoints, load_model
 from .progress import bar, say
 from .scoring import FeatureSet, ModelAccess, ScoringContext, method_needs, parse_method, run_method
+from .scoring.base import score_defaults
 from .workdir import Workdir, WorkdirError
 
 
@@ -322,7 +323,7 @@ class Attributor:
                 default_checkpoints=self.cfg.score.checkpoints,
                 train_responses=[e.response for e in examples],
             )
-            defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+            defaults = score_defaults(self.cfg.score)
             t1 = time.perf_counter()
             scores = {label: run_method(label, ctx, defaults) for label, _, _ in parsed}
             self.timings["query_features"] = t1 - t0
@@ -373,7 +374,7 @@ class Attributor:
         from .scoring.search import plan_fold
 
         blocks = module_blocks(stores[BASE.name].meta)
-        defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+        defaults = score_defaults(self.cfg.score)
         return plan_fold(
             method, self.all_checkpoints(), blocks is not None, defaults, self.cfg.score.checkpoints
         ), blocks
@@ -445,7 +446,7 @@ class Attributor:
         build: bool = False,
         sketch_dim: int | None = None,
     ) -> Any:
-        """Top-k training rows per query of a foldable method (dda, grad_dot, grad_cos, tracin) without any
+        """Top-k training rows per query of a foldable method (`dda.scoring.base.foldable_methods`) without any
         (n_queries x n_train) array: exact streaming scan, or an index's candidates re-ranked exactly.
         Settings left at None come from the config's `search` section.
         Returns a `dda.scoring.search.SearchResult`; with `out_dir`, search.json + config.yaml are written."""

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from .api import Attributor
 from .attribution import Attribution, load_attribution
@@ -48,6 +47,14 @@ class RemovalPlan:
     ranks: list[float]  # the mean rank over the queries (1 = most blamed)
 
 
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks of `x` ascending, tied values sharing their mean rank (scipy's rankdata 'average', without
+    scipy: it comes only with the `bench` extra)."""
+    _, inverse, counts = np.unique(np.asarray(x), return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2.0)[inverse.reshape(-1)]
+
+
 def plan_removal(scores: np.ndarray, k: int, combine: str = "mean-rank", method: str = "") -> RemovalPlan:
     """k training rows from `scores` (n_queries, n_train; higher = more responsible). mean-rank: the k best by
     mean rank over the queries (ties by mean score); union: per-query top lists taken round-robin until k rows."""
@@ -55,7 +62,7 @@ def plan_removal(scores: np.ndarray, k: int, combine: str = "mean-rank", method:
     n = s.shape[1]
     if not 1 <= k < n:
         raise FixError(f"k={k}: must be at least 1 and below the {n} training documents")
-    ranks = np.stack([rankdata(-row, method="average") for row in s])  # 1 = highest score
+    ranks = np.stack([average_ranks(-row) for row in s])  # 1 = highest score
     mean_rank, mean_score = ranks.mean(axis=0), s.mean(axis=0)
     if combine == "mean-rank":
         rows = [int(i) for i in np.lexsort((-mean_score, mean_rank))[:k]]

@@ -13,12 +13,14 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any
 
 from ..io import atomic_path, write_text
+from ..scoring.base import ablations
+from ..scoring.base import query_information as query_information  # re-exported: the report's column
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["PAPER", "plot_beta_curve", "plot_method_bars", "plot_size_curve", "query_information", "write_report"]
 
@@ -42,7 +44,8 @@ PAPER: dict[str, Any] = {
     "beta_plateau": 0.4,
 }
 
-ABLATIONS = ("dda", "dda_no_denoise", "dda_no_debias", "dda_no_contrast")
+# Table 2's rows: full DDA, then the ablations as the registry names them (scoring.gradient's registration)
+ABLATIONS = ("dda", *ablations())
 ABLATION_LABELS = {
     "dda": "full DDA",
     "dda_no_denoise": "w/o denoise",
@@ -79,7 +82,16 @@ def _cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib figure, imported here: matplotlib is the `bench` extra, not a core dependency."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # attach an Agg canvas; savefig then never consults the pyplot backend
     out = Path(path)
     with atomic_path(out, suffix=".png") as tmp:
@@ -100,7 +112,7 @@ def plot_beta_curve(
     """
     if len(betas) != len(auc_means) or (auc_stds is not None and len(auc_stds) != len(betas)):
         raise ValueError("betas, auc_means and auc_stds must have the same length")
-    fig = Figure(figsize=(5.0, 3.5))
+    fig = _figure((5.0, 3.5))
     ax = fig.add_subplot(1, 1, 1)
     y = [100 * float(v) for v in auc_means]
     ax.plot(betas, y, marker="o", label="this run")
@@ -128,7 +140,7 @@ def plot_size_curve(
 ) -> str:
     """A metric (percent) against training-set size, one line per method; `chance` is a level or one value per
     size (AP's chance level falls as the haystack grows). Returns the written path."""
-    fig = Figure(figsize=(7.5, 4.0))
+    fig = _figure((7.5, 4.0))
     fig.subplots_adjust(right=0.72)  # the legend sits right of the axes, never over a line
     ax = fig.add_subplot(1, 1, 1)
     for name, aucs in auc_by_method.items():
@@ -172,7 +184,7 @@ def plot_method_bars(
 ) -> str:
     """Bar chart of mean AUC (percent) per method with std error bars. Returns the written path."""
     names = list(method_means)
-    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
+    fig = _figure((max(4.0, 0.9 * len(names) + 1.5), 3.5))
     ax = fig.add_subplot(1, 1, 1)
     means = [100 * float(method_means[n]) for n in names]
     errs = [100 * float((method_stds or {}).get(n) or 0.0) for n in names]
@@ -191,24 +203,6 @@ def _paper_table1(name: str) -> str:
     if key in PAPER["table1_auc"]:
         return f"{PAPER['table1_auc'][key]:.2f}%"
     return PAPER["table1_notes"].get(key, "—")
-
-
-def query_information(spec: str, query_tokens: str) -> str:
-    """What a method is told about the query, in words: the table separates a method from its information."""
-    from ..scoring import parse_method
-
-    _, name, params = parse_method(spec)
-    if name == "keyword" or (name == "bm25" and params.get("query") == "diff"):
-        return "differing words"
-    if name == "bm25":
-        return "whole negative output"
-    if name == "cea":
-        return "whole negative and positive outputs" + ("" if params.get("per_query") else ", all queries at once")
-    if name == "dda" and params.get("contrastive", True):
-        return "differing tokens, negative − positive" if query_tokens == "diff" else "negative − positive"
-    if params.get("query_tokens") == "diff":
-        return "negative's differing tokens"
-    return "whole negative output"
 
 
 def _method_row(name: str, m: Mapping[str, Any], info: str) -> list[str]:

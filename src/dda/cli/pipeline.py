@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..progress import console, results
+from ..scoring.base import methods_help
 from .common import (
     BETA_HELP,
     ConfigOpt,
@@ -121,8 +122,10 @@ def attribute(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Comma list: dda, dda(beta=0.4,debias_mode=cross), dda_no_debias, dda_no_denoise, "
-            "dda_no_contrast, grad_dot, grad_cos, tracin, trak, bm25, cea."
+            # every registered method (plugins' too: they register before this module is imported)
+            help="Comma list of NAME or NAME(key=value,...), e.g. dda(beta=0.4,debias_mode=cross). "
+            + methods_help()
+            + "."
         ),
     ] = None,
     beta: Annotated[float | None, typer.Option(help=BETA_HELP)] = None,
