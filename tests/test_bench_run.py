@@ -85,9 +85,11 @@ def test_dda_ranks_the_poisoned_rows_well_above_chance(bench: tuple[Path, dict[s
 
 
 def test_pooled_metrics_added_afterwards_match_the_run(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    """`python -m dda.bench.results pool RUN` rebuilds the masks from the run's files (for runs made before the
+    """`python tools/results.py pool RUN` rebuilds the masks from the run's files (for runs made before the
     benchmark wrote pooled metrics): on a copy with the pooled keys removed it writes what the run wrote itself."""
-    from dda.bench.results import main
+    from test_results import load_tools_results
+
+    main = load_tools_results().main
 
     out, metrics = bench
     copy = tmp_path / "run"
@@ -108,7 +110,7 @@ def test_pooled_metrics_added_afterwards_match_the_run(bench: tuple[Path, dict[s
 
 def test_counterfactual_stage_removes_and_retrains(bench: tuple[Path, dict[str, Any]]) -> None:
     out, metrics = bench
-    cf = metrics["counterfactual"]
+    cf = metrics["remove_and_retrain"]
     k = metrics["n_poisoned"]
     assert cf["k"] == k and {"before", "dda", "bm25", "keyword", "random"} <= set(cf)
     for name in ("dda", "bm25", "keyword", "random"):

@@ -14,7 +14,7 @@ own trainer on the written splits (kept.jsonl, random_kept.jsonl) passes those c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +251,169 @@ def _slug(method: str) -> str:
     from .attribution import method_slug
 
     return method_slug(method)
+
+
+# ------------------------------------------------------------------------------- the remove-and-retrain record
+
+# Per retrained model, the probes each caller measures besides the margin and the held-out loss, in column order:
+# `dda fix` checks the queries' own outputs; the benchmark adds its canary probes (bench/counterfactual.py).
+PROBE_COLUMNS: dict[str, str] = {
+    "poisoned_removed": "poisoned removed",
+    "distractors_removed": "distractors removed",
+    "natural_error_rate": "natural error rate",
+    "says_negative": "says negative",
+}
+LOSS_COLUMNS: dict[str, str] = {"distractor_loss": "distractor loss", "heldout_loss": "held-out loss"}
+
+
+@dataclass
+class RetrainedModel:
+    """One model of a remove-and-retrain: `before` (nothing removed), a method's top k removed, or k random rows.
+    `removed`: the training ids taken out (empty for before); `margins`: per query, mean log p(negative) -
+    log p(positive) over the differing tokens; `probes`: the caller's other measurements (PROBE_COLUMNS,
+    LOSS_COLUMNS' distractor_loss, the benchmark's `generated`)."""
+
+    label: str
+    margin: float | None
+    margins: list[float]
+    heldout_loss: float | None
+    removed: list[str] = field(default_factory=list)
+    probes: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, key: str) -> Any:
+        return self.heldout_loss if key == "heldout_loss" else self.probes.get(key)
+
+
+@dataclass
+class RemoveAndRetrain:
+    """What `dda fix` and the benchmark's remove-and-retrain stage measure, in one shape: k rows removed per
+    model, the queries (the order of every `margins`), and the models, `before` first."""
+
+    k: int | None
+    query_ids: list[str]
+    models: list[RetrainedModel]
+    settings: dict[str, Any] = field(default_factory=dict)  # combine, distractors, heldout_loss_docs, method, ...
+    margin_name: str = "margin"  # the benchmark's queries swap a canary in: its margin is the canary margin
+
+    @classmethod
+    def from_bench(cls, section: dict[str, Any]) -> RemoveAndRetrain:
+        """The benchmark's metrics.json section: settings, then one entry per model (a dict)."""
+        own = ("margin", "margins", "heldout_loss", "removed")
+        models = [
+            RetrainedModel(
+                label,
+                r.get("margin"),
+                list(r.get("margins") or []),
+                r.get("heldout_loss"),
+                list(r.get("removed") or []),
+                {k: v for k, v in r.items() if k not in own},
+            )
+            for label, r in _models_first_before(section)
+        ]
+        settings = {k: v for k, v in section.items() if not isinstance(v, dict) and k not in ("k", "query_ids")}
+        return cls(section.get("k"), list(section.get("query_ids") or []), models, settings, "canary margin")
+
+    def to_bench(self) -> dict[str, Any]:
+        """The benchmark's metrics.json section (the inverse of `from_bench`)."""
+        out: dict[str, Any] = {"k": self.k, **self.settings, "query_ids": list(self.query_ids)}
+        for m in self.models:
+            row = {**m.probes, "margin": m.margin, "margins": list(m.margins), "heldout_loss": m.heldout_loss}
+            out[m.label] = row | ({"removed": list(m.removed)} if m.label != "before" else {})
+        return out
+
+    @classmethod
+    def from_fix(cls, summary: dict[str, Any]) -> RemoveAndRetrain:
+        """fix.json (`run_fix`'s summary): before, after (the method's top k removed) and random, when measured."""
+        removed = {"after": summary.get("removed") or [], "random": summary.get("random_removed") or []}
+        models = []
+        for label in ("before", "after", "random"):
+            r = summary.get(label)
+            if isinstance(r, dict):
+                per_query = r.get("per_query") or []
+                models.append(
+                    RetrainedModel(
+                        "before" if label == "before" else (summary["method"] if label == "after" else "random"),
+                        r.get("margin"),
+                        [q["margin"] for q in per_query],
+                        r.get("heldout_loss"),
+                        list(removed.get(label, [])),
+                        {"says_negative": r.get("says_negative")},
+                    )
+                )
+        settings = {k: summary.get(k) for k in ("method", "combine", "heldout_source") if k in summary}
+        return cls(summary.get("k"), list(summary.get("queries") or []), models, settings)
+
+
+def _models_first_before(section: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = [(k, v) for k, v in section.items() if isinstance(v, dict)]
+    return sorted(rows, key=lambda kv: kv[0] != "before")  # stable: the methods keep their order
+
+
+@dataclass(frozen=True)
+class Code:
+    """A table cell's name part shown as code (a method name) followed by plain text."""
+
+    name: str
+    after: str = ""
+
+
+Cell = str | Code
+
+
+@dataclass
+class RetrainTable:
+    """The remove-and-retrain table, composed once (`retrain_table`) and only formatted by its readers: report.md,
+    the README tables, the HTML page and `dda fix`'s printout. `per_query`: each query's margin in each model."""
+
+    header: list[str]
+    rows: list[list[Cell]]
+    per_query_header: list[Cell]
+    per_query: list[list[Cell]]
+
+
+def _num(x: Any, fmt: str) -> str:
+    return "n/a" if x is None else format(float(x), fmt)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * float(x):.1f}%"
+
+
+def retrain_table(rr: RemoveAndRetrain) -> RetrainTable:
+    """The rows: nothing removed, each method's top k, k random rows; a probe column appears when a model has it."""
+    k = rr.k
+    probes = [c for c in PROBE_COLUMNS if any(m.probes.get(c) is not None for m in rr.models)]
+    losses = [c for c in LOSS_COLUMNS if any(m.value(c) is not None for m in rr.models)]
+    header = ["removed", *(PROBE_COLUMNS[c] for c in probes), rr.margin_name, *(LOSS_COLUMNS[c] for c in losses)]
+    rows: list[list[Cell]] = []
+    for m in rr.models:
+        first: Cell = "nothing removed" if m.label == "before" else Code(m.label, f" top {k}")
+        if m.label == "random":
+            first = f"{k} random rows"
+        cells: list[Cell] = [first]
+        for c in probes:
+            v = m.probes.get(c)
+            if c.endswith("_removed"):
+                cells.append("–" if m.label == "before" else str(v if v is not None else "–"))
+            else:
+                cells.append(_pct(v))
+        cells.append(_num(m.margin, "+.2f"))
+        cells += [_num(m.value(c), ".3f") for c in losses]
+        rows.append(cells)
+    ids = rr.query_ids
+    per_query: list[list[Cell]] = []
+    if ids and all(len(m.margins) == len(ids) for m in rr.models):
+        per_query = [[Code(q), *(_num(m.margins[i], "+.2f") for m in rr.models)] for i, q in enumerate(ids)]
+    pq_header: list[Cell] = ["query", *("before" if m.label == "before" else Code(m.label) for m in rr.models)]
+    return RetrainTable(header, rows, pq_header, per_query)
+
+
+def plain(cell: Cell) -> str:
+    """A cell as plain text (the HTML page, a terminal)."""
+    return cell.name + cell.after if isinstance(cell, Code) else cell
+
+
+def markdown(cell: Cell) -> str:
+    """A cell as a markdown table cell: names as code, no pipes or newlines."""
+    text = f"`{cell.name}`{cell.after}" if isinstance(cell, Code) else cell
+    return text.replace("|", "\\|").replace("\n", " ")

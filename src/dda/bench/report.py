@@ -15,9 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..fix import RemoveAndRetrain, retrain_table
 from ..io import atomic_path, write_text
 from ..scoring.base import ablations
 from ..scoring.base import query_information as query_information  # re-exported: the report's column
+from .tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -330,54 +332,36 @@ def _pairs_section(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _counterfactual_section(cf: Mapping[str, Any] | None) -> list[str]:
-    """Remove-and-retrain: before, then each method's top k and k random rows removed."""
-    if not cf:
+def _remove_and_retrain_section(section: Mapping[str, Any] | None) -> list[str]:
+    """Remove-and-retrain: the table `dda.fix.retrain_table` composes (before, each method's top k, k random rows),
+    then each query's margin in each model."""
+    if not section:
         return []
+    rr = RemoveAndRetrain.from_bench(dict(section))
+    table = retrain_table(rr)
     lines = [
-        f"## Remove and retrain (k = {cf.get('k')})",
+        f"## Remove and retrain (k = {rr.k})",
         "",
         f"Each row but the first removes k training rows (the method's top k by mean rank over the queries, or k "
         f"random rows) and fine-tunes again from θ0 with the same settings and seed. Natural error rate: greedy "
         f"summaries of the same held-out documents that say the canary; margin: mean log p(canary) − log p(original) "
-        f"over the queries' differing tokens; losses: mean over the {cf.get('distractors')} distractors and "
-        f"{cf.get('heldout_loss_docs')} held-out reference summaries.",
+        f"over the queries' differing tokens; losses: mean over the {rr.settings.get('distractors')} distractors and "
+        f"{rr.settings.get('heldout_loss_docs')} held-out reference summaries.",
+        "",
+        *markdown_table(table),
         "",
     ]
-    rows = []
-    labels = ["before", *[m for m in cf if isinstance(cf[m], Mapping) and m != "before"]]
-    for label in labels:
-        r = cf[label]
-        rows.append(
-            [
-                "nothing removed" if label == "before" else f"`{_cell(label)}`",
-                "—" if label == "before" else str(r.get("poisoned_removed")),
-                "—" if label == "before" else str(r.get("distractors_removed")),
-                _fmt_pct(r.get("natural_error_rate")),
-                f"{r['margin']:+.2f}" if r.get("margin") is not None else "n/a",
-                f"{r['distractor_loss']:.3f}" if r.get("distractor_loss") is not None else "n/a",
-                f"{r['heldout_loss']:.3f}" if r.get("heldout_loss") is not None else "n/a",
-            ]
-        )
-    header = ["removed", "poisoned removed", "distractors removed", "natural error rate", "canary margin"]
-    lines += _table([*header, "distractor loss", "held-out loss"], rows)
-    return [*lines, "", *_per_query_margins(cf, labels)]
-
-
-def _per_query_margins(cf: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
-    """One row per query: its canary margin before and after each removal (a mean can hide one query that moved)."""
-    ids = cf.get("query_ids")
-    if not ids or any(len(cf[label].get("margins") or []) != len(ids) for label in labels):
-        return []
-    rows = [[f"`{_cell(q)}`", *(f"{cf[label]['margins'][i]:+.2f}" for label in labels)] for i, q in enumerate(ids)]
-    lines = [
-        "### Canary margin per query",
-        "",
-        "Before, and after removing each method's top k (or k random rows); below zero the model prefers the original.",
-        "",
-    ]
-    lines += _table(["query", *("before" if lb == "before" else f"`{_cell(lb)}`" for lb in labels)], rows)
-    return [*lines, ""]
+    if table.per_query:  # a mean can hide one query that moved
+        lines += [
+            "### Canary margin per query",
+            "",
+            "Before, and after removing each method's top k (or k random rows); below zero the model prefers the "
+            "original.",
+            "",
+            *markdown_table(table, per_query=True),
+            "",
+        ]
+    return lines
 
 
 def write_report(
@@ -414,7 +398,7 @@ def write_report(
     lines += _pairs_section(metrics)
     lines += _table1_section(metrics, main)
     lines += _haystack_section(metrics, main, figures, rel)
-    lines += _counterfactual_section(metrics.get("counterfactual"))
+    lines += _remove_and_retrain_section(metrics.get("remove_and_retrain"))
     lines += _table2_section(methods)
     lines += _beta_section(metrics, figures, rel)
     lines += ["## Notes", ""]
