@@ -108,21 +108,28 @@ def _scores_for(att: Attributor, queries: Sequence[Query], method: str) -> tuple
     return result.scores[method][[index[q.id] for q in queries]], result
 
 
+def retrain_without(
+    att: Attributor, train: Sequence[Example], rows: Sequence[int], workdir: str | Path
+) -> tuple[Attributor, Checkpoint]:
+    """Fine-tune again from theta0 with `att`'s settings and seed on `train` without `rows`, in `workdir`
+    (resumable: an interrupted fine-tune picks up at its last complete epoch); the retrain and its last checkpoint.
+    `dda fix` and the benchmark's remove-and-retrain stage both retrain here."""
+    gone = set(rows)
+    kept = [e for i, e in enumerate(train) if i not in gone]
+    # LoRA leaves the shared base model as theta0; full fine-tuning changes it, so that retrain loads its own.
+    shared = att.cfg.train.method == "lora"
+    retrain = Attributor(att.cfg, workdir, model=att.model if shared else None, tokenizer=att.tokenizer)
+    say(f"[fix] retraining on {len(kept)} of {len(train)} documents ({Path(workdir).name})", att.cfg.quiet)
+    return retrain, retrain.finetune(kept)[-1]
+
+
 def _models_to_report(
-    att: Attributor, kept: Sequence[Example], random_kept: Sequence[Example] | None, out: Path
+    att: Attributor, train: Sequence[Example], removals: dict[str, Sequence[int]], out: Path
 ) -> dict[str, Any]:
-    """{label: (attributor, checkpoint)}: the workdir's last checkpoint, then each retrain (resumable: an
-    interrupted fine-tune picks up at its last complete epoch)."""
+    """{label: (attributor, checkpoint)}: the workdir's last checkpoint, then each retrain without its rows."""
     models: dict[str, Any] = {"before": (att, att.all_checkpoints()[-1])}
-    sets = {"after": kept, **({"random": random_kept} if random_kept is not None else {})}
-    for label, examples in sets.items():
-        # LoRA leaves the shared base model as theta0; full fine-tuning changes it, so that retrain loads its own.
-        shared = att.cfg.train.method == "lora"
-        retrain = Attributor(
-            att.cfg, out / f"retrain-{label}", model=att.model if shared else None, tokenizer=att.tokenizer
-        )
-        say(f"[fix] retraining on {len(examples)} documents ({label})", att.cfg.quiet)
-        models[label] = (retrain, retrain.finetune(list(examples))[-1])
+    for label, rows in removals.items():
+        models[label] = retrain_without(att, train, rows, out / f"retrain-{label}")
     return models
 
 
@@ -214,10 +221,11 @@ def run_fix(
         "n_train": len(train),
         "retrained": retrain,
     }
-    random_kept = None
+    removals: dict[str, Sequence[int]] = {"after": plan.rows}
     if fx.random_control:
         # The control split is written even without --retrain, so an own-trainer user can retrain it too.
         random_rows = set(random_removal(len(train), fx.k, att.cfg.seed))
+        removals["random"] = sorted(random_rows)
         random_kept = [e for i, e in enumerate(train) if i not in random_rows]
         summary["random_removed"] = [train[i].id for i in sorted(random_rows)]
         save_examples(out / "random_kept.jsonl", random_kept)
@@ -225,7 +233,7 @@ def run_fix(
         summary["measured"] = {label: str(Path(ck.path or "").resolve()) for label, ck in own.items()}
         models = {"before": (att, att.all_checkpoints()[-1]), **{label: (att, ck) for label, ck in own.items()}}
     elif retrain:
-        models = _models_to_report(att, kept, random_kept, out)
+        models = _models_to_report(att, train, removals, out)
     else:
         models = {}
     if models:
