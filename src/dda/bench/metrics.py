@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 __all__ = [
     "POOLED_KEYS",
@@ -95,7 +94,8 @@ def query_metrics(
     let +/-inf scores (e.g. a masked-out row) through, while NaN is rejected as a scorer bug. sklearn
     treats tied scores as one threshold, so ties are neither rewarded nor penalised in AUC.
     """
-    # scikit-learn is the `bench` extra: imported when a benchmark computes metrics, not with dda
+    # scikit-learn (and its scipy) is the `bench` extra: imported when a benchmark computes metrics, not with dda
+    from scipy.stats import rankdata
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     s, m = _validate(scores_1d, poisoned_mask)
