@@ -28,14 +28,14 @@ demo: setup
 	$(BIN)/dda demo --workdir runs/demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks docs
-	$(BIN)/ruff format --check src tests benchmarks docs
-	$(BIN)/python -m dda.bench.results render --check
+	$(BIN)/ruff check src tests benchmarks docs tools
+	$(BIN)/ruff format --check src tests benchmarks docs tools
+	$(BIN)/python tools/results.py render --check
 	$(BIN)/lint-imports --no-cache
 
 # every results table in README.md and benchmarks/README.md, from the committed files under results/
 tables: setup
-	$(BIN)/python -m dda.bench.results render
+	$(BIN)/python tools/results.py render
 
 test: setup lint
 	$(BIN)/python -m pytest -m "slow or not slow"

@@ -70,7 +70,14 @@ def test_default_keys() -> None:
     mask[:7] = True
     m = query_metrics(scores, mask)
     assert set(m) == {"auc", "ap", "precision@10", "recall@n_poisoned", "recall@10", "recall@50", "recall@5%"}
-    assert all(0.0 <= v <= 1.0 for v in m.values())
+    # each value against its definition, computed here from the ranking (no ties in continuous scores)
+    order = np.argsort(-scores)
+    hits = lambda k: int(mask[order[:k]].sum())  # noqa: E731
+    assert m["recall@10"] == hits(10) / 7 and m["recall@50"] == hits(50) / 7 and m["recall@5%"] == hits(10) / 7
+    assert m["precision@10"] == pytest.approx(hits(10) / 10) and m["recall@n_poisoned"] == hits(7) / 7
+    assert m["auc"] == pytest.approx(np.mean(scores[mask][:, None] > scores[~mask][None, :]))
+    ranks = np.flatnonzero(mask[order]) + 1  # 1-based ranks of the poisoned rows
+    assert m["ap"] == pytest.approx(np.mean(np.arange(1, 8) / ranks))
 
 
 def test_ties_are_pessimistic() -> None:

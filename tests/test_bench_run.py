@@ -17,6 +17,7 @@ import pytest
 
 from dda.bench.canary import contains_word
 from dda.bench.presets import get_preset
+from dda.bench.run_record import SCHEMA_VERSION
 from dda.report_html import RUN_FACTS
 
 pytestmark = pytest.mark.slow  # real model or real subprocesses: `make test-fast` skips them
@@ -53,21 +54,32 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -> None:
-    out, metrics = bench
+def check_run_files(out: Path, metrics: dict[str, Any]) -> None:
+    """metrics.json is the return value, and its counts are those of the run's own files (each relation fails on
+    a wrong count, not only on an impossible one)."""
     on_disk = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert on_disk["methods"].keys() == metrics["methods"].keys()
+    assert on_disk == json.loads(json.dumps(metrics))  # the return value is the file, schema and all
+    assert on_disk["schema"] == SCHEMA_VERSION
     for key in (*RUN_FACTS, "pairs", "methods", "beta_curve", "timings"):
         assert key in on_disk, key
     assert on_disk["preset"] == "cpu-tiny" and on_disk["seed"] == 0
     assert on_disk["pairs"] == ["England->China"]
-    assert on_disk["n_train"] == get_preset("cpu-tiny").n_train
-    assert 1 <= on_disk["n_poisoned"] < on_disk["n_train"]
-    assert 1 <= on_disk["n_queries"] <= 4
-    assert on_disk["query_mode"] in ("natural", "forced", "mixed")
-    rate = on_disk["hallucination_rate"]
-    assert rate is None or 0.0 <= rate <= 1.0
-    assert on_disk["wall_seconds"] > 0
+    train = _jsonl(out / "train.jsonl")
+    assert on_disk["n_train"] == len(train) == get_preset("cpu-tiny").n_train
+    poisoned = json.loads((out / "poisoned.json").read_text(encoding="utf-8"))
+    assert on_disk["n_poisoned"] == len(poisoned["England->China"]) == sum(r["poisoned"] is not None for r in train)
+    queries = _jsonl(out / "queries.jsonl")
+    kinds = [q["kind"] for q in queries]
+    assert on_disk["n_queries"] == len(queries) == sum(on_disk["query_kinds"].values())
+    assert on_disk["query_kinds"] == {k: kinds.count(k) for k in sorted(set(kinds))}
+    assert on_disk["query_mode"] == ("mixed" if len(set(kinds)) > 1 else kinds[0])
+    generated = on_disk["n_generated"]
+    assert on_disk["hallucination_rate"] == (on_disk["n_natural_errors"] / generated if generated else None)
+    assert on_disk["wall_seconds"] == pytest.approx(on_disk["timings"]["total"], abs=1e-3)
+
+
+def test_metrics_file_matches_return_value(bench: tuple[Path, dict[str, Any]]) -> None:
+    check_run_files(*bench)
 
 
 def test_dda_ranks_the_poisoned_rows_well_above_chance(bench: tuple[Path, dict[str, Any]]) -> None:
@@ -85,9 +97,11 @@ def test_dda_ranks_the_poisoned_rows_well_above_chance(bench: tuple[Path, dict[s
 
 
 def test_pooled_metrics_added_afterwards_match_the_run(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    """`python -m dda.bench.results pool RUN` rebuilds the masks from the run's files (for runs made before the
+    """`python tools/results.py pool RUN` rebuilds the masks from the run's files (for runs made before the
     benchmark wrote pooled metrics): on a copy with the pooled keys removed it writes what the run wrote itself."""
-    from dda.bench.results import main
+    from test_results import load_tools_results
+
+    main = load_tools_results().main
 
     out, metrics = bench
     copy = tmp_path / "run"
@@ -108,7 +122,7 @@ def test_pooled_metrics_added_afterwards_match_the_run(bench: tuple[Path, dict[s
 
 def test_counterfactual_stage_removes_and_retrains(bench: tuple[Path, dict[str, Any]]) -> None:
     out, metrics = bench
-    cf = metrics["counterfactual"]
+    cf = metrics["remove_and_retrain"]
     k = metrics["n_poisoned"]
     assert cf["k"] == k and {"before", "dda", "bm25", "keyword", "random"} <= set(cf)
     for name in ("dda", "bm25", "keyword", "random"):

@@ -61,11 +61,15 @@ def test_page_from_a_bench_run_has_tables_beta_curve_and_canary_stats(tmp_path):
     assert b["table1"][0]["method"] == "dda" and {r["method"] for r in b["table2"]} >= {"dda", "dda_no_debias"}
     assert b["beta_svg"].startswith("<svg") and b["beta_svg"].count("<polyline") == 3
     assert b["canary"]["all"]["poisoned_docs"] > 0
-    cf, stored = b["counterfactual"], json.loads((run / "metrics.json").read_text())["counterfactual"]
-    assert [r["label"] for r in cf["rows"]] == cf["labels"] == ["before", "dda", "random"]
-    assert cf["rows"][1]["poisoned_removed"] == 8 and cf["rows"][2]["margin"] == stored["random"]["margin"]
-    assert [r["id"] for r in cf["per_query"]] == [q["id"] for q in data["queries"]]
-    assert cf["per_query"][2]["margins"] == [stored[lb]["margins"][2] for lb in ("before", "dda", "random")]
+    # the remove-and-retrain table as dda.fix.retrain_table composes it, from the (schema 1) run's section
+    cf, stored = b["remove_and_retrain"], json.loads((run / "metrics.json").read_text())["counterfactual"]
+    assert [r[0] for r in cf["rows"]] == ["nothing removed", "dda top 10", "10 random rows"]
+    assert cf["header"][:3] == ["removed", "poisoned removed", "distractors removed"]
+    assert cf["rows"][1][1] == "8" and cf["rows"][2][cf["header"].index("canary margin")] == (
+        f"{stored['random']['margin']:+.2f}"
+    )
+    assert [r[0] for r in cf["per_query"]] == [q["id"] for q in data["queries"]]
+    assert cf["per_query"][2][1:] == [f"{stored[lb]['margins'][2]:+.2f}" for lb in ("before", "dda", "random")]
     for row in data["queries"][0]["methods"]["dda"]:  # ground truth from train.jsonl: the first 10 of 60 ids
         poisoned = int(row["id"].split("-")[1]) < 10
         assert data["docs"][row["id"]]["p"] == ("England->China" if poisoned else None)

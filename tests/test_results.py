@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,9 +10,20 @@ import numpy as np
 import pytest
 
 from dda.bench.haystack import subsampled_curve
-from dda.bench.results import export_run, main, render_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_tools_results():
+    """tools/results.py: the repository's results tooling, which is not part of the installed package."""
+    spec = importlib.util.spec_from_file_location("dda_tools_results", ROOT / "tools" / "results.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_tools = load_tools_results()
+export_run, main, render_blocks = _tools.export_run, _tools.main, _tools.render_blocks
 
 
 def _metrics(pair: str, dda_ap: float) -> dict:

@@ -203,13 +203,13 @@ def render_results(root: Path = ROOT) -> str:
         "| run | preset | seed | pairs | queries | DDA AP | DDA distractor AUC | best method (AP) | DDA AUC | wall |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    from dda.bench.run_record import read_run
+
     loaded = []
     for path in runs:
-        try:
-            m = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not readable JSON ({err})") from err
-        loaded.append((path.parent.name, m))
+        run = read_run(path.parent)  # a bad file or a newer schema fails the build, naming the file
+        m = run.to_dict()
+        loaded.append((path.parent.name, m, run))
         methods = m.get("methods") or {}
         # AP and distractor AUC lead: AUC against every clean document rewards a word match (see the README)
         best = max(methods, key=lambda k: methods[k].get("ap") or 0, default=None)
@@ -223,7 +223,7 @@ def render_results(root: Path = ROOT) -> str:
             f"{f'{wall / 60:.1f} min' if isinstance(wall, (int, float)) else '–'} |"
         )
     out.append("")
-    for name, m in loaded:
+    for name, m, run in loaded:
         out += [f"## `{name}` {{#run-{name}}}", "", f"From `results/{name}/metrics.json`.", ""]
         facts = [f"{k}: `{_cell(m[k])}`" for k in FACTS if m.get(k) not in (None, "", [])]
         if isinstance(m.get("hallucination_rate"), (int, float)):
@@ -264,10 +264,10 @@ def render_results(root: Path = ROOT) -> str:
                     at = {float(b): a for b, a in zip(c["betas"], c[metric], strict=False)}
                     out.append(f"| {reading} | {label} | " + " | ".join(_pct(at.get(b)) for b in betas) + " |")
             out.append("")
-        if m.get("counterfactual"):
-            from dda.bench.results import counterfactual_table
+        if run.remove_and_retrain:
+            from dda.bench.tables import remove_and_retrain
 
-            out += ["Remove and retrain:", "", *counterfactual_table(name, m)]
+            out += ["Remove and retrain:", "", *remove_and_retrain(name, run)]
         timings = m.get("timings") or {}
         if timings:
             out += ["Seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".", ""]

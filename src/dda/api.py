@@ -25,13 +25,14 @@ from .attribution import Attribution, load_attribution, method_slug
 from .config import DDAConfig
 from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
 from .features.capture import GradientFeaturizer
-from .features.index import Indexer
+from .features.index import Indexer, index_statistics
 from .features.sharded import read_store
 from .features.store import FeatureStore, check_compatible, module_blocks
 from .io import read_json, stable_hash, write_json, write_yaml
 from .models import BASE, Checkpoint, CheckpointSet, check_checkpoint_fits, find_checkpoints, load_model
 from .progress import bar, say
 from .scoring import FeatureSet, ModelAccess, ScoringContext, method_needs, parse_method, run_method
+from .scoring.base import score_defaults
 from .workdir import Workdir, WorkdirError
 
 
@@ -61,9 +62,16 @@ class Attributor:
         """Seconds per stage run by this Attributor (model_load, finetune, index, attribute, ...)."""
         self.index_stats: dict[str, Any] = {}
         """What the last `index` did: rows, checkpoints and their layout, truncations, computed rows, speed."""
+        # where the checkpoints came from (use_checkpoints), recorded with the index
+        self.checkpoint_source: str | None = None
         torch.manual_seed(self.cfg.seed)
 
     # ----------------------------------------------------------------------------------------- model + data
+    @property
+    def loaded_model(self) -> Any:
+        """The model if it is loaded (or was given), else None: nothing is loaded to answer."""
+        return self._model
+
     @property
     def model(self) -> Any:
         """theta0, the base model of `cfg.model`, loaded on first use (or the one passed in)."""
@@ -147,7 +155,7 @@ class Attributor:
         model folder; see `dda.models.find_checkpoints`) instead of fine-tuning; prints what was found."""
         found = find_checkpoints(path)
         self.checkpoints, self.checkpoint_set = found.checkpoints, found
-        self._checkpoint_source = str(path)
+        self.checkpoint_source = str(path)
         for note in found.notes:
             say(note, self.cfg.quiet)
         return self.checkpoints
@@ -168,7 +176,8 @@ class Attributor:
             )
         return [BASE, *self.checkpoints]
 
-    def _checked_checkpoints(self) -> list[Checkpoint]:
+    def checked_checkpoints(self) -> list[Checkpoint]:
+        """Every checkpoint (theta0 first), each checked to fit the model before any work uses it."""
         cks = self.all_checkpoints()
         for c in cks:
             check_checkpoint_fits(self.model, c, self.cfg.model.name)
@@ -177,7 +186,7 @@ class Attributor:
     # ---------------------------------------------------------------------------------------------- index
     def _featurize_all(self, sets: dict[str, tuple[Tokenized, Path]], label: str) -> dict[str, dict[str, FeatureStore]]:
         """{set name: (data, root)} -> {set name: {checkpoint: store}}; each checkpoint is applied once."""
-        cks = self._checked_checkpoints()
+        cks = self.checked_checkpoints()
         out: dict[str, dict[str, FeatureStore]] = {k: {} for k in sets}
         total = sum(len(d) for d, _ in sets.values()) * len(cks)
         with bar(f"{label} gradients ({len(cks)} checkpoints)", total, self.cfg.quiet) as adv:
@@ -221,42 +230,50 @@ class Attributor:
         with self.workdir.lock("index"):
             self.workdir.check_data(data_hash, len(examples))
             data = self.tokenize(examples)
-            cks = self._checked_checkpoints()
+            cks = self.checked_checkpoints()
             left, notes = self._precheck_stores(data, cks)
             if notes:
                 say(f"found stored features ({', '.join(notes)}); {left} rows left to compute", self.cfg.quiet)
-            save_examples(self.workdir.train_data, examples)
-            source = getattr(self, "_checkpoint_source", None) or str(Path(cks[-1].path).parent)
-            self.workdir.record(
-                self.cfg,
-                indexed=True,
-                data_hash=data_hash,
-                n_train=len(examples),
-                checkpoints=str(Path(source).resolve()),
-            )
-            write_yaml(self.workdir.config_file, self.cfg.to_dict())
+            self.record_index_inputs(examples, data_hash, cks)
             t0 = time.perf_counter()
             seconds0, tokens0, rows0 = self.indexer.seconds, self.indexer.tokens, self.indexer.rows
             stores = self._featurize_all({"train": (data, self.workdir.train_features)}, "train")["train"]
-            stats = {
-                "n_train": len(examples),
-                "checkpoints": [c.name for c in cks],
-                "checkpoint_layout": self.checkpoint_set.describe() if self.checkpoint_set else None,
-                "n_prompt_truncated": data.n_prompt_truncated,
-                "n_response_truncated": data.n_response_truncated,
-                "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
-                "dim": int(next(iter(stores.values())).meta["dim"]),
-                "computed_rows": self.indexer.rows - rows0,
-                "compute_seconds": round(self.indexer.seconds - seconds0, 3),
-                "wall_seconds": round(time.perf_counter() - t0, 3),
-            }
-            if stats["computed_rows"]:
-                stats["examples_per_s"] = stats["computed_rows"] / max(stats["compute_seconds"], 1e-9)
-                stats["tokens_per_s"] = (self.indexer.tokens - tokens0) / max(stats["compute_seconds"], 1e-9)
-            write_json(self.workdir.index_stats, stats)
+            stats = index_statistics(
+                len(examples),
+                [c.name for c in cks],
+                data,
+                float(np.mean([len(s) for s in data.input_ids])),
+                int(next(iter(stores.values())).meta["dim"]),
+                self.indexer.rows - rows0,
+                self.indexer.tokens - tokens0,
+                self.indexer.seconds - seconds0,
+                time.perf_counter() - t0,
+                checkpoint_layout=self.checkpoint_set.describe() if self.checkpoint_set else None,
+            )
+            self.record_index_stats(stats)
         self.timings["index"] = time.perf_counter() - t0
-        self.index_stats = stats
         return stores
+
+    def record_index_inputs(self, examples: list[Example], data_hash: str, checkpoints: list[Checkpoint]) -> None:
+        """The workdir's record of what it indexes: the training rows, their hash, the checkpoints' source and the
+        config (single-process indexing writes it before computing, rank 0 of a sharded one after)."""
+        save_examples(self.workdir.train_data, examples)
+        source = self.checkpoint_source or str(Path(checkpoints[-1].path).parent)
+        self.workdir.record(
+            self.cfg,
+            indexed=True,
+            data_hash=data_hash,
+            n_train=len(examples),
+            checkpoints=str(Path(source).resolve()),
+        )
+        write_yaml(self.workdir.config_file, self.cfg.to_dict())
+
+    def record_index_stats(self, stats: dict[str, Any], write: bool = True) -> None:
+        """The one place index statistics (`features.index.index_statistics`) are kept: `index_stats`, and with
+        `write` the workdir's index.json."""
+        if write:
+            write_json(self.workdir.index_stats, stats)
+        self.index_stats = stats
 
     def query_features(self, queries: list[Query]) -> dict[str, dict[str, np.ndarray]]:
         """{"neg": ..., "pos": ..., ["contrast_neg": ...]} -> {checkpoint: (n_queries, dim)}.
@@ -351,7 +368,7 @@ class Attributor:
                 default_checkpoints=self.cfg.score.checkpoints,
                 train_responses=[e.response for e in examples],
             )
-            defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+            defaults = score_defaults(self.cfg.score)
             t1 = time.perf_counter()
             scores = {label: run_method(label, ctx, defaults) for label, _, _ in parsed}
             self.timings["query_features"] = t1 - t0
@@ -402,7 +419,7 @@ class Attributor:
         from .scoring.search import plan_fold
 
         blocks = module_blocks(stores[BASE.name].meta)
-        defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+        defaults = score_defaults(self.cfg.score)
         return plan_fold(
             method, self.all_checkpoints(), blocks is not None, defaults, self.cfg.score.checkpoints
         ), blocks
@@ -474,7 +491,7 @@ class Attributor:
         build: bool = False,
         sketch_dim: int | None = None,
     ) -> Any:
-        """Top-k training rows per query of a foldable method (dda, grad_dot, grad_cos, tracin) without any
+        """Top-k training rows per query of a foldable method (`dda.scoring.base.foldable_methods`) without any
         (n_queries x n_train) array: exact streaming scan, or an index's candidates re-ranked exactly.
         Settings left at None come from the config's `search` section.
         Returns a `dda.scoring.search.SearchResult`; with `out_dir`, search.json + config.yaml are written."""

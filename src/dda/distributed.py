@@ -22,15 +22,14 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .data import Example, save_examples
+from .data import Example
+from .features.index import index_statistics
 from .features.sharded import choose_layout, read_store, shard_tokens, token_lengths
-from .io import write_json, write_yaml
 from .progress import bar
 
 if TYPE_CHECKING:
@@ -145,8 +144,8 @@ def device_type(att: Attributor) -> str:
     """Where this run computes: the given model's device, else the configured one."""
     from .models import resolve_device
 
-    if att._model is not None:
-        return next(att._model.parameters()).device.type
+    if att.loaded_model is not None:
+        return next(att.loaded_model.parameters()).device.type
     return resolve_device(att.cfg.model.device).type
 
 
@@ -164,7 +163,7 @@ def index_sharded(att: Attributor, examples: list[Example], group: ProcessGroup,
         _ = att.model  # load (and cache) the model: rank 0 first, so a shared cache is filled once
     data = att.tokenize(examples)
     lengths = token_lengths(data)
-    cks = att._checked_checkpoints()
+    cks = att.checked_checkpoints()
     root = att.workdir.train_features
     indexer = att.indexer
     indexer.after_batch = _kill_hook(env.rank)
@@ -187,15 +186,9 @@ def index_sharded(att: Attributor, examples: list[Example], group: ProcessGroup,
     stores = {c.name: read_store(root / c.name) for c in cks}
     stats = _stats(examples, data, cks, stores, layouts, lengths, per_rank)
     if env.rank == 0:
-        save_examples(att.workdir.train_data, examples)
-        source = getattr(att, "_checkpoint_source", None) or str(Path(cks[-1].path).parent)
-        att.workdir.record(
-            att.cfg, indexed=True, data_hash=data_hash, n_train=len(examples), checkpoints=str(Path(source).resolve())
-        )
-        write_json(att.workdir.index_stats, stats)
-        write_yaml(att.workdir.config_file, att.cfg.to_dict())
+        att.record_index_inputs(examples, data_hash, cks)
+    att.record_index_stats(stats, write=env.rank == 0)
     group.barrier()  # shared files are in place before any process goes on to read them
-    att.index_stats = stats
     return stores
 
 
@@ -209,33 +202,31 @@ def _stats(
     per_rank: np.ndarray,
 ) -> dict[str, Any]:
     computed, tokens, seconds = (float(per_rank[:, i].sum()) for i in range(3))
-    stats: dict[str, Any] = {
-        "n_train": len(examples),
-        "checkpoints": [c.name for c in cks],
-        "n_prompt_truncated": data.n_prompt_truncated,
-        "n_response_truncated": data.n_response_truncated,
-        "mean_tokens": float(np.mean(lengths)) if len(lengths) else 0.0,
-        "dim": int(next(iter(stores.values())).meta["dim"]),
-        "computed_rows": int(computed),
-        "compute_seconds": round(seconds, 3),  # summed over processes
-        "wall_seconds": round(float(per_rank[:, 3].max()), 3),
-        "world_size": int(per_rank.shape[0]),
-        "layouts": {
-            name: [{**s.describe(), "tokens": t} for s, t in zip(specs, shard_tokens(lengths, specs), strict=True)]
-            for name, specs in layouts.items()
-        },
-        "ranks": [
-            {
-                "rank": r,
-                "computed_rows": int(v[0]),
-                "tokens": int(v[1]),
-                "compute_seconds": round(v[2], 3),
-                "wall_seconds": round(v[3], 3),
-            }
-            for r, v in enumerate(per_rank)
-        ],
+    layout_rows = {
+        name: [{**s.describe(), "tokens": t} for s, t in zip(specs, shard_tokens(lengths, specs), strict=True)]
+        for name, specs in layouts.items()
     }
-    if computed:
-        stats["examples_per_s"] = computed / max(stats["wall_seconds"], 1e-9)  # of the whole run
-        stats["tokens_per_s"] = tokens / max(stats["wall_seconds"], 1e-9)
-    return stats
+    ranks = [
+        {
+            "rank": r,
+            "computed_rows": int(v[0]),
+            "tokens": int(v[1]),
+            "compute_seconds": round(v[2], 3),
+            "wall_seconds": round(v[3], 3),
+        }
+        for r, v in enumerate(per_rank)
+    ]
+    return index_statistics(
+        len(examples),
+        [c.name for c in cks],
+        data,
+        float(np.mean(lengths)) if len(lengths) else 0.0,
+        int(next(iter(stores.values())).meta["dim"]),
+        int(computed),
+        int(tokens),
+        seconds,  # summed over processes: examples_per_s is a per-process rate, as in a single-process index
+        float(per_rank[:, 3].max()),
+        world_size=int(per_rank.shape[0]),
+        layouts=layout_rows,
+        ranks=ranks,
+    )

@@ -19,7 +19,7 @@ import numpy as np
 from ..api import Attributor
 from ..evaluate import Summarizer, differing_logprobs
 from ..features.index import example_losses
-from ..fix import plan_removal, random_removal
+from ..fix import plan_removal, random_removal, retrain_without
 from ..models import applied
 from ..progress import say
 from .canary import contains_word
@@ -104,10 +104,8 @@ def run_counterfactual(trained: Any, prepared: Any, qs: Any, scored: Any, k: int
     removals["random"] = random_removal(n, k, prepared.seed)
     for method, rows in removals.items():
         gone = set(rows)
-        kept = [e for i, e in enumerate(train) if i not in gone]
-        say(f"[bench] counterfactual: retraining without {method}'s top {k}", att.cfg.quiet)
-        retrain = Attributor(att.cfg, root / f"fix-{method}-k{k}", model=att.model, tokenizer=att.tokenizer)
-        ckpt = retrain.finetune(kept)[-1]
+        say(f"[bench] remove and retrain: without {method}'s top {k}", att.cfg.quiet)
+        retrain, ckpt = retrain_without(att, train, rows, root / f"fix-{method}-k{k}")
         kept_distractors = [i for i in distractor_rows if i not in gone]
         result = _measure(retrain, ckpt, qs, prepared, docs, max_new, distractor_rows, heldout_rows)
         result.update(

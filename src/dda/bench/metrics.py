@@ -16,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
     "POOLED_KEYS",
@@ -96,6 +94,10 @@ def query_metrics(
     let +/-inf scores (e.g. a masked-out row) through, while NaN is rejected as a scorer bug. sklearn
     treats tied scores as one threshold, so ties are neither rewarded nor penalised in AUC.
     """
+    # scikit-learn (and its scipy) is the `bench` extra: imported when a benchmark computes metrics, not with dda
+    from scipy.stats import rankdata
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     s, m = _validate(scores_1d, poisoned_mask)
     if not 0.0 < frac <= 1.0:
         raise ValueError(f"frac must be in (0, 1], got {frac}")

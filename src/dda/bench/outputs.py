@@ -18,7 +18,7 @@ from .canary import poison_candidates
 from .metrics import mean_by
 from .notes import FeatureFacts, config_notes, pair_notes, timing_note
 from .queries import QuerySet, orig_visible
-from .results import machine_info
+from .run_record import BenchRun, machine_info, write_run
 from .sweep import best_point, debias_notes, per_pair_best
 
 if TYPE_CHECKING:  # the stage types; hallucination.py imports this module
@@ -122,7 +122,9 @@ def write_outputs(
     metrics = _metrics(prepared, trained, qs, scored, per_pair, pair_best, split_info, counterfactual, wall)
     metrics["timings"] = {k: round(v, 3) for k, v in timings.items()}
     metrics["notes"] = notes
-    write_json(out / "metrics.json", metrics)
+    record = BenchRun.from_dict(metrics)
+    write_run(out, record)
+    metrics = record.to_dict()
     bench_cfg = {
         "preset": p.to_dict(),
         "pairs": metrics["pairs"],
@@ -291,7 +293,7 @@ def _metrics(
         "n_natural_errors": qs.n_errors,
         "hallucination_rate": qs.n_errors / qs.n_generated if qs.n_generated else None,
         "wall_seconds": wall,
-        "machine": machine_info(),
+        "machine": machine_info().to_dict(),
         "methods": method_metrics,
         "dda": {"beta": cfg.score.beta, "debias_mode": cfg.score.debias_mode, "normalize": cfg.score.normalize},
         "beta_curve": curves,
@@ -308,5 +310,5 @@ def _metrics(
         "data": {"sources": prepared.data.sources, "requested": prepared.sources},
         "checkpoints": [c.name for c in att.all_checkpoints()],
         "index": getattr(att, "index_stats", {}),
-        "counterfactual": counterfactual,
+        "remove_and_retrain": counterfactual,
     }

@@ -13,12 +13,16 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
+from ..fix import RemoveAndRetrain, retrain_table
 from ..io import atomic_path, write_text
+from ..scoring.base import ablations
+from ..scoring.base import query_information as query_information  # re-exported: the report's column
+from .tables import markdown_table
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["PAPER", "plot_beta_curve", "plot_method_bars", "plot_size_curve", "query_information", "write_report"]
 
@@ -42,7 +46,8 @@ PAPER: dict[str, Any] = {
     "beta_plateau": 0.4,
 }
 
-ABLATIONS = ("dda", "dda_no_denoise", "dda_no_debias", "dda_no_contrast")
+# Table 2's rows: full DDA, then the ablations as the registry names them (scoring.gradient's registration)
+ABLATIONS = ("dda", *ablations())
 ABLATION_LABELS = {
     "dda": "full DDA",
     "dda_no_denoise": "w/o denoise",
@@ -79,7 +84,16 @@ def _cell(x: Any) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A matplotlib figure, imported here: matplotlib is the `bench` extra, not a core dependency."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def _save(fig: Figure, path: str | os.PathLike[str]) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)  # attach an Agg canvas; savefig then never consults the pyplot backend
     out = Path(path)
     with atomic_path(out, suffix=".png") as tmp:
@@ -100,7 +114,7 @@ def plot_beta_curve(
     """
     if len(betas) != len(auc_means) or (auc_stds is not None and len(auc_stds) != len(betas)):
         raise ValueError("betas, auc_means and auc_stds must have the same length")
-    fig = Figure(figsize=(5.0, 3.5))
+    fig = _figure((5.0, 3.5))
     ax = fig.add_subplot(1, 1, 1)
     y = [100 * float(v) for v in auc_means]
     ax.plot(betas, y, marker="o", label="this run")
@@ -128,7 +142,7 @@ def plot_size_curve(
 ) -> str:
     """A metric (percent) against training-set size, one line per method; `chance` is a level or one value per
     size (AP's chance level falls as the haystack grows). Returns the written path."""
-    fig = Figure(figsize=(7.5, 4.0))
+    fig = _figure((7.5, 4.0))
     fig.subplots_adjust(right=0.72)  # the legend sits right of the axes, never over a line
     ax = fig.add_subplot(1, 1, 1)
     for name, aucs in auc_by_method.items():
@@ -172,7 +186,7 @@ def plot_method_bars(
 ) -> str:
     """Bar chart of mean AUC (percent) per method with std error bars. Returns the written path."""
     names = list(method_means)
-    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.5))
+    fig = _figure((max(4.0, 0.9 * len(names) + 1.5), 3.5))
     ax = fig.add_subplot(1, 1, 1)
     means = [100 * float(method_means[n]) for n in names]
     errs = [100 * float((method_stds or {}).get(n) or 0.0) for n in names]
@@ -191,24 +205,6 @@ def _paper_table1(name: str) -> str:
     if key in PAPER["table1_auc"]:
         return f"{PAPER['table1_auc'][key]:.2f}%"
     return PAPER["table1_notes"].get(key, "—")
-
-
-def query_information(spec: str, query_tokens: str) -> str:
-    """What a method is told about the query, in words: the table separates a method from its information."""
-    from ..scoring import parse_method
-
-    _, name, params = parse_method(spec)
-    if name == "keyword" or (name == "bm25" and params.get("query") == "diff"):
-        return "differing words"
-    if name == "bm25":
-        return "whole negative output"
-    if name == "cea":
-        return "whole negative and positive outputs" + ("" if params.get("per_query") else ", all queries at once")
-    if name == "dda" and params.get("contrastive", True):
-        return "differing tokens, negative − positive" if query_tokens == "diff" else "negative − positive"
-    if params.get("query_tokens") == "diff":
-        return "negative's differing tokens"
-    return "whole negative output"
 
 
 def _method_row(name: str, m: Mapping[str, Any], info: str) -> list[str]:
@@ -336,54 +332,36 @@ def _pairs_section(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _counterfactual_section(cf: Mapping[str, Any] | None) -> list[str]:
-    """Remove-and-retrain: before, then each method's top k and k random rows removed."""
-    if not cf:
+def _remove_and_retrain_section(section: Mapping[str, Any] | None) -> list[str]:
+    """Remove-and-retrain: the table `dda.fix.retrain_table` composes (before, each method's top k, k random rows),
+    then each query's margin in each model."""
+    if not section:
         return []
+    rr = RemoveAndRetrain.from_bench(dict(section))
+    table = retrain_table(rr)
     lines = [
-        f"## Remove and retrain (k = {cf.get('k')})",
+        f"## Remove and retrain (k = {rr.k})",
         "",
         f"Each row but the first removes k training rows (the method's top k by mean rank over the queries, or k "
         f"random rows) and fine-tunes again from θ0 with the same settings and seed. Natural error rate: greedy "
         f"summaries of the same held-out documents that say the canary; margin: mean log p(canary) − log p(original) "
-        f"over the queries' differing tokens; losses: mean over the {cf.get('distractors')} distractors and "
-        f"{cf.get('heldout_loss_docs')} held-out reference summaries.",
+        f"over the queries' differing tokens; losses: mean over the {rr.settings.get('distractors')} distractors and "
+        f"{rr.settings.get('heldout_loss_docs')} held-out reference summaries.",
+        "",
+        *markdown_table(table),
         "",
     ]
-    rows = []
-    labels = ["before", *[m for m in cf if isinstance(cf[m], Mapping) and m != "before"]]
-    for label in labels:
-        r = cf[label]
-        rows.append(
-            [
-                "nothing removed" if label == "before" else f"`{_cell(label)}`",
-                "—" if label == "before" else str(r.get("poisoned_removed")),
-                "—" if label == "before" else str(r.get("distractors_removed")),
-                _fmt_pct(r.get("natural_error_rate")),
-                f"{r['margin']:+.2f}" if r.get("margin") is not None else "n/a",
-                f"{r['distractor_loss']:.3f}" if r.get("distractor_loss") is not None else "n/a",
-                f"{r['heldout_loss']:.3f}" if r.get("heldout_loss") is not None else "n/a",
-            ]
-        )
-    header = ["removed", "poisoned removed", "distractors removed", "natural error rate", "canary margin"]
-    lines += _table([*header, "distractor loss", "held-out loss"], rows)
-    return [*lines, "", *_per_query_margins(cf, labels)]
-
-
-def _per_query_margins(cf: Mapping[str, Any], labels: Sequence[str]) -> list[str]:
-    """One row per query: its canary margin before and after each removal (a mean can hide one query that moved)."""
-    ids = cf.get("query_ids")
-    if not ids or any(len(cf[label].get("margins") or []) != len(ids) for label in labels):
-        return []
-    rows = [[f"`{_cell(q)}`", *(f"{cf[label]['margins'][i]:+.2f}" for label in labels)] for i, q in enumerate(ids)]
-    lines = [
-        "### Canary margin per query",
-        "",
-        "Before, and after removing each method's top k (or k random rows); below zero the model prefers the original.",
-        "",
-    ]
-    lines += _table(["query", *("before" if lb == "before" else f"`{_cell(lb)}`" for lb in labels)], rows)
-    return [*lines, ""]
+    if table.per_query:  # a mean can hide one query that moved
+        lines += [
+            "### Canary margin per query",
+            "",
+            "Before, and after removing each method's top k (or k random rows); below zero the model prefers the "
+            "original.",
+            "",
+            *markdown_table(table, per_query=True),
+            "",
+        ]
+    return lines
 
 
 def write_report(
@@ -420,7 +398,7 @@ def write_report(
     lines += _pairs_section(metrics)
     lines += _table1_section(metrics, main)
     lines += _haystack_section(metrics, main, figures, rel)
-    lines += _counterfactual_section(metrics.get("counterfactual"))
+    lines += _remove_and_retrain_section(metrics.get("remove_and_retrain"))
     lines += _table2_section(methods)
     lines += _beta_section(metrics, figures, rel)
     lines += ["## Notes", ""]

@@ -8,7 +8,6 @@ checks the benchmark is judged by: DDA's AUC against 0.90, against every baselin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,29 @@ import numpy as np
 from ..io import write_json, write_text
 from . import report
 from .presets import DEFAULT_METHODS
+from .run_record import read_run
 
 __all__ = ["BASELINES", "summarize_runs"]
 
 # Methods DDA is compared against (ablations are DDA itself, the other debias reading is a DDA variant).
 BASELINES: tuple[str, ...] = tuple(m for m in DEFAULT_METHODS if not m.startswith("dda"))
-KEYS: tuple[str, ...] = ("auc", "ap", "distractor_auc", "precision@10", "recall@n_poisoned", "recall@10")
-ABLATIONS: tuple[str, ...] = ("dda_no_debias", "dda_no_denoise", "dda_no_contrast")
+KEYS: tuple[str, ...] = (
+    "auc",
+    "ap",
+    "distractor_auc",
+    "pooled_ap",
+    "pooled_distractor_auc",
+    "precision@10",
+    "recall@n_poisoned",
+    "recall@10",
+)
+ABLATIONS: tuple[str, ...] = report.ABLATIONS[1:]  # the registry's ablations (full DDA is the reference)
 TARGET_AUC = 0.90
 
 
 def _load(run: Path) -> dict[str, Any]:
-    path = run / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.json (is {run} a finished `dda bench` output?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    """A run's metrics.json through the run record: the schema checked, an older run migrated."""
+    return read_run(run).to_dict()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -171,13 +175,15 @@ def _markdown(s: dict[str, Any], figure: str | None) -> str:
         "",
         "## Methods (mean over runs of each run's mean over queries; AP ± std over runs), by AP",
         "",
-        "| method | AP | AP per run | distractor AUC | P@10 | R@#poisoned | AUC | AUC per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | AP | AP per run | distractor AUC | pooled AP | pooled dAUC | P@10 | R@#poisoned | AUC "
+        "| AUC per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in sorted(s["methods"].items(), key=lambda kv: -(kv[1]["ap"] or 0.0)):
         lines.append(
             f"| `{name}` | {_pct(m['ap'])} ± {100 * m['ap_std_over_runs']:.1f} | {_per_run(m['ap_per_run'])} | "
-            f"{_pct(m['distractor_auc'])} | {_pct(m['precision@10'])} | {_pct(m['recall@n_poisoned'])} | "
+            f"{_pct(m['distractor_auc'])} | {_pct(m['pooled_ap'])} | {_pct(m['pooled_distractor_auc'])} | "
+            f"{_pct(m['precision@10'])} | {_pct(m['recall@n_poisoned'])} | "
             f"{_pct(m['auc'])} | {_per_run(m['auc_per_run'])} |"
         )
     if s["beta_curve"]:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ..progress import console, results
+from ..scoring.base import methods_help
 from .common import (
     BETA_HELP,
     ConfigOpt,
@@ -121,8 +122,10 @@ def attribute(
     methods: Annotated[
         str | None,
         typer.Option(
-            help="Comma list: dda, dda(beta=0.4,debias_mode=cross), dda_no_debias, dda_no_denoise, "
-            "dda_no_contrast, grad_dot, grad_cos, tracin, trak, bm25, cea."
+            # every registered method (plugins' too: they register before this module is imported)
+            help="Comma list of NAME or NAME(key=value,...), e.g. dda(beta=0.4,debias_mode=cross). "
+            + methods_help()
+            + "."
         ),
     ] = None,
     beta: Annotated[float | None, typer.Option(help=BETA_HELP)] = None,
@@ -273,7 +276,10 @@ def fix(
 
 
 def _print_fix(summary: dict) -> None:
+    """fix.json's models as the remove-and-retrain table (`dda.fix.retrain_table`, the benchmark's too)."""
     from rich.table import Table
+
+    from ..fix import RemoveAndRetrain, plain, retrain_table
 
     results.print(
         f"{summary['method']}: removed {len(summary['removed'])} of {summary['n_train']} documents "
@@ -281,15 +287,14 @@ def _print_fix(summary: dict) -> None:
     )
     if "after" not in summary:
         return
-    labels = [label for label in ("before", "after", "random") if label in summary]
-    table = Table("model", "margin (log p neg - log p pos)", "says negative", f"loss ({summary['heldout_source']})")
-    for label in labels:
-        r = summary[label]
-        loss = "n/a" if r["heldout_loss"] is None else f"{r['heldout_loss']:.4f}"
-        table.add_row(label, f"{r['margin']:+.3f}", f"{r['says_negative']:.0%}", loss)
-    results.print(table)
-    if len(summary["queries"]) > 1:  # a mean can hide the one query that did not move
-        per_query = Table("query", *(f"margin {label}" for label in labels), title="per query")
-        for i, qid in enumerate(summary["queries"]):
-            per_query.add_row(qid, *(f"{summary[label]['per_query'][i]['margin']:+.3f}" for label in labels))
+    table = retrain_table(RemoveAndRetrain.from_fix(summary))
+    printed = Table(*table.header, caption=f"held-out loss on: {summary['heldout_source']}")
+    for row in table.rows:
+        printed.add_row(*(plain(c) for c in row))
+    results.print(printed)
+    if len(summary["queries"]) > 1 and table.per_query:  # a mean can hide the one query that did not move
+        per_query = Table(*(f"margin {plain(c)}" if i else plain(c) for i, c in enumerate(table.per_query_header)),
+                          title="per query")  # fmt: skip
+        for row in table.per_query:
+            per_query.add_row(*(plain(c) for c in row))
         results.print(per_query)

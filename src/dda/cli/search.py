@@ -9,6 +9,7 @@ import typer
 
 from ..progress import console, results
 from ..scoring.backends import index_backends
+from ..scoring.base import foldable_methods
 from .common import ConfigOpt, ModelOpt, QuietOpt, SetOpt, WorkdirOpt, build_config, clean_errors
 
 
@@ -21,7 +22,10 @@ def _search_help(name: str) -> str:
 
 BackendOpt = Annotated[str | None, typer.Option(help=_search_help("backend"))]
 MethodOpt = Annotated[
-    str, typer.Option(help="A foldable method: dda[(beta=..,debias_mode=..)], grad_dot, grad_cos, tracin.")
+    str,
+    typer.Option(
+        help=f"A foldable method, NAME or NAME(key=value,...), e.g. dda(beta=0.4): {', '.join(foldable_methods())}."
+    ),
 ]
 CheckpointsOpt = Annotated[
     Path | None, typer.Option(help="Checkpoints the store was indexed with, if not WORKDIR/checkpoints.")

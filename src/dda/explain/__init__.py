@@ -40,7 +40,7 @@ import numpy as np
 
 from ..data import Query
 from ..scoring import ScoringContext
-from ..scoring.base import method_params
+from ..scoring.base import foldable_methods, method_params, score_defaults
 from ..scoring.gradient import evaluate
 from .files import EXPLAIN_DIR, ORIENTATION, read_explanations, write_explanations
 from .model import Recomputed, TargetRows, query_sides, recompute, target_rows
@@ -90,7 +90,7 @@ def explain(
     ctx = ScoringContext(
         fs, [f"{e.prompt}\n{e.response}" for e in examples], queries, default_checkpoints=att.cfg.score.checkpoints
     )
-    defaults = {k: v for k, v in vars(att.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
+    defaults = score_defaults(att.cfg.score)
 
     # 1. every method as its terms; the scorer's own scores pick the documents
     plans: dict[str, MethodPlan] = {}
@@ -159,7 +159,7 @@ def _plan(
     if terms_fn is None:
         raise ValueError(
             f"method '{label}' is not a sum of gradient dot products, so it has no token "
-            f"attribution (explainable: dda and its variants, grad_dot, grad_cos, tracin)"
+            f"attribution (explainable: {', '.join(foldable_methods())} and their variants)"
         )
     terms = terms_fn(ctx, **params)
     scores = evaluate(fs, terms)

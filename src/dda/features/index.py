@@ -200,3 +200,38 @@ def example_losses(model: Any, data: Tokenized, pad_id: int, batch_size: int = 8
         )
         out[batch] = per_example_loss(model, ids, attn, resp).double().cpu().numpy()
     return out
+
+
+def index_statistics(
+    n_train: int,
+    checkpoints: list[str],
+    data: Tokenized,
+    mean_tokens: float,
+    dim: int,
+    computed_rows: int,
+    tokens: int,
+    compute_seconds: float,
+    wall_seconds: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """index.json's statistics, for one process or several (`extra`: the sharded run's layouts and ranks).
+
+    examples_per_s / tokens_per_s have one meaning: training-gradient rows (every checkpoint's) and their tokens
+    per second of gradient computation, those seconds summed over processes: a per-process rate, comparable
+    between a single and a sharded run; the whole run's elapsed time is wall_seconds."""
+    stats: dict[str, Any] = {
+        "n_train": n_train,
+        "checkpoints": list(checkpoints),
+        "n_prompt_truncated": data.n_prompt_truncated,
+        "n_response_truncated": data.n_response_truncated,
+        "mean_tokens": float(mean_tokens),
+        "dim": int(dim),
+        "computed_rows": int(computed_rows),
+        "compute_seconds": round(float(compute_seconds), 3),
+        "wall_seconds": round(float(wall_seconds), 3),
+        **extra,
+    }
+    if computed_rows:
+        stats["examples_per_s"] = stats["computed_rows"] / max(stats["compute_seconds"], 1e-9)
+        stats["tokens_per_s"] = tokens / max(stats["compute_seconds"], 1e-9)
+    return stats

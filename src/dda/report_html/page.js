@@ -98,7 +98,7 @@ function benchSection(b) {
   out.push(...table("Table 2: DDA ablations", b.table2));
   if (b.beta_svg) out.push(el("h3", {}, "β curve (DDA AUC against β, each debias reading)"),
                            el("div", {html: b.beta_svg}));
-  if (b.counterfactual) out.push(...counterfactualBlock(b.counterfactual));
+  if (b.remove_and_retrain) out.push(...removeAndRetrainBlock(b.remove_and_retrain));
   if (b.canary) {
     const c = b.canary;
     const line = s => s.fraction === null ? "no poisoned document in the top " + s.k :
@@ -113,28 +113,19 @@ function benchSection(b) {
   return out;
 }
 
-function counterfactualBlock(cf) {
-  // Remove-and-retrain: the fix table, then each query's canary margin before and after every removal.
-  const num = (v, d) => v === null || v === undefined ? "n/a" : (v >= 0 && d === "+" ? "+" : "") + v.toFixed(2);
-  const name = l => l === "before" ? "nothing removed" : l === "random" ? `${cf.k} random rows` : `${l} top ${cf.k}`;
-  const t = el("table", {class: "fix"});
-  t.append(el("tr", {}, ...["removed", "poisoned removed", "distractors removed", "natural error rate %",
-    "canary margin", "distractor loss", "held-out loss"].map(x => el("th", {}, x))));
-  for (const r of cf.rows) t.append(el("tr", {}, el("td", {}, name(r.label)),
-    el("td", {class: "num"}, r.label === "before" ? "–" : String(r.poisoned_removed)),
-    el("td", {class: "num"}, r.label === "before" ? "–" : String(r.distractors_removed)),
-    el("td", {class: "num"}, r.natural_error_rate === null ? "n/a" : pct(r.natural_error_rate)),
-    el("td", {class: "num"}, num(r.margin, "+")), el("td", {class: "num"}, num(r.distractor_loss)),
-    el("td", {class: "num"}, num(r.heldout_loss))));
-  const out = [el("h3", {id: "fix"}, `Remove and retrain (k = ${cf.k})`), t];
-  if (cf.per_query.length) {
-    const q = el("table", {class: "fix-margins"});
-    q.append(el("tr", {}, el("th", {}, "query"), ...cf.labels.map(l => el("th", {}, l))));
-    for (const r of cf.per_query) q.append(el("tr", {}, el("td", {}, r.id),
-      ...r.margins.map(m => el("td", {class: "num"}, num(m, "+")))));
+function removeAndRetrainBlock(t) {
+  // Remove-and-retrain: the table as dda.fix.retrain_table composed it, then each query's margin in each model.
+  const table = (cls, header, rows) => {
+    const out = el("table", {class: cls});
+    out.append(el("tr", {}, ...header.map(x => el("th", {}, x))));
+    for (const r of rows) out.append(el("tr", {}, ...r.map((x, i) => el("td", i ? {class: "num"} : {}, x))));
+    return out;
+  };
+  const out = [el("h3", {id: "fix"}, "Remove and retrain"), table("fix", t.header, t.rows)];
+  if (t.per_query.length)
     out.push(el("p", {class: "small"}, "Canary margin per query (mean log p(canary) − log p(original) over the " +
-      "differing tokens), before and after each removal; below zero the model prefers the original."), q);
-  }
+      "differing tokens), before and after each removal; below zero the model prefers the original."),
+      table("fix-margins", t.per_query_header, t.per_query));
   return out;
 }
 

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..bench.evidence import top_token_stats
+from ..bench.run_record import read_run
 from ..explain import read_explanations
+from ..fix import RetrainTable, plain, retrain_table
 from ..io import read_json
+from ..scoring.base import ablations as registered_ablations
 from .svg import beta_svg
 
 QUANT = 999  # contributions are stored as round(QUANT * c / max|c|) per document
@@ -273,12 +276,13 @@ def collect(run_dir: str | Path, top_k: int | None = None) -> dict[str, Any]:
 
 
 def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[str, Any]) -> dict[str, Any]:
-    metrics = read_json(run / "metrics.json")
+    record = read_run(run)  # the schema checked, an older run migrated
+    metrics = record.to_dict()
     methods = metrics.get("methods") or {}
     main = sorted(
         (n for n in methods if not (n.startswith("dda_") and n != "dda")), key=lambda n: -(methods[n].get("auc") or 0)
     )
-    ablations = [n for n in ("dda", "dda_no_denoise", "dda_no_debias", "dda_no_contrast") if n in methods]
+    ablations = [n for n in ("dda", *registered_ablations()) if n in methods]
     keys = ("auc", "auc_std", "ap", "distractor_auc", "pooled_ap", "recall@10")
     row = lambda n: {"method": n, **{k: methods[n].get(k) for k in keys}}  # noqa: E731
     canary_of = {qid: str(r.get("pair", "")).split("->")[-1] for qid, r in queries.items() if r.get("pair")}
@@ -296,23 +300,16 @@ def _bench_section(run: Path, explanations: list[dict[str, Any]], queries: dict[
         "beta_svg": beta_svg(metrics.get("beta_curve") or {}, (metrics.get("dda") or {}).get("debias_mode", "base")),
         "notes": metrics.get("notes", []),
         "canary": canary,
-        "counterfactual": _counterfactual(metrics.get("counterfactual")),
+        "remove_and_retrain": _plain_table(retrain_table(rr)) if (rr := record.remove_and_retrain) else None,
     }
 
 
-def _counterfactual(cf: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The remove-and-retrain rows (before, each method's top k, k random) and each query's margin in each."""
-    if not cf:
-        return None
-    labels = ["before", *[k for k, v in cf.items() if isinstance(v, dict) and k != "before"]]
-    keys = ("poisoned_removed", "distractors_removed", "natural_error_rate", "margin")
-    keys += ("distractor_loss", "heldout_loss")
-    rows = [{"label": label, **{k: cf[label].get(k) for k in keys}} for label in labels]
-    ids = cf.get("query_ids") or []
-    margins = [cf[label].get("margins") or [] for label in labels]
-    per_query = (
-        [{"id": q, "margins": [m[i] for m in margins]} for i, q in enumerate(ids)]
-        if ids and all(len(m) == len(ids) for m in margins)
-        else []
-    )
-    return {"k": cf.get("k"), "rows": rows, "labels": labels, "per_query": per_query}
+def _plain_table(table: RetrainTable) -> dict[str, Any]:
+    """The remove-and-retrain table as composed by `dda.fix.retrain_table`, its cells as text for page.js."""
+    cells = lambda rows: [[plain(c) for c in row] for row in rows]  # noqa: E731
+    return {
+        "header": table.header,
+        "rows": cells(table.rows),
+        "per_query_header": [plain(c) for c in table.per_query_header],
+        "per_query": cells(table.per_query),
+    }

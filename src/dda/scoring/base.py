@@ -131,42 +131,140 @@ def row_norms(train: np.ndarray, block_bytes: int = 1 << 26) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ method registry
 
 ScoreFn = Callable[..., np.ndarray]
+# What a method is told about a query, in words, from its bound parameters and the features' query_tokens.
+Information = Callable[[dict[str, Any], str], str]
 NEEDS = ("features", "model", "text")
+# The settings of ScoreConfig that are not scorer parameters (what to score, which checkpoints, how many to show).
+_NOT_SCORER_SETTINGS = ("methods", "checkpoints", "top_k", "pool")
+
+
+def default_information(params: dict[str, Any], query_tokens: str) -> str:
+    """The information of a scorer registered without its own: the negative output, or its differing tokens
+    when the scorer takes query_tokens=diff."""
+    return "negative's differing tokens" if params.get("query_tokens") == "diff" else "whole negative output"
+
+
+def _first_line(doc: str | None) -> str:
+    """The first sentence of a docstring, on one line."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", para)[0]
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """A registered method: its function and what it needs from the context (gradient features, the model,
-    the texts). The API computes only what the requested scorers need."""
+    """A registered method: its function, what it needs from the context (gradient features, the model, the
+    texts), its help line and what its query tells it. The API computes only what the requested scorers need."""
 
     name: str
     fn: ScoreFn
     needs: frozenset[str]
+    help: str = ""
+    information: Information = default_information
 
     @property
     def params(self) -> dict[str, inspect.Parameter]:
         return {k: p for k, p in inspect.signature(self.fn).parameters.items() if k != "ctx"}
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The scorer's own parameter defaults (its signature's)."""
+        return {k: p.default for k, p in self.params.items() if p.default is not inspect.Parameter.empty}
+
+    @property
+    def foldable(self) -> bool:
+        """A sum of gradient dot products (`scoring.gradient.linear`): folded by search, split by explain."""
+        return getattr(self.fn, "terms", None) is not None
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named variant of a scorer: its parameters, whether it is one of the paper's ablations, its help line."""
+
+    name: str
+    scorer: str
+    params: dict[str, Any]
+    ablation: bool = False
+    help: str = ""
+
 
 REGISTRY: dict[str, Scorer] = {}
 # Named variants: the paper's ablations are parameter values of one scorer, not copies of code.
-PRESETS: dict[str, tuple[str, dict[str, Any]]] = {}
+PRESETS: dict[str, Preset] = {}
 
 
 def register(
-    name: str, needs: tuple[str, ...] = ("features",), **presets: dict[str, Any]
+    name: str,
+    needs: tuple[str, ...] = ("features",),
+    *,
+    help: str | None = None,
+    information: Information | str | None = None,
+    ablations: dict[str, dict[str, Any]] | None = None,
+    **presets: dict[str, Any],
 ) -> Callable[[ScoreFn], ScoreFn]:
+    """Register scorer `name`. `help`: its line in `dda attribute --help` (default: the first paragraph of the
+    function's docstring); `information`: what its query tells it, a text or a function of (parameters,
+    query_tokens) (default `default_information`); `ablations`: named variants that are the paper's ablations;
+    other keywords: named variants (presets), e.g. bm25_diff={"query": "diff"}."""
     unknown = set(needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"scorer {name}: unknown needs {sorted(unknown)} (known: {NEEDS})")
+    if isinstance(information, str):
+        text = information
+        information = lambda params, query_tokens: text  # noqa: E731
+    info = information or default_information
 
     def deco(fn: ScoreFn) -> ScoreFn:
-        REGISTRY[name] = Scorer(name, fn, frozenset(needs))
-        for preset_name, params in presets.items():
-            PRESETS[preset_name] = (name, params)
+        line = help if help is not None else _first_line(fn.__doc__)
+        REGISTRY[name] = Scorer(name, fn, frozenset(needs), line or name, info)
+        for ablation, variants in ((True, ablations or {}), (False, presets)):
+            for preset_name, params in variants.items():
+                PRESETS[preset_name] = Preset(preset_name, name, dict(params), ablation, f"{name}({_args(params)})")
         return fn
 
     return deco
+
+
+def _args(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
+
+
+def method_names() -> list[str]:
+    """Every registered name, each scorer followed by its presets, in registration order."""
+    out: list[str] = []
+    for name in REGISTRY:
+        out += [name] + [p.name for p in PRESETS.values() if p.scorer == name]
+    return out
+
+
+def ablations() -> list[str]:
+    """The paper's ablations (presets registered as such), in registration order."""
+    return [p.name for p in PRESETS.values() if p.ablation]
+
+
+def foldable_methods() -> list[str]:
+    """Scorers that are sums of gradient dot products: `dda search` folds them, `dda.explain` splits them."""
+    return [n for n, s in REGISTRY.items() if s.foldable]
+
+
+def methods_help() -> str:
+    """One line per registered method, for `dda attribute --help` and the docs."""
+    lines = []
+    for name in method_names():
+        line = REGISTRY[name].help if name in REGISTRY else PRESETS[name].help
+        lines.append(f"{name}: {line.rstrip('.')}")
+    return "; ".join(lines)
+
+
+def score_defaults(score: Any) -> dict[str, Any]:
+    """The config's score settings (a ScoreConfig) that are scorer parameters: what every method is called with
+    before its spec's own parameters (each scorer takes those it accepts, `method_params`)."""
+    return {k: v for k, v in vars(score).items() if k not in _NOT_SCORER_SETTINGS}
+
+
+def query_information(spec: str, query_tokens: str) -> str:
+    """What method `spec` is told about the query, in words (its registration's `information`)."""
+    _, name, params = parse_method(spec)
+    return REGISTRY[name].information(params, query_tokens)
 
 
 _SPEC_RE = re.compile(r"^([A-Za-z_][\w@.\-]*)(?:\((.*)\))?$")
@@ -198,7 +296,7 @@ def parse_method(spec: str) -> tuple[str, str, dict[str, Any]]:
     name, arg_text = m.group(1), m.group(2)
     params: dict[str, Any] = {}
     if name in PRESETS:
-        name, preset = PRESETS[name][0], dict(PRESETS[name][1])
+        name, preset = PRESETS[name].scorer, dict(PRESETS[name].params)
         params.update(preset)
     if name not in REGISTRY:
         known = sorted(set(REGISTRY) | set(PRESETS))

@@ -7,6 +7,8 @@ scores high.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -18,7 +20,16 @@ from ..progress import bar
 from .base import ModelAccess, ScoringContext, register
 
 
-@register("cea", needs=("model",))
+def _cea_information(params: dict[str, Any], _query_tokens: str) -> str:
+    return "whole negative and positive outputs" + ("" if params.get("per_query") else ", all queries at once")
+
+
+@register(
+    "cea",
+    needs=("model",),
+    help="CEA (Ladhak et al. 2023): loss after steps on the corrected outputs minus after steps on the errors.",
+    information=_cea_information,
+)
 def cea(
     ctx: ScoringContext,
     cea_lr: float = ScoreConfig.cea_lr,

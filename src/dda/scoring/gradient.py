@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ScoreConfig
-from .base import FeatureSet, ScoringContext, dot_scores, register, row_norms
+from .base import FeatureSet, ScoringContext, default_information, dot_scores, register, row_norms
 from .topk import release_pages
 
 
@@ -150,8 +150,22 @@ def _resolved_mode(fs: FeatureSet, normalize: bool | str | None) -> str:
     return mode
 
 
+def _dda_information(params: dict[str, Any], query_tokens: str) -> str:
+    if not params.get("contrastive", True):
+        return default_information(params, query_tokens)
+    return "differing tokens, negative − positive" if query_tokens == "diff" else "negative − positive"
+
+
 @register(
-    "dda", dda_no_debias={"debias": False}, dda_no_denoise={"denoise": False}, dda_no_contrast={"contrastive": False}
+    "dda",
+    help="DDA: the contrastive score averaged over fine-tuned checkpoints, minus beta times the theta0 score.",
+    information=_dda_information,
+    # the paper's Table 2 order
+    ablations={
+        "dda_no_denoise": {"denoise": False},
+        "dda_no_debias": {"debias": False},
+        "dda_no_contrast": {"contrastive": False},
+    },
 )
 @linear
 def dda(
@@ -192,7 +206,11 @@ def dda(
     return terms
 
 
-@register("grad_dot", grad_dot_diff={"query_tokens": "diff"})
+@register(
+    "grad_dot",
+    help="First-order influence at one checkpoint: the training gradient . the negative output's gradient.",
+    grad_dot_diff={"query_tokens": "diff"},
+)
 @linear
 def grad_dot(ctx: ScoringContext, checkpoint: str | None = None, query_tokens: str = "all") -> list[Term]:
     """First-order influence at one checkpoint (default: the last), negative output only (query_tokens=diff:
@@ -202,7 +220,7 @@ def grad_dot(ctx: ScoringContext, checkpoint: str | None = None, query_tokens: s
     return [Term(1.0, name, "none", name, _negative_side(query_tokens))]
 
 
-@register("grad_cos")
+@register("grad_cos", help="Cosine of the training and negative-output gradients at one checkpoint.")
 @linear
 def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
     fs = _need(ctx)
@@ -210,7 +228,11 @@ def grad_cos(ctx: ScoringContext, checkpoint: str | None = None) -> list[Term]:
     return [Term(1.0, name, "cosine", name, "neg")]
 
 
-@register("tracin", tracin_diff={"query_tokens": "diff"})
+@register(
+    "tracin",
+    help="TracIn-CP: learning-rate-weighted gradient dot products summed over checkpoints.",
+    tracin_diff={"query_tokens": "diff"},
+)
 @linear
 def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None, query_tokens: str = "all") -> list[Term]:
     """TracIn-CP: sum over checkpoints of lr_k * grad l(z, theta_k) . grad l(neg, theta_k); query_tokens=diff
@@ -220,7 +242,7 @@ def tracin(ctx: ScoringContext, checkpoints: list[str] | str | None = None, quer
     return [Term(c.lr if c.lr is not None else 1.0, c.name, "none", c.name, side) for c in fs.finetuned(checkpoints)]
 
 
-@register("trak")
+@register("trak", help="TRAK: a ridge-regression read of the gradient features, averaged over checkpoints.")
 def trak(
     ctx: ScoringContext,
     trak_lambda: float = ScoreConfig.trak_lambda,

@@ -15,9 +15,10 @@ and the checks that it still serves a method, and the entry points (`build_index
 
 Every backend returns exact scores; the index backends can miss a row whose approximate score fell below the
 candidate cut. An index holds rows, not query weights: one built for dda serves every beta and debias reading
-whose slices it holds. Foldable: dda (normalize none|module|auto), grad_dot, grad_cos, tracin. Not foldable:
-normalize=std (each checkpoint's scores scaled by their std over all rows), trak (a solve over all rows), bm25
-and cea (not dot products): `dda attribute` computes those.
+whose slices it holds. Foldable: the scorers registered as sums of dot products (`base.foldable_methods`: dda with
+normalize none|module|auto, grad_dot, grad_cos, tracin). Not foldable: normalize=std (each checkpoint's scores
+scaled by their std over all rows), trak (a solve over all rows), bm25 and cea (not dot products): `dda attribute`
+computes those.
 """
 
 from __future__ import annotations
@@ -40,13 +41,12 @@ from ..models import Checkpoint
 from .backends import BACKENDS as BACKENDS  # re-exported: callers check names against it
 from .backends import IndexSettings, QuerySettings, get_backend, index_backends
 from .backends.faiss_ivf import default_nlist as default_nlist  # re-exported for the benchmarks
-from .base import REGISTRY, FeatureSet, ScoringContext, module_normalized, parse_method
+from .base import FeatureSet, ScoringContext, foldable_methods, method_params, module_normalized
 from .gradient import Term, term_query
 from .sketch import read_rows
 from .topk import release_pages
 
 INDEX_FORMAT = 1
-FOLDABLE = ("dda", "grad_dot", "grad_cos", "tracin")
 BLOCK_BYTES = 64 << 20  # float32 bytes of concatenated rows held per streaming block
 
 
@@ -78,15 +78,6 @@ class FoldPlan:
         }
 
 
-def _method_params(spec: str, defaults: dict[str, Any] | None) -> tuple[str, str, dict[str, Any]]:
-    """(label, scorer name, parameters) exactly as `run_method` would call the scorer."""
-    label, name, params = parse_method(spec)  # unknown parameters are refused here
-    accepted = set(REGISTRY[name].params)
-    merged = {k: v for k, v in (defaults or {}).items() if k in accepted}
-    merged.update(params)
-    return label, name, merged
-
-
 # How a term's normalisation reads on the stored rows: per module, the whole row (cosine), or none.
 _ROW_NORMALIZE = {"module": "module", "cosine": "row", "none": "none"}
 
@@ -102,12 +93,12 @@ def plan_fold(
     (checkpoints[0] is theta0), from the scorer's own terms: the same defaults, readings and error texts as
     `dda attribute`. `has_blocks`: the stores keep per-module columns (normalize=auto -> module).
     `defaults`/`default_checkpoints` are the config's score settings, as `Attributor.attribute` passes them."""
-    label, name, p = _method_params(spec, defaults)
-    terms_of = getattr(REGISTRY[name].fn, "terms", None)
+    label, fn, p = method_params(spec, defaults)  # exactly as `run_method` would call the scorer
+    terms_of = getattr(fn, "terms", None)
     if terms_of is None:
         raise ValueError(
             f"method '{label}' cannot be folded into one query vector (foldable: the sums of gradient dot "
-            f"products, {', '.join(FOLDABLE)}); `dda attribute` scores it over the whole store"
+            f"products, {', '.join(foldable_methods())}); `dda attribute` scores it over the whole store"
         )
     symbolic = FeatureSet(checkpoints, {}, {}, blocks=[] if has_blocks else None)  # names only, no features
     terms = terms_of(ScoringContext(symbolic, [], [], default_checkpoints=default_checkpoints), **p)

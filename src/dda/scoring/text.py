@@ -41,7 +41,12 @@ def _responses(ctx: ScoringContext) -> list[str]:
     return ctx.train_responses if ctx.train_responses is not None else ctx.train_texts
 
 
-@register("keyword", needs=("text",))
+@register(
+    "keyword",
+    needs=("text",),
+    help="How often the words where the negative and the positive differ occur in each training response.",
+    information="differing words",
+)
 def keyword(ctx: ScoringContext) -> np.ndarray:
     """The rule a reviewer would try first: how often the words where the negative and the positive differ occur
     (whole word, case-sensitive) in each training response. Needs a positive per query."""
@@ -56,7 +61,13 @@ def keyword(ctx: ScoringContext) -> np.ndarray:
     return out
 
 
-@register("bm25", needs=("text",), bm25_diff={"query": "diff"})
+@register(
+    "bm25",
+    needs=("text",),
+    help="BM25 of each training text against the query's negative output (query=diff: its differing words).",
+    information=lambda params, _: "differing words" if params.get("query") == "diff" else "whole negative output",
+    bm25_diff={"query": "diff"},
+)
 def bm25(ctx: ScoringContext, k1: float = 1.5, b: float = 0.75, query: str = "negative") -> np.ndarray:
     """BM25 (bm25s) of each training text (prompt + response) against the query's negative output
     (query=negative) or only the words where the negative and the positive differ (query=diff, `bm25_diff`)."""
