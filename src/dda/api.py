@@ -23,7 +23,16 @@ import torch
 
 from .attribution import Attribution, load_attribution, method_slug
 from .config import DDAConfig
-from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
+from .data import (
+    Example,
+    PromptFormatter,
+    Query,
+    Tokenized,
+    focus_on_difference,
+    load_examples,
+    save_examples,
+    saved_data_config,
+)
 from .features.capture import GradientFeaturizer
 from .features.index import Indexer
 from .features.sharded import read_store
@@ -83,7 +92,14 @@ class Attributor:
         return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def tokenize(self, examples: list[Example]) -> Tokenized:
+        self._settle_format(examples)
         return self.formatter.tokenize_examples(examples)
+
+    def _settle_format(self, examples: list[Example]) -> None:
+        """data.format=auto becomes the format the rows were read in, so the workdir remembers it and later
+        commands read queries (and the saved rows) the same way."""
+        if self.cfg.data.format == "auto" and examples:
+            self.cfg.data.format = examples[0].format
 
     @property
     def indexer(self) -> Indexer:
@@ -220,6 +236,7 @@ class Attributor:
                 "checkpoints": [c.name for c in cks],
                 "n_prompt_truncated": data.n_prompt_truncated,
                 "n_response_truncated": data.n_response_truncated,
+                "n_truncated": data.n_truncated,
                 "mean_tokens": float(np.mean([len(s) for s in data.input_ids])),
                 "dim": int(next(iter(stores.values())).meta["dim"]),
                 "computed_rows": self.indexer.rows - rows0,
@@ -269,12 +286,10 @@ class Attributor:
 
     # ------------------------------------------------------------------------------------------ attribute
     def train_examples(self) -> list[Example]:
-        from .config import DataConfig
-
         path = self.workdir.train_data
         if not path.exists():
             raise FileNotFoundError(f"{path}: no indexed training data; run `dda index` first")
-        return load_examples(DataConfig(path=str(path)))
+        return load_examples(saved_data_config(self.cfg.data, path))
 
     def feature_set(self, queries: list[Query]) -> FeatureSet:
         cks = self.all_checkpoints()
@@ -316,11 +331,11 @@ class Attributor:
                 )
             ctx = ScoringContext(
                 fs,
-                [f"{e.prompt}\n{e.response}" for e in examples],
+                [f"{e.prompt_text}\n{e.response_text}" for e in examples],
                 queries,
                 model=access,
                 default_checkpoints=self.cfg.score.checkpoints,
-                train_responses=[e.response for e in examples],
+                train_responses=[e.response_text for e in examples],
             )
             defaults = {k: v for k, v in vars(self.cfg.score).items() if k not in ("methods", "checkpoints", "top_k")}
             t1 = time.perf_counter()
