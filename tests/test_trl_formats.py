@@ -280,3 +280,41 @@ def test_bad_rows_name_file_line_and_field(row, settings, message, smol_tokenize
         PromptFormatter(smol_tokenizer, cfg, context=512).tokenize_examples(load_examples(cfg))
     assert message in str(err.value)
     assert "bad.jsonl" in str(err.value) or "example" in str(err.value)
+
+
+@pytest.mark.parametrize("rows", [PC_CONVERSATIONAL, MESSAGES], ids=["prompt/completion", "messages"])
+def test_dda_data_json_is_what_the_trainer_trains_on(rows, smol_tokenizer, tmp_path):
+    """`dda data --json` on the builtin model: each row's text is the trainer's whole sequence, decoded, and its
+    target the tokens the trainer's labels keep (for prompt/completion: the completion only)."""
+    from typer.testing import CliRunner
+
+    from dda.cli import app
+
+    path = _write(tmp_path / "train.jsonl", rows)
+    out = CliRunner().invoke(app, ["data", "--data", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    shown = [json.loads(line) for line in out.stdout.splitlines()]
+    prepared = _trainer(copy.deepcopy(smol_tokenizer), rows, {}, tmp_path / "out").train_dataset
+    assert [r["id"] for r in shown] == [str(i) for i in range(len(rows))]
+    for r, theirs in zip(shown, prepared, strict=True):
+        decode = lambda ids: smol_tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
+        assert r["text"] == decode(theirs["input_ids"])
+        assert r["target"] == decode([t for t in theirs["labels"] if t != -100])
+    if "completion" in rows[0]:
+        assert [r["target"] for r in shown] == [f"{a}<|im_end|>\n" for a in ANSWER]
+
+
+def test_dda_data_marks_the_loss_and_counts_the_cuts(tmp_path):
+    from typer.testing import CliRunner
+
+    from dda.cli import app
+
+    path = _write(tmp_path / "train.jsonl", PC_STANDARD)
+    out = CliRunner().invoke(app, ["data", "--data", str(path), "--set", "data.max_length=14", "--rows", "1"])
+    assert out.exit_code == 0, out.output
+    assert "3 rows, format prompt_completion, loss on completion" in out.output
+    assert "3 rows cut (at data.max_length=14 tokens)" in out.output
+    assert "were cut" in out.output  # the >1% warning
+    bad = _write(tmp_path / "bad.jsonl", [{"messages": [{"role": "user"}]}])
+    out = CliRunner().invoke(app, ["data", "--data", str(bad)])
+    assert out.exit_code == 2 and "bad.jsonl, line 1: field 'messages', message 0: missing 'content'" in out.output

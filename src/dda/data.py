@@ -514,8 +514,20 @@ class PromptFormatter:
             enc = self.rows.encode(e.format, content, completion, f"example '{e.id}'", e.extra)
             rows.append((enc.ids, enc.mask, enc.cut and enc.prompt_len >= len(enc.ids), enc.cut))
         data = _collected(rows)
-        warn_cuts(data, self.limit)
+        warn_cuts(data, self.cut_rule())
         return data
+
+    def cut_rule(self) -> str:
+        """Where rows are cut, in words (the limits that apply)."""
+        rules = []
+        if self.cfg.max_length is not None:
+            rules.append(f"at data.max_length={self.cfg.max_length} tokens")
+        elif self.context is not None:
+            rules.append(f"at the model's context ({self.context} tokens)")
+        for key in ("max_prompt_tokens", "max_response_tokens"):
+            if getattr(self.cfg, key) is not None:
+                rules.append(f"data.{key}={getattr(self.cfg, key)}")
+        return "(" + ", ".join(rules or ["no limit"]) + ")"
 
 
 def _collected(rows: list[tuple[list[int], list[bool], bool, bool]]) -> Tokenized:
@@ -528,15 +540,14 @@ def _collected(rows: list[tuple[list[int], list[bool], bool, bool]]) -> Tokenize
     )
 
 
-def warn_cuts(data: Tokenized, limit: int | None) -> None:
+def warn_cuts(data: Tokenized, limit: str) -> None:
     """A warning when more than CUT_WARN_SHARE of the rows were cut, or when a cut left a row without a loss
     token (TRL drops such rows from training; here they stay, with a zero gradient, so row numbers hold)."""
     n, empty = data.n_truncated, sum(not any(m) for m in data.response_mask)
     if n > CUT_WARN_SHARE * len(data):
         warnings.warn(
-            f"{n} of {len(data)} training rows ({100 * n / max(len(data), 1):.1f}%) were cut (to {limit} tokens, "
-            "or by data.max_prompt_tokens / max_response_tokens): the gradients do not see their end. Set "
-            "data.max_length to your trainer's max_length, or raise it",
+            f"{n} of {len(data)} training rows ({100 * n / max(len(data), 1):.1f}%) were cut {limit}: the "
+            "gradients do not see what was cut. If your trainer kept more, set data.max_length to its max_length",
             UserWarning,
             stacklevel=3,
         )
