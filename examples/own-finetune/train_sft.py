@@ -49,10 +49,14 @@ def main() -> None:
         use_cpu=True,
         seed=0,
     )
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = SFTTrainer(model=model, args=config, train_dataset=train, processing_class=tokenizer, peft_config=lora)
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=train, processing_class=tokenizer, peft_config=lora
+        )
         trainer.train()
     done = sorted(Path(args.out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     print("checkpoints:", ", ".join(p.name for p in done))
