@@ -262,12 +262,9 @@ class Attributor:
         pos = (
             fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]) if all(q.positive for q in queries) else None
         )
-        cut = neg.n_prompt_truncated
+        cut = neg.n_truncated
         if cut:
-            say(
-                f"{cut} of {len(queries)} query prompts were cut to fit (data.max_prompt_tokens, model context)",
-                self.cfg.quiet,
-            )
+            say(f"{cut} of {len(queries)} queries were cut to fit {fmt.cut_rule()}", self.cfg.quiet)
         mode = self.cfg.features.query_tokens if pos is not None else "all"
         root = self.workdir.query_root(
             self.workdir.query_key(

@@ -214,6 +214,7 @@ def _stats(
         "checkpoints": [c.name for c in cks],
         "n_prompt_truncated": data.n_prompt_truncated,
         "n_response_truncated": data.n_response_truncated,
+        "n_truncated": data.n_truncated,
         "mean_tokens": float(np.mean(lengths)) if len(lengths) else 0.0,
         "dim": int(next(iter(stores.values())).meta["dim"]),
         "computed_rows": int(computed),
