@@ -125,3 +125,21 @@ def test_workdir_remembers_the_format_and_attributes_conversational_queries(tmp_
     result = again.attribute(load_queries(str(q)), methods=["dda", "bm25"])
     assert result.scores["dda"].shape == (1, 8)
     assert result.top(1, "bm25")[0]["train_id"] in {"r1", "r5"}  # the rows that say China
+
+
+@pytest.mark.parametrize("prompt", ["who won the match", [{"role": "user", "content": "who won the match"}]])
+def test_query_tokens_diff_focuses_on_the_swapped_word_in_both_shapes(prompt):
+    from dda.data import focus_on_difference
+
+    tok = make_tokenizer()
+    fmt = PromptFormatter(tok, DataConfig(format="prompt_completion"), context=256)
+    # standard rows are prompt + completion as one string (TRL): the completion brings its own leading space
+    neg = fmt.tokenize_pairs([(prompt, " England won the match in China")])
+    pos = fmt.tokenize_pairs([(prompt, " England won the match in France")])
+    focus_neg, focus_pos = focus_on_difference(neg, pos)
+
+    def kept(td):
+        return tok.decode([t for t, m in zip(td.input_ids[0], td.response_mask[0], strict=True) if m])
+
+    assert kept(focus_neg) == "China" and kept(focus_pos) == "France"
+    assert kept(neg).startswith("England won the match in China")
