@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint tables docs docs-serve bench bench-tiny bench-speed bench-scoring gpu-check clean
+QS := runs/own-finetune
+
+.PHONY: setup demo quickstart test test-fast lint tables docs docs-serve bench bench-tiny bench-speed bench-scoring gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +28,15 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/dda demo --workdir runs/demo
+
+# your own fine-tune, end to end (docs/guides/own-finetune.md): TRL's SFTTrainer (LoRA) on the example chat rows,
+# then dda on its checkpoint-N folders; offline, a few minutes on 2 cores
+quickstart: setup
+	$(BIN)/python examples/own-finetune/train_sft.py --out $(QS)/sft
+	$(BIN)/dda data --data examples/own-finetune/train.jsonl --rows 1
+	$(BIN)/dda index -w $(QS)/dda --data examples/own-finetune/train.jsonl --checkpoints $(QS)/sft
+	$(BIN)/dda attribute -w $(QS)/dda --queries examples/own-finetune/queries.jsonl --methods dda,bm25 --top-k 6
+	$(BIN)/dda show $(QS)/dda/attribution --out $(QS)/report.html
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks docs tools

@@ -23,7 +23,16 @@ import torch
 
 from .attribution import Attribution, load_attribution, method_slug
 from .config import DDAConfig
-from .data import Example, PromptFormatter, Query, Tokenized, focus_on_difference, load_examples, save_examples
+from .data import (
+    Example,
+    PromptFormatter,
+    Query,
+    Tokenized,
+    focus_on_difference,
+    load_examples,
+    save_examples,
+    saved_data_config,
+)
 from .features.capture import GradientFeaturizer
 from .features.index import Indexer, index_statistics
 from .features.sharded import read_store
@@ -104,7 +113,14 @@ class Attributor:
 
     def tokenize(self, examples: list[Example]) -> Tokenized:
         """Token ids and loss masks of training examples, as `index` and `finetune` compute on them."""
+        self._settle_format(examples)
         return self.formatter.tokenize_examples(examples)
+
+    def _settle_format(self, examples: list[Example]) -> None:
+        """data.format=auto becomes the format the rows were read in, so the workdir remembers it and later
+        commands read queries (and the saved rows) the same way."""
+        if self.cfg.data.format == "auto" and examples:
+            self.cfg.data.format = examples[0].format
 
     @property
     def indexer(self) -> Indexer:
@@ -286,12 +302,9 @@ class Attributor:
         pos = (
             fmt.tokenize_pairs([(q.prompt, q.positive) for q in queries]) if all(q.positive for q in queries) else None
         )
-        cut = neg.n_prompt_truncated
+        cut = neg.n_truncated
         if cut:
-            say(
-                f"{cut} of {len(queries)} query prompts were cut to fit (data.max_prompt_tokens, model context)",
-                self.cfg.quiet,
-            )
+            say(f"{cut} of {len(queries)} queries were cut to fit {fmt.cut_rule()}", self.cfg.quiet)
         mode = self.cfg.features.query_tokens if pos is not None else "all"
         root = self.workdir.query_root(
             self.workdir.query_key(
@@ -311,13 +324,11 @@ class Attributor:
     # ------------------------------------------------------------------------------------------ attribute
     def train_examples(self) -> list[Example]:
         """The indexed training examples (WORKDIR/data/train.jsonl), in the order of the stored features."""
-        from .config import DataConfig
-
         path = self.workdir.train_data
         self.workdir.require_exists()
         if not path.exists():
             raise FileNotFoundError(f"{path}: no indexed training data; run `dda index` first")
-        return load_examples(DataConfig(path=str(path)))
+        return load_examples(saved_data_config(self.cfg.data, path))
 
     def feature_set(self, queries: list[Query]) -> FeatureSet:
         """The stored training features and the queries' features (computed or reused) at every checkpoint."""
@@ -362,11 +373,11 @@ class Attributor:
                 )
             ctx = ScoringContext(
                 fs,
-                [f"{e.prompt}\n{e.response}" for e in examples],
+                [f"{e.prompt_text}\n{e.response_text}" for e in examples],
                 queries,
                 model=access,
                 default_checkpoints=self.cfg.score.checkpoints,
-                train_responses=[e.response for e in examples],
+                train_responses=[e.response_text for e in examples],
             )
             defaults = score_defaults(self.cfg.score)
             t1 = time.perf_counter()

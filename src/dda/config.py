@@ -68,22 +68,51 @@ class DataConfig:
     """.jsonl/.json/.csv/.parquet file, a saved `datasets` directory, hub:NAME, or builtin:xsum."""
     split: str = "train"
     """Split to read from a `datasets` source."""
+    format: Literal["auto", "messages", "prompt_completion", "text", "fields"] = "auto"
+    """How a row becomes tokens. messages: TRL's conversations ({"messages": [{"role", "content"}, ...]});
+    prompt_completion: TRL's {"prompt", "completion"}, both strings or both message lists; text: language
+    modelling on {"text"}; fields: `prompt_field` and `response_field` strings rendered with `template` and
+    `instruction` (dda's own format: the demo and the benchmark use it). auto: fields when the first row has
+    `prompt_field` and `response_field` (unless they are prompt and completion), else the first of messages,
+    prompt_completion, text whose keys it has."""
+    loss_on: Literal["auto", "completion", "assistant", "all"] = "auto"
+    """Tokens the training loss covered, as set in your trainer. auto: TRL SFTTrainer's defaults (the completion
+    for prompt_completion and fields, every token for messages and text); completion: the completion only
+    (completion_only_loss=True); assistant: assistant turns only (assistant_only_loss=True; with conversational
+    prompt_completion, the assistant tokens of the completion); all: every token (completion_only_loss=False)."""
+    max_length: int | None = bounded(None, ge=1)
+    """Your trainer's max_length: rows are cut to this many tokens, keeping the start, as TRL does (TRL's
+    SFTConfig default is 1024). null: no cut below the model's context. Every cut is counted."""
     id_field: str = "id"
     """Field holding a unique example id (row number when absent)."""
     prompt_field: str = "document"
-    """Field holding the prompt (the model's input)."""
+    """format=fields: the field holding the prompt (the model's input)."""
     response_field: str = "summary"
-    """Field holding the response (the loss covers these tokens only)."""
+    """format=fields: the field holding the response (the loss covers these tokens only)."""
     template: str = "chat"
-    """chat (the tokenizer's chat template), plain, or a str.format string with {prompt} and {instruction}."""
-    instruction: str = SUMMARY_INSTRUCTION
-    """System instruction placed before every prompt."""
-    max_prompt_tokens: int = bounded(256, ge=1)
-    """Prompts are cut to this many tokens before templating; the cut is counted and reported."""
-    max_response_tokens: int = bounded(64, ge=1)
-    """Responses are cut to this many tokens; the cut is counted and reported."""
+    """format=fields: chat (the tokenizer's chat template), plain, or a str.format string with {prompt} and
+    {instruction}."""
+    instruction: str | None = None
+    """A system message put before every prompt (fields; conversational rows get it as their first message
+    unless they have one). null: none, as the model was trained without one; the demo and benchmark presets set
+    dda.config.SUMMARY_INSTRUCTION."""
+    max_prompt_tokens: int | None = bounded(None, ge=1)
+    """format=fields: prompts are cut to this many tokens before templating (null: no cut); counted."""
+    max_response_tokens: int | None = bounded(None, ge=1)
+    """format=fields: responses are cut to this many tokens (null: no cut); counted."""
     limit: int | None = bounded(None, ge=1)
     """Read only the first N examples (null: all)."""
+
+
+# What the demo and the benchmark presets train and score on: XSum's document/summary rows in dda's own format,
+# with the summary instruction as the system message (the defaults before data formats were read as trained).
+SUMMARY_DATA: dict[str, Any] = {
+    "data.format": "fields",
+    "data.prompt_field": "document",
+    "data.response_field": "summary",
+    "data.template": "chat",
+    "data.instruction": SUMMARY_INSTRUCTION,
+}
 
 
 @dataclass

@@ -14,13 +14,14 @@ import numpy as np
 
 from .api import Attributor
 from .bench.canary import CanaryPair, forced_query, inject_canaries, poison_candidates
-from .config import DDAConfig, apply_overrides
+from .config import SUMMARY_DATA, DDAConfig, apply_overrides
 from .data import Example, Query, read_records
 from .io import write_json
 from .progress import say
 from .report_html import write_page
 
 DEMO_OVERRIDES = {
+    **SUMMARY_DATA,
     "data.max_prompt_tokens": 96,
     "data.max_response_tokens": 40,
     "train.epochs": 3,

@@ -131,10 +131,16 @@ def resolve_template(cfg: DDAConfig, tokenizer: Any) -> tuple[DDAConfig, list[st
     return cfg, []
 
 
+LEGACY_DATA_KEYS = {("format", "fields"), ("loss_on", "auto"), ("max_length", None)}
+
+
 def workdir_key(cfg: DDAConfig, train: Sequence[Example]) -> str:
     """What checkpoints and features depend on (model, data, train and feature settings, training rows): a rerun
     with the same settings resumes from its stored checkpoints and features, a different run never sees them."""
     d = cfg.to_dict()
+    # the data settings that came with the formats, at the values that render as before, stay out of the key so
+    # stored benchmark runs keep their keys
+    d["data"] = {k: v for k, v in d["data"].items() if (k, v) not in LEGACY_DATA_KEYS}
     return stable_hash(
         {
             "cfg": {k: d[k] for k in ("model", "data", "train", "features", "seed")},

@@ -20,6 +20,7 @@ from typing import Any, get_type_hints
 from ..config import (
     ALL_PROJ,
     DEFAULT_MODEL,
+    SUMMARY_DATA,
     ConfigError,
     DDAConfig,
     FeatureConfig,
@@ -165,6 +166,7 @@ CPU_TINY = BenchPreset(
         "noise, not evidence for or against any method"
     ),
     overrides={
+        **SUMMARY_DATA,
         "data.max_prompt_tokens": 64,
         "data.max_response_tokens": 32,
         "train.epochs": 2,
@@ -200,6 +202,7 @@ CPU_SMALL = BenchPreset(
         "remove-and-retrain stage is off (fix_k=0): it added 34.8 min to a 22.8-min pair on a 2-core AVX2 host"
     ),
     overrides={
+        **SUMMARY_DATA,
         "data.max_prompt_tokens": 128,
         "data.max_response_tokens": 48,
         "train.epochs": 3,
@@ -275,6 +278,7 @@ GPU_PAPER = BenchPreset(
     overrides={
         "model.name": "Qwen/Qwen2-0.5B",
         "model.dtype": "bfloat16",
+        **SUMMARY_DATA,
         "data.max_prompt_tokens": 512,
         "data.max_response_tokens": 64,
         "train.epochs": 3,

@@ -1,5 +1,6 @@
 """Command line: thin wrappers over the Python API; every command takes --config FILE and --set key=value.
 
+    dda data      --data train.jsonl --model ./my-model     # the rows as the model sees them
     dda finetune  --workdir runs/x --data train.jsonl
     dda index     --workdir runs/x                      # theta0 + every epoch checkpoint
     dda attribute --workdir runs/x --queries q.jsonl --methods dda,bm25 --beta 0.4
@@ -26,7 +27,7 @@ try:
 except PluginError as err:
     _PLUGIN_ERROR = err
 
-from . import benchmark, pipeline, search, show  # noqa: E402
+from . import benchmark, pipeline, rows, search, show  # noqa: E402
 from .common import print_error  # noqa: E402
 from .defaults import DefaultsGroup  # noqa: E402
 
@@ -59,6 +60,7 @@ def main(
 
 # The commands live in modules by job (pipeline, benchmark, search, show); registered here, in the order
 # `dda --help` and the generated CLI reference list them.
+app.command("data")(rows.data)
 app.command()(pipeline.finetune)
 app.command()(pipeline.index)
 app.command()(pipeline.attribute)

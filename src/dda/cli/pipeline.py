@@ -110,7 +110,8 @@ def index(
         )
         console.print(
             f"indexed {s['n_train']} examples x {len(s['checkpoints'])} checkpoints, dim {s['dim']}{rate}; "
-            f"{s['n_prompt_truncated']} prompts and {s['n_response_truncated']} responses truncated"
+            f"{s.get('n_truncated', s['n_prompt_truncated'])} rows cut ({s['n_prompt_truncated']} in the prompt, "
+            f"{s['n_response_truncated']} in the response; `dda data` shows them)"
         )
 
 

@@ -88,7 +88,10 @@ def explain(
     ids = [e.id for e in examples]
     fs = att.feature_set(queries)
     ctx = ScoringContext(
-        fs, [f"{e.prompt}\n{e.response}" for e in examples], queries, default_checkpoints=att.cfg.score.checkpoints
+        fs,
+        [f"{e.prompt_text}\n{e.response_text}" for e in examples],
+        queries,
+        default_checkpoints=att.cfg.score.checkpoints,
     )
     defaults = score_defaults(att.cfg.score)
 

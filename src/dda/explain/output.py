@@ -157,7 +157,7 @@ def _doc_entry(asm: Assembly, label: str, plan: MethodPlan, qi: int, d: int) -> 
         "poisoned": None if asm.poisoned is None else train_id in asm.poisoned,
         "tokens": [[texts[t], float(f"{c[t]:.7g}")] for t in range(len(seq))],
         "response_start": int(np.argmax(mask)) if mask.any() else len(seq),
-        "body_start": body_start(texts, asm.examples[d].prompt),
+        "body_start": body_start(texts, asm.examples[d].prompt_text),
         "special": [t for t in range(len(seq)) if seq[t] in asm.special],
         "sums": {"prompt": float(c[~mask].sum()), "response": float(c[mask].sum())},
         "abs_share": _abs_share(c, mask),

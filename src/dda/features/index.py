@@ -224,6 +224,7 @@ def index_statistics(
         "checkpoints": list(checkpoints),
         "n_prompt_truncated": data.n_prompt_truncated,
         "n_response_truncated": data.n_response_truncated,
+        "n_truncated": data.n_truncated,
         "mean_tokens": float(mean_tokens),
         "dim": int(dim),
         "computed_rows": int(computed_rows),

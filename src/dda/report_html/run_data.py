@@ -88,6 +88,23 @@ def _read_ranking(attr: Path) -> dict[str, Any]:
     return ranking
 
 
+def _as_text(value: Any) -> str:
+    if isinstance(value, list):  # a conversation
+        return "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in value if isinstance(m, dict))
+    return "" if value is None else str(value)
+
+
+def _row_text(t: dict[str, Any]) -> str:
+    """A saved training row as text, in any of the formats dda.data.save_examples writes."""
+    if "messages" in t:
+        return _as_text(t["messages"])
+    if "text" in t and "document" not in t:
+        return _as_text(t["text"])
+    if "completion" in t:
+        return f"{_as_text(t.get('prompt'))}\n→ {_as_text(t['completion'])}"
+    return f"{t.get('document', '')}\n→ {t.get('summary', '')}"
+
+
 def _train_texts(kind: str, run: Path, attr: Path) -> dict[str, dict[str, Any]]:
     """id -> {document, summary, poisoned} from the run's training data, where it can be found."""
     candidates = (
@@ -179,7 +196,7 @@ class _Docs:
         for tid, entry in self.entries.items():
             if entry["t"] is None and tid in self.train:
                 t = self.train[tid]
-                text = f"{t.get('document', '')}\n→ {t.get('summary', '')}"
+                text = _row_text(t)
                 entry["text"] = text if len(text) <= SNIPPET_CHARS else "…" + text[-SNIPPET_CHARS:]
 
 
@@ -219,7 +236,7 @@ def _query_entry(
     """One query: its prompt and outputs (the swapped words marked), and each method's rows."""
     negative = q.get("negative") or (ex or {}).get("query", {}).get("negative", "")
     positive = q.get("positive") or (ex or {}).get("query", {}).get("positive")
-    prompt = bq.get("prompt") or (ex or {}).get("query", {}).get("prompt") or ""
+    prompt = _as_text(bq.get("prompt") or (ex or {}).get("query", {}).get("prompt") or "")
     neg_seg, pos_seg = _word_diff(negative, positive or "")
     entry: dict[str, Any] = {
         "id": q["id"],
