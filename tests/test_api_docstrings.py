@@ -13,9 +13,6 @@ griffe = pytest.importorskip("griffe", reason="griffe comes with the docs extra 
 ROOT = Path(__file__).resolve().parents[1]
 # members: false in api.md (the fields are documented in the configuration reference)
 NO_MEMBERS = {"dda.config.DDAConfig"}
-# dda.data is documented by the data-formats work of issue 31 (points 1, 2, 4-6), merged separately; remove this
-# once it is in (the entries then pass, and strict=False keeps the passing ones green until then)
-PENDING = ("dda.data.",)
 
 
 def _entries() -> list[tuple[str, str]]:
@@ -39,14 +36,7 @@ ENTRIES = _entries()
 
 @pytest.mark.parametrize(
     "path,doc",
-    [
-        pytest.param(
-            p,
-            d,
-            marks=pytest.mark.xfail(p.startswith(PENDING), reason="documented in the data-formats branch"),
-        )
-        for p, d in ENTRIES
-    ],
+    ENTRIES,
     ids=[p for p, _ in ENTRIES],
 )
 def test_api_reference_entry_has_a_description(path, doc):

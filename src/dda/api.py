@@ -71,8 +71,8 @@ class Attributor:
         """Seconds per stage run by this Attributor (model_load, finetune, index, attribute, ...)."""
         self.index_stats: dict[str, Any] = {}
         """What the last `index` did: rows, checkpoints and their layout, truncations, computed rows, speed."""
-        # where the checkpoints came from (use_checkpoints), recorded with the index
         self.checkpoint_source: str | None = None
+        """Where `use_checkpoints` found the checkpoints (recorded with the index); None after `finetune`."""
         torch.manual_seed(self.cfg.seed)
 
     # ----------------------------------------------------------------------------------------- model + data

@@ -35,10 +35,16 @@ class Example:
     text in `response`, `prompt` empty. `extra` keeps a row's `tools` / `chat_template_kwargs`."""
 
     id: str
+    """The row's id (its `id` field, else its row number), unique in the file."""
     prompt: Any
+    """The input: a string, a message list (conversational prompt_completion) or the whole conversation
+    (messages); empty for text rows."""
     response: Any
+    """The output the loss covers: a string or message list; None for messages rows, the text for text rows."""
     format: str = "fields"
+    """The data format the row was read in: fields, prompt_completion, messages or text."""
     extra: dict[str, Any] | None = None
+    """The row's `tools` / `chat_template_kwargs`, passed to the chat template as the trainer passed them."""
 
     @property
     def prompt_text(self) -> str:
@@ -61,12 +67,17 @@ class Query:
     should (positive) get: strings, the content of one assistant message."""
 
     id: str
+    """The query's id (its `id` field, else its row number), unique in the file."""
     prompt: Any
+    """The prompt: a string, or a conversation ending in a user turn."""
     negative: str
+    """The unwanted output (the hallucination, the leak) whose causes are searched."""
     positive: str | None = None
+    """The correct output of the same prompt; contrastive methods need it."""
 
     @property
     def prompt_text(self) -> str:
+        """The prompt as plain text (text-based scorers and displays read it)."""
         return conversation_text(self.prompt) if isinstance(self.prompt, list) else self.prompt
 
 
