@@ -73,6 +73,11 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "bm25_diff",
     "tracin_diff",
     "grad_dot_diff",
+    # Honest baselines (issue 29): the generic text filter a data engineer runs first, the representation-
+    # similarity family, and the poison's own construction rule, which knows how the poison was made: a ceiling.
+    "unsupported",
+    "repsim",
+    "signature",
 )
 
 # Models the paper's setting maps onto; any hub id / local dir / .gguf also works via --model.
