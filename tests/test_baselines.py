@@ -20,7 +20,9 @@ from dda.scoring.repsim import response_representations
 
 
 def _ctx(rows: list[tuple[str, str]], queries: list[Query], model: ModelAccess | None = None) -> ScoringContext:
-    return ScoringContext(None, [f"{p}\n{r}" for p, r in rows], queries, model=model, train_responses=[r for _, r in rows])
+    return ScoringContext(
+        None, [f"{p}\n{r}" for p, r in rows], queries, model=model, train_responses=[r for _, r in rows]
+    )
 
 
 ROWS = [

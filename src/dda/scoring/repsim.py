@@ -68,9 +68,7 @@ def repsim(ctx: ScoringContext, layer: int = -1) -> np.ndarray:
     m = ctx.model
     queries = m.formatter.tokenize_pairs([(q.prompt, q.negative) for q in ctx.queries])
     with applied(m.model, m.checkpoint) as model, bar("repsim (1 x forward over training set)", 1, m.quiet) as adv:
-        train = response_representations(
-            model, m.train.input_ids, m.train.response_mask, m.pad_id, m.batch_size, layer
-        )
+        train = response_representations(model, m.train.input_ids, m.train.response_mask, m.pad_id, m.batch_size, layer)
         query = response_representations(model, queries.input_ids, queries.response_mask, m.pad_id, m.batch_size, layer)
         adv(1)
     return (_unit(query.astype(np.float64)) @ _unit(train.astype(np.float64)).T).astype(np.float64)
