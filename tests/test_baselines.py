@@ -171,3 +171,22 @@ def test_every_preset_reports_the_three_baselines() -> None:
     for name in ("unsupported", "signature", "repsim"):
         assert name in DEFAULT_METHODS
         assert all(name in p.methods for p in PRESETS.values())
+
+
+def test_text_rules_on_a_committed_run_rebuild_its_keyword_numbers() -> None:
+    """benchmarks/text_rules_on_runs.py rebuilds a committed haystack run without a model; it stops unless the
+    rebuilt keyword AUC and AP equal the run's own, so its unsupported and signature numbers are that run's."""
+    import sys
+    from pathlib import Path
+
+    from dda.bench.split import find_shared_xsum
+
+    if find_shared_xsum() is None:
+        pytest.skip("../shared/data/xsum is not in this checkout (the committed runs used it)")
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from text_rules_on_runs import rule_metrics
+
+    row = rule_metrics(root / "results" / "haystack-wales-russia-s11")
+    assert row["n_queries"] == 12 and row["methods"]["signature"]["ap"] == 1.0
+    assert row["methods"]["unsupported"]["ap"] > row["methods"]["keyword"]["ap"]
