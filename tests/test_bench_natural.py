@@ -133,3 +133,11 @@ def test_a_tiny_natural_haystack_runs_end_to_end(tmp_path: Path) -> None:
     assert pair["natural_rate_in_window"] == pair["natural_errors_in_window"] / pair["generated_in_window"] > 0
     # the construction rule knows the poison: it ranks the six poisoned rows first (no distractors here)
     assert metrics["methods"]["signature"]["auc"] == 1.0
+
+
+def test_a_bad_lora_layers_spec_names_the_field(tmp_path: Path) -> None:
+    tok = make_tokenizer()
+    cfg = tiny_config(overrides={"train.epochs": 1, "train.lora.layers": "last:x"})
+    att = Attributor(cfg, tmp_path / "w", model=make_model("llama", len(tok)), tokenizer=tok)
+    with pytest.raises(ValueError, match="train.lora.layers='last:x'"):
+        att.finetune(random_examples(4))

@@ -141,7 +141,10 @@ def _lora_targets(model: Any, cfg: TrainConfig) -> list[str]:
     (peft matches a full name exactly, so only those layers get adapters)."""
     if cfg.lora.layers == "all":
         return list(cfg.lora.target_modules)
-    return select_modules(model, cfg.lora.target_modules, cfg.lora.layers)
+    try:
+        return select_modules(model, cfg.lora.target_modules, cfg.lora.layers)
+    except ValueError as e:  # select_modules speaks of features.layers, its usual caller
+        raise ValueError(f"train.lora.layers='{cfg.lora.layers}': {e}") from None
 
 
 def _trainable(model: Any, cfg: TrainConfig, done_epochs: list[Checkpoint]) -> tuple[Any, list[torch.Tensor]]:
