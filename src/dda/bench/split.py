@@ -163,9 +163,9 @@ def _in_window_first(
     """`pool` with the candidates whose document names ORIG inside the prompt window first (seeded order kept
     within each group), and how many do."""
     seen = [in_window(records[i]["document"], pair.orig) for i in pool]
-    return [i for i, v in zip(pool, seen, strict=True) if v] + [
-        i for i, v in zip(pool, seen, strict=True) if not v
-    ], sum(seen)
+    inside = [i for i, v in zip(pool, seen, strict=True) if v]
+    outside = [i for i, v in zip(pool, seen, strict=True) if not v]
+    return inside + outside, len(inside)
 
 
 def plan_split(
