@@ -141,3 +141,24 @@ def test_a_bad_lora_layers_spec_names_the_field(tmp_path: Path) -> None:
     att = Attributor(cfg, tmp_path / "w", model=make_model("llama", len(tok)), tokenizer=tok)
     with pytest.raises(ValueError, match="train.lora.layers='last:x'"):
         att.finetune(random_examples(4))
+
+
+def test_natural_rate_in_window_counts_only_documents_whose_prompt_names_orig(tmp_path: Path) -> None:
+    """Half the held-out documents name England inside the 16-token window, half after 20 words: the in-window
+    counts see only the first half, and with mention_in_window only they are summarised."""
+    from dda.bench.queries import build_queries
+
+    tok = make_tokenizer()
+    att = Attributor(
+        tiny_config(overrides={"train.epochs": 1}), tmp_path / "w", model=make_model("llama", len(tok)), tokenizer=tok
+    )
+    att.finetune(random_examples(4))
+    records = [r for r in _records() if r["id"].startswith(("in", "out"))]  # 16 inside, 6 outside
+    heldout = list(range(len(records)))
+    budget = {"bench.gen_max_docs": 40, "bench.gen_batch_size": 8, "bench.max_new_tokens": 2, "bench.n_queries": 2}
+    for on in (False, True):
+        preset = with_bench_overrides(get_preset("cpu-tiny"), {**budget, "bench.mention_in_window": on})
+        qs = build_queries(att, records, heldout, {PAIR.label: []}, [PAIR], preset, seed=0)
+        pq = qs.per_pair[PAIR.label]
+        assert len(pq.generation.generated) == (16 if on else 22)  # the model never says China: all are tried
+        assert pq.generated_in_window == 16 and pq.errors_in_window == 0 == len(pq.generation.errors)
