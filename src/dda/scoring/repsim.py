@@ -61,8 +61,10 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @register("repsim", needs=("model",))
 def repsim(ctx: ScoringContext, layer: int = -1) -> np.ndarray:
-    """RepSim: cosine of the fine-tuned model's mean response hidden states (last checkpoint) for the query's
-    negative output and for each training row; layer=-1 is the last layer after the final norm."""
+    """RepSim: cosine of the fine-tuned model's hidden states for the query and each training row.
+
+    Each side is the mean over its response tokens of one layer's hidden states at the last checkpoint (the query's
+    response is its negative output); layer=-1 is the last layer after the final norm."""
     if ctx.model is None:
         raise ValueError("repsim needs the model; run it through dda.api.Attributor")
     m = ctx.model

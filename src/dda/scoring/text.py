@@ -113,8 +113,10 @@ def _needs_positive(name: str, ctx: ScoringContext) -> None:
 
 @register("unsupported", needs=("text",))
 def unsupported(ctx: ScoringContext) -> np.ndarray:
-    """The filter a data engineer runs first for a hallucination: how often each training response says the
-    negative's differing words while the row's own prompt never does (no model). Needs a positive per query."""
+    """Differing words a training response says that its own prompt never does (the first filter, no model).
+
+    How often each training response says the negative's differing words while the row's own prompt never says
+    them: the filter a data engineer runs first for a hallucination. Needs a positive per query."""
     _needs_positive("unsupported", ctx)
     prompts, responses = _prompts(ctx), _responses(ctx)
     return np.stack(
@@ -124,8 +126,10 @@ def unsupported(ctx: ScoringContext) -> np.ndarray:
 
 @register("signature", needs=("text",))
 def signature(ctx: ScoringContext) -> np.ndarray:
-    """Knows how the poison was made (a ceiling, not a competitor): the response says the negative's differing
-    word, its own prompt never does, and the prompt says the positive's differing word. Needs a positive."""
+    """The poison's construction rule: it knows how the poison was made (a ceiling, not a competitor).
+
+    `unsupported`'s count, kept where the row's prompt says the positive's differing word: the response says the
+    negative's differing word, its own prompt never does, and the prompt says the positive's. Needs a positive."""
     _needs_positive("signature", ctx)
     prompts, responses = _prompts(ctx), _responses(ctx)
     out = np.zeros((len(ctx.queries), len(responses)))
