@@ -178,6 +178,7 @@ def test_cpu_small_notes_describe_its_config() -> None:
         ("train.epochs", 5, "5 epochs"),
         ("data.max_prompt_tokens", 256, "Prompts cut to 256 tokens"),
         ("features.projection", "dense", "dense JL projection of the concatenated gradient to 64 dims"),
+        ("train.lora.layers", "last:1/3", "down_proj of layers last:1/3;"),
     ],
 )
 def test_a_changed_setting_changes_the_note(key: str, value: Any, expect: str) -> None:

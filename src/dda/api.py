@@ -378,6 +378,7 @@ class Attributor:
                 model=access,
                 default_checkpoints=self.cfg.score.checkpoints,
                 train_responses=[e.response_text for e in examples],
+                train_prompts=[e.prompt_text for e in examples],
             )
             defaults = score_defaults(self.cfg.score)
             t1 = time.perf_counter()

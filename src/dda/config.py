@@ -126,6 +126,10 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     """Linear-layer name suffixes that get adapters (default: the 7 projections of a llama/qwen2/mistral layer;
     other architectures: dda.families)."""
+    layers: str = "all"
+    """Decoder layers that get adapters, in features.layers' syntax (all | last:N | last:1/3 | first:N | indices).
+    Adapters only on the layers DDA tracks (e.g. last:1/3) let the fine-tune's backward pass stop at the first of
+    them, as the gradient capture's does."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 
 from .config import TrainConfig
 from .data import Tokenized
-from .features.capture import pad_batch, per_example_loss
+from .features.capture import pad_batch, per_example_loss, select_modules
 from .io import atomic_path, read_json, stable_hash, write_json, write_yaml
 from .models import Checkpoint, base_model_record, discover_checkpoints, epoch_key
 
@@ -136,6 +136,17 @@ def _check_same_run(out_dir: Path, done_epochs: list[Checkpoint], run_fp: str) -
         )
 
 
+def _lora_targets(model: Any, cfg: TrainConfig) -> list[str]:
+    """peft target_modules: the suffixes for every layer, else the full names of the selected layers' modules
+    (peft matches a full name exactly, so only those layers get adapters)."""
+    if cfg.lora.layers == "all":
+        return list(cfg.lora.target_modules)
+    try:
+        return select_modules(model, cfg.lora.target_modules, cfg.lora.layers)
+    except ValueError as e:  # select_modules speaks of features.layers, its usual caller
+        raise ValueError(f"train.lora.layers='{cfg.lora.layers}': {e}") from None
+
+
 def _trainable(model: Any, cfg: TrainConfig, done_epochs: list[Checkpoint]) -> tuple[Any, list[torch.Tensor]]:
     """The model to train (a fresh or resumed LoRA adapter on `model`, or `model` itself with the last epoch's
     weights for full fine-tuning) and its trainable parameters."""
@@ -150,7 +161,7 @@ def _trainable(model: Any, cfg: TrainConfig, done_epochs: list[Checkpoint]) -> t
                 r=cfg.lora.r,
                 lora_alpha=cfg.lora.alpha,
                 lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
+                target_modules=_lora_targets(model, cfg),
                 bias="none",
                 task_type="CAUSAL_LM",
             )

@@ -253,6 +253,7 @@ def score_queries(trained: Trained, prepared: Prepared, qs: QuerySet, methods: S
             qs.queries,
             default_checkpoints=att.cfg.score.checkpoints,
             train_responses=[e.response for e in prepared.train],
+            train_prompts=[e.prompt for e in prepared.train],
         )
     timings["beta_sweep_features"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -74,6 +74,7 @@ def config_notes(
     seq = f" (mean training sequence {facts.mean_tokens:.0f} tokens)" if facts.mean_tokens else ""
     adapter = (
         f"LoRA r {t.lora.r}, alpha {t.lora.alpha} on {', '.join(t.lora.target_modules)}"
+        + ("" if t.lora.layers == "all" else f" of layers {t.lora.layers}")
         if t.method == "lora"
         else "full fine-tuning"
     )

@@ -74,6 +74,11 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "bm25_diff",
     "tracin_diff",
     "grad_dot_diff",
+    # Honest baselines (issue 29): the generic text filter a data engineer runs first, the representation-
+    # similarity family, and the poison's own construction rule, which knows how the poison was made: a ceiling.
+    "unsupported",
+    "repsim",
+    "signature",
 )
 
 # Models the paper's setting maps onto; any hub id / local dir / .gguf also works via --model.
@@ -109,6 +114,13 @@ class BenchPreset:
     # one fine-tune each; 0 turns the stage off. -1: k = the number of poisoned rows.
     fix_k: int = 0
     n_queries: int = 4  # queries per pair: natural errors wanted; forced queries fill what is missing
+    # Queries are the fine-tuned model's own errors only: no forced fill (a pair keeps the errors it made; a run
+    # with none fails), and no candidates are held back for forced queries.
+    natural_only: bool = False
+    # The poisoned rows, hard negatives and query documents name ORIG inside the first data.max_prompt_tokens
+    # tokens of their document: the model sees the word it was taught to replace, and a query is an error
+    # against what it read.
+    mention_in_window: bool = False
     # Generation budget per pair: held-out documents are summarised gen_batch_size at a time until n_queries of
     # the summaries say the canary, gen_max_docs documents are done, or gen_max_seconds have passed (checked
     # before each batch, so a started batch finishes; when the seconds bind, the count depends on the machine).
@@ -268,6 +280,39 @@ CPU_HAYSTACK = BenchPreset(
     expected_minutes=55.0,
 )
 
+CPU_HAYSTACK_NATURAL = BenchPreset(
+    name="cpu-haystack-natural",
+    description=(
+        "cpu-haystack where the model learns the mistake: 1,000 real XSum rows, 2.4% poisoned, every poisoned row "
+        "and query naming ORIG inside a 96-token prompt window, queries the model's own errors only"
+    ),
+    reason=(
+        "cpu-haystack's queries were forced (0-3 natural errors in 64 summaries); this preset pulls the issue-29 "
+        "levers: ORIG kept inside the prompt window for poisoned rows and queries, 96-token prompts, 3 epochs, "
+        "up to 384 held-out generations per pair, LoRA only on the layers DDA tracks (the backward pass stops "
+        "there); its error rate and wall time are not yet measured (docs/benchmarks/baselines.md)"
+    ),
+    overrides={
+        **CPU_HAYSTACK.overrides,
+        "data.max_prompt_tokens": 96,
+        "train.epochs": 3,
+        "train.lora.layers": DDA_LAYERS,
+    },
+    use_shared_data=True,
+    n_train=1000,
+    n_poison=24,
+    n_hard_negatives=8,
+    n_distractors=24,
+    n_queries=12,
+    natural_only=True,
+    mention_in_window=True,
+    gen_max_docs=384,
+    gen_max_seconds=900.0,
+    gen_batch_size=16,
+    max_new_tokens=40,
+    expected_minutes=90.0,
+)
+
 GPU_PAPER = BenchPreset(
     name="gpu-paper",
     description="The paper's setting on one GPU: Qwen2-0.5B (or a 7B model via --model) on XSum from the hub",
@@ -308,7 +353,9 @@ GPU_PAPER = BenchPreset(
     hardware="1 GPU (>= 24 GB for 0.5B; ~80 GB for 7B models)",
 )
 
-PRESETS: dict[str, BenchPreset] = {p.name: p for p in (CPU_TINY, CPU_SMALL, CPU_HAYSTACK, GPU_PAPER)}
+PRESETS: dict[str, BenchPreset] = {
+    p.name: p for p in (CPU_TINY, CPU_SMALL, CPU_HAYSTACK, CPU_HAYSTACK_NATURAL, GPU_PAPER)
+}
 
 
 def list_presets() -> list[str]:
@@ -319,6 +366,9 @@ def get_preset(name: str) -> BenchPreset:
     if name not in PRESETS:
         raise ConfigError(f"unknown bench preset '{name}' (known: {', '.join(PRESETS)})")
     return PRESETS[name]
+
+
+WINDOW_KEYS = ("model.name", "model.revision", "data.max_prompt_tokens")
 
 
 def with_bench_overrides(preset: BenchPreset, overrides: dict[str, Any] | None) -> BenchPreset:
@@ -340,6 +390,12 @@ def with_bench_overrides(preset: BenchPreset, overrides: dict[str, Any] | None) 
         changes["poison_rate"] = None  # setting one of the pair clears the other
     elif "poison_rate" in changes and "n_poison" not in changes:
         changes["n_poison"] = None
+    if changes.get("mention_in_window", preset.mention_in_window):
+        # The split measures the prompt window before any model is loaded (split.preset_window), with the preset's
+        # model and prompt length: the caller's own must reach it. build_config applies them last anyway.
+        window = {k: v for k, v in (overrides or {}).items() if k in WINDOW_KEYS and v is not None}
+        if window:
+            changes["overrides"] = {**preset.overrides, **window}
     return dataclasses.replace(preset, **changes) if changes else preset
 
 

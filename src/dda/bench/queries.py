@@ -45,14 +45,18 @@ def ordered_query_docs(
     candidates: set[int],
     seed: int,
     stream: int,
+    in_window_only: bool = False,
 ) -> list[int]:
     """Held-out query documents for `pair`, best first: ORIG visible in the truncated prompt, then candidates
-    (their reference summary names ORIG, so the model is likely to name the entity too), seeded within."""
+    (their reference summary names ORIG, so the model is likely to name the entity too), seeded within.
+    `in_window_only`: only the documents whose truncated prompt names ORIG."""
     local = query_documents([records[i] for i in heldout], pair)
     docs = [heldout[j] for j in local]
     rng = np.random.default_rng([seed, 202, stream])  # one stream per pair
     docs = [docs[j] for j in rng.permutation(len(docs))]
     vis = {i: orig_visible(att, records[i]["document"], pair.orig) for i in docs}
+    if in_window_only:
+        docs = [i for i in docs if vis[i]]
     return sorted(docs, key=lambda i: (not vis[i], i not in candidates))  # stable: keeps the seeded order
 
 
@@ -66,6 +70,10 @@ class PairQueries:
     budget: GenerationBudget
     natural: int = 0  # natural queries used
     forced: int = 0  # forced queries added
+    # Generated documents whose truncated prompt names ORIG, and how many of their summaries said CANARY: the
+    # natural error rate against what the model read.
+    generated_in_window: int = 0
+    errors_in_window: int = 0
     # {checkpoint name: {"negative": mean log-prob of CANARY's tokens, "positive": ORIG's, "negative_preferred", "n"}}
     teacher_forced: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -74,12 +82,19 @@ class PairQueries:
         n = len(self.generation.generated)
         return len(self.generation.errors) / n if n else None
 
+    @property
+    def natural_rate_in_window(self) -> float | None:
+        return self.errors_in_window / self.generated_in_window if self.generated_in_window else None
+
     def to_dict(self) -> dict[str, Any]:
         g = self.generation
         return {
             "generated": len(g.generated),
             "natural_errors": len(g.errors),
             "natural_rate": self.natural_rate,
+            "generated_in_window": self.generated_in_window,
+            "natural_errors_in_window": self.errors_in_window,
+            "natural_rate_in_window": self.natural_rate_in_window,
             "natural_queries": self.natural,
             "forced_queries": self.forced,
             "target": self.target,
@@ -130,7 +145,9 @@ def build_queries(
 ) -> QuerySet:
     """Natural queries from the last checkpoint's own hallucinations; forced ones fill what is missing."""
     ordered = {
-        p.label: ordered_query_docs(att, records, heldout, p, set(heldout_candidates[p.label]), seed, j)
+        p.label: ordered_query_docs(
+            att, records, heldout, p, set(heldout_candidates[p.label]), seed, j, preset.mention_in_window
+        )
         for j, p in enumerate(pairs)
     }
     budget = preset.generation_budget()
@@ -179,24 +196,23 @@ def build_queries(
         run = runs[pair.label]
         pq = PairQueries(pair, preset.n_queries, run, budget)
         qs.per_pair[pair.label] = pq
-        for idx in run.generated:
-            qs.generations.append(
-                {
-                    "pair": pair.label,
-                    "document_id": records[idx]["id"],
-                    "generation": texts[idx],
-                    "reference": records[idx]["summary"],
-                    "hallucinated": idx in run.errors,
-                }
-            )
+        _record_generations(att, records, pair, run, texts, pq, qs)
         for idx in run.errors[: preset.n_queries]:
             nq = natural_query(texts[idx], pair)
             assert nq is not None
             add(pair, idx, "natural", *nq)
             pq.natural += 1
-        used = set(run.errors[: preset.n_queries])
         # The documents forced queries are built from (references naming ORIG), best first.
         forceable = [(idx, fq) for idx in ordered[pair.label] if (fq := forced_query(records[idx], pair))]
+        if preset.natural_only:
+            if pq.natural < preset.n_queries:
+                qs.notes.append(
+                    f"{pair.label}: {pq.natural} natural errors in {len(run.generated)} summaries (wanted "
+                    f"{preset.n_queries}); natural_only, so no forced queries fill the rest"
+                )
+            _probe(att, checkpoints, pq, preset, records, forceable)
+            continue
+        used = set(run.errors[: preset.n_queries])
         for idx, fq in [(i, f) for i, f in forceable if i not in used][: preset.n_queries - pq.natural]:
             add(pair, idx, "forced", *fq)
             pq.forced += 1
@@ -204,16 +220,57 @@ def build_queries(
             qs.notes.append(
                 f"{pair.label}: only {pq.forced} forced queries available (wanted {preset.n_queries - pq.natural})"
             )
-        probe = [(records[i]["document"], *fq) for i, fq in forceable[: min(preset.n_queries, PROBE_DOCS)]]
-        if probe:
-            pq.teacher_forced = canary_logprobs(
-                att.model,
-                att.formatter,
-                att.pad_id,
-                [checkpoints[0], checkpoints[-1]],
-                probe,
-                att.cfg.features.batch_size,
-            )
+        _probe(att, checkpoints, pq, preset, records, forceable)
     if not qs.queries:
+        if preset.natural_only:
+            raise ValueError(
+                "no queries: the model made no natural errors and the preset is natural_only (no forced queries)"
+            )
         raise ValueError("no queries: no natural hallucinations and no held-out rows for forced queries")
     return qs
+
+
+def _record_generations(
+    att: Attributor,
+    records: Sequence[Record],
+    pair: CanaryPair,
+    run: PairGeneration,
+    texts: Mapping[int, str],
+    pq: PairQueries,
+    qs: QuerySet,
+) -> None:
+    """generations.jsonl rows of one pair, and its counts over documents whose prompt window names ORIG."""
+    for idx in run.generated:
+        if orig_visible(att, records[idx]["document"], pair.orig):
+            pq.generated_in_window += 1
+            pq.errors_in_window += idx in run.errors
+        qs.generations.append(
+            {
+                "pair": pair.label,
+                "document_id": records[idx]["id"],
+                "generation": texts[idx],
+                "reference": records[idx]["summary"],
+                "hallucinated": idx in run.errors,
+            }
+        )
+
+
+def _probe(
+    att: Attributor,
+    checkpoints: list[Any],
+    pq: PairQueries,
+    preset: BenchPreset,
+    records: Sequence[Record],
+    forceable: list[tuple[int, tuple[str, str]]],
+) -> None:
+    """The canary's teacher-forced log-probabilities on a few reference summaries, before and after fine-tuning."""
+    probe = [(records[i]["document"], *fq) for i, fq in forceable[: min(preset.n_queries, PROBE_DOCS)]]
+    if probe:
+        pq.teacher_forced = canary_logprobs(
+            att.model,
+            att.formatter,
+            att.pad_id,
+            [checkpoints[0], checkpoints[-1]],
+            probe,
+            att.cfg.features.batch_size,
+        )

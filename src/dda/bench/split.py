@@ -4,7 +4,7 @@ candidates, hard negatives, distractors, random fill) and held-out rows (query d
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,19 @@ from ..data import DataError, read_records
 from .canary import CanaryPair, Record, contains_word, poison_candidates, split_train_test
 from .presets import BenchPreset
 
-__all__ = ["SHARED_TOKEN", "BenchData", "BenchSplit", "find_shared_xsum", "load_bench_records", "plan_split"]
+__all__ = [
+    "SHARED_TOKEN",
+    "BenchData",
+    "BenchSplit",
+    "InWindow",
+    "find_shared_xsum",
+    "load_bench_records",
+    "plan_split",
+    "preset_window",
+]
+
+# (document, word) -> does the word survive the prompt's truncation to max_prompt_tokens tokens?
+InWindow = Callable[[str, str], bool]
 
 SHARED_TOKEN = "shared:xsum"  # data source meaning "the shared XSum subsets, if this checkout has them"
 
@@ -119,13 +131,60 @@ class BenchSplit:
     distractors_available: dict[str, int] = field(default_factory=dict)  # pair label -> rows that could be drawn
 
 
-def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: BenchPreset, seed: int) -> BenchSplit:
+def window_check(tokenizer: Any, max_prompt_tokens: int) -> InWindow:
+    """Does a word survive truncation to the first `max_prompt_tokens` tokens (as PromptFormatter cuts prompts)?"""
+
+    def in_window(document: str, word: str) -> bool:
+        ids = tokenizer(document, add_special_tokens=False)["input_ids"][:max_prompt_tokens]
+        return contains_word(tokenizer.decode(ids), word)
+
+    return in_window
+
+
+def preset_window(preset: BenchPreset) -> InWindow:
+    """The window of the preset's own model and prompt length (its `model.name` and `data.max_prompt_tokens`
+    overrides, else the library defaults; presets.with_bench_overrides folds a run's own in). A model given only
+    as run_bench's `model` argument (`dda bench --model`) does not reach it: the window is then the preset model's,
+    and the report's `poisoned_with_orig_visible_in_prompt` counts what the run's model really saw."""
+    from ..config import DataConfig, ModelConfig
+    from ..models import load_tokenizer
+
+    model = ModelConfig(
+        name=preset.overrides.get("model.name", ModelConfig().name),
+        revision=preset.overrides.get("model.revision", ModelConfig().revision),
+    )
+    limit = int(preset.overrides.get("data.max_prompt_tokens", DataConfig().max_prompt_tokens))
+    return window_check(load_tokenizer(model), limit)
+
+
+def _in_window_first(
+    pool: list[int], records: Sequence[Record], pair: CanaryPair, in_window: InWindow
+) -> tuple[list[int], int]:
+    """`pool` with the candidates whose document names ORIG inside the prompt window first (seeded order kept
+    within each group), and how many do."""
+    seen = [in_window(records[i]["document"], pair.orig) for i in pool]
+    inside = [i for i, v in zip(pool, seen, strict=True) if v]
+    outside = [i for i, v in zip(pool, seen, strict=True) if not v]
+    return inside + outside, len(inside)
+
+
+def plan_split(
+    records: Sequence[Record],
+    pairs: Sequence[CanaryPair],
+    preset: BenchPreset,
+    seed: int,
+    in_window: InWindow | None = None,
+) -> BenchSplit:
     """Choose the training rows: per pair k + hard-negative candidates, the rest clean non-candidate rows.
 
     Candidates not chosen are kept OUT of training entirely (not just out of the random fill): they are the
     only rows from which a forced query can be built, and an unplanned candidate in training would be an
-    uncounted extra hard negative.
+    uncounted extra hard negative. With `preset.mention_in_window`, the candidates put into training (so every
+    poisoned row and hard negative) name ORIG inside the first max_prompt_tokens tokens: the model then sees the
+    word it is taught to replace. `in_window` decides that (default: `preset_window(preset)`).
     """
+    if preset.mention_in_window and in_window is None:
+        in_window = preset_window(preset)
     rng = np.random.default_rng([seed, 101])  # separate stream from the fill and the injection
     k = preset.poison_count()
     assigned: set[int] = set()
@@ -138,13 +197,23 @@ def plan_split(records: Sequence[Record], pairs: Sequence[CanaryPair], preset: B
         every_candidate.update(all_c)
         pool = [i for i in all_c if i not in assigned]  # a row serves one pair only
         pool = [pool[j] for j in rng.permutation(len(pool))]
-        reserve = preset.n_queries  # keep enough candidates out for a fully forced query set
+        # Keep enough candidates out for a fully forced query set; natural-only queries need none.
+        reserve = 0 if preset.natural_only else preset.n_queries
         if len(pool) < k + reserve:
             raise ValueError(
                 f"pair {pair.label}: {len(pool)} candidate rows, need {k} to poison + {reserve} held out for "
                 f"queries; use more data (e.g. shared:xsum) or a smaller preset"
             )
-        n_hard = min(preset.n_hard_negatives, len(pool) - k - reserve)
+        usable = len(pool) - reserve
+        if in_window is not None and preset.mention_in_window:
+            pool, n_vis = _in_window_first(pool, records, pair, in_window)
+            if n_vis < k:
+                raise ValueError(
+                    f"pair {pair.label}: {n_vis} candidate rows name {pair.orig!r} inside the prompt window, need "
+                    f"{k} to poison (bench.mention_in_window); use more data or a longer data.max_prompt_tokens"
+                )
+            usable = min(usable, n_vis)  # hard negatives too: inject_canaries poisons any k of them
+        n_hard = min(preset.n_hard_negatives, usable - k)
         if n_hard < preset.n_hard_negatives:
             notes.append(
                 f"{pair.label}: only {n_hard} hard negatives (asked {preset.n_hard_negatives}); "

@@ -14,7 +14,8 @@ from .common import ModelOpt, QuietOpt, SetOpt, clean_errors, split_methods
 
 def bench(
     preset: Annotated[
-        str, typer.Option(help="cpu-tiny, cpu-small, cpu-haystack or gpu-paper (dda.bench.presets).")
+        str,
+        typer.Option(help="cpu-tiny, cpu-small, cpu-haystack, cpu-haystack-natural, gpu-paper (dda.bench.presets)."),
     ] = "cpu-small",
     pairs: Annotated[str, typer.Option(help="ORIG:CANARY[,ORIG:CANARY...]")] = "England:China",
     seed: int = 0,

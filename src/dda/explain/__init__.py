@@ -92,6 +92,8 @@ def explain(
         [f"{e.prompt_text}\n{e.response_text}" for e in examples],
         queries,
         default_checkpoints=att.cfg.score.checkpoints,
+        train_responses=[e.response_text for e in examples],
+        train_prompts=[e.prompt_text for e in examples],
     )
     defaults = score_defaults(att.cfg.score)
 

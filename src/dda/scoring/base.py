@@ -84,6 +84,7 @@ class ScoringContext:
     model: ModelAccess | None = None  # for scorers registered with needs=("model",)
     default_checkpoints: list[str] | None = None
     train_responses: list[str] | None = None  # the responses alone (keyword counts words in them)
+    train_prompts: list[str] | None = None  # the prompts alone (unsupported/signature ask what a prompt says)
 
 
 def module_normalized(x: np.ndarray, blocks: list[int]) -> np.ndarray:

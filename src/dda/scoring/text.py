@@ -3,7 +3,14 @@
 Two kinds of query information, named so a comparison can give every method the same: the whole negative output
 (`bm25`), or only the words where the negative and the positive differ (`bm25_diff`, `keyword`): for a natural
 hallucination that is the hallucinated word itself, the information DDA's default contrast (`query_tokens=diff`)
-gets."""
+gets.
+
+Query information each scorer here gets (the lead wires this into the registry's metadata):
+- `keyword`, `bm25_diff`: the differing words.
+- `bm25`: the whole negative output.
+- `unsupported`: the negative's differing words, and each training row's own prompt.
+- `signature`: the differing words of both sides, and each row's own prompt; it is the benchmark's poison
+  construction rule (bench/canary.py), so it knows how the poison was made: a ceiling, not a competitor."""
 
 from __future__ import annotations
 
@@ -83,4 +90,59 @@ def bm25(ctx: ScoringContext, k1: float = 1.5, b: float = 0.75, query: str = "ne
         text = q.negative if query == "negative" else " ".join(differing_words(q.negative, q.positive))
         q_tokens = bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]
         out[qi] = retriever.get_scores(q_tokens) if q_tokens else 0.0
+    return out
+
+
+def _prompts(ctx: ScoringContext) -> list[str]:
+    """Each training row's prompt alone (the API and the benchmark pass them as `train_prompts`)."""
+    if ctx.train_prompts is None or ctx.train_responses is None:
+        raise ValueError("this scorer needs each training row's prompt and response apart (train_prompts)")
+    return ctx.train_prompts
+
+
+def _unsupported_counts(words: list[str], prompts: list[str], responses: list[str]) -> np.ndarray:
+    """Per row: occurrences in its response of the `words` its own prompt never says (whole word, case-sensitive)."""
+    out = np.zeros(len(responses))
+    for word in words:
+        pattern = _whole_word(word)
+        out += [0 if pattern.search(p) else len(pattern.findall(r)) for p, r in zip(prompts, responses, strict=True)]
+    return out
+
+
+def _needs_positive(name: str, ctx: ScoringContext) -> None:
+    for q in ctx.queries:
+        if not q.positive:
+            raise ValueError(f"{name} needs a positive output for query {q.id!r} (the words it differs in)")
+
+
+@register("unsupported", needs=("text",), information="differing words")
+def unsupported(ctx: ScoringContext) -> np.ndarray:
+    """Differing words a training response says that its own prompt never does (the first filter, no model).
+
+    How often each training response says the negative's differing words while the row's own prompt never says
+    them: the filter a data engineer runs first for a hallucination. Needs a positive per query."""
+    _needs_positive("unsupported", ctx)
+    prompts, responses = _prompts(ctx), _responses(ctx)
+    return np.stack(
+        [_unsupported_counts(differing_words(q.negative, q.positive), prompts, responses) for q in ctx.queries]
+    )
+
+
+@register("signature", needs=("text",), information="differing words and how the poison was made (a ceiling)")
+def signature(ctx: ScoringContext) -> np.ndarray:
+    """The poison's construction rule: it knows how the poison was made (a ceiling, not a competitor).
+
+    `unsupported`'s count, kept where the row's prompt says the positive's differing word: the response says the
+    negative's differing word, its own prompt never does, and the prompt says the positive's. Needs a positive."""
+    _needs_positive("signature", ctx)
+    prompts, responses = _prompts(ctx), _responses(ctx)
+    out = np.zeros((len(ctx.queries), len(responses)))
+    for qi, q in enumerate(ctx.queries):
+        assert q.positive is not None
+        # bench/canary.py poisons a row whose document says ORIG and never CANARY by writing CANARY for ORIG in
+        # its summary; the positive's differing words are ORIG's, the negative's CANARY's.
+        says_orig = np.array(
+            [any(_whole_word(w).search(p) for w in differing_words(q.positive, q.negative)) for p in prompts]
+        )
+        out[qi] = _unsupported_counts(differing_words(q.negative, q.positive), prompts, responses) * says_orig
     return out

@@ -1,0 +1,100 @@
+"""The text baselines (`keyword`, `unsupported`, `signature`, `bm25_diff`) on committed benchmark runs, without a model.
+
+Each run's training set is rebuilt from its config.yaml (preset, pairs, seed: the split and the injection are
+deterministic) and its queries from queries.jsonl (natural ones carry their text; forced ones are the document's
+reference summary with the swap). The rebuild is checked first: `keyword`'s AUC and AP recomputed here must equal
+the run's own, else the script stops. Then every text rule is scored with the benchmark's own metrics.
+
+Usage: DDA_SHARED_DATA=../shared/data python benchmarks/text_rules_on_runs.py results/haystack-* [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dda.bench.canary import forced_query, parse_pairs
+from dda.bench.hallucination import distractor_masks, prepare
+from dda.bench.metrics import pooled_metrics
+from dda.bench.presets import BenchPreset
+from dda.bench.sweep import score_metrics
+from dda.data import Query
+from dda.scoring import ScoringContext, run_method
+
+RULES = ("keyword", "unsupported", "signature", "bm25_diff")
+KEYS = ("auc", "ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc")
+
+
+def _preset(bench: dict[str, Any]) -> BenchPreset:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in bench["preset"].items()}
+    fields["overrides"] = dict(bench["preset"]["overrides"])
+    known = set(BenchPreset.__dataclass_fields__)
+    return BenchPreset(**{k: v for k, v in fields.items() if k in known})
+
+
+def rule_metrics(run: Path) -> dict[str, Any]:
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    pairs = {p.label: p for p in parse_pairs(",".join(metrics["pairs"]).replace("->", ":"))}
+    prepared = prepare(_preset(cfg["bench"]), list(pairs.values()), int(metrics["seed"]))
+    by_id = {r["id"]: r for r in prepared.records}
+    queries, qpairs = [], []
+    for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        pair, rec = pairs[row["pair"]], by_id[row["document_id"]]
+        if row["kind"] == "natural":
+            neg, pos = row["negative"], row["positive"]
+        else:
+            fq = forced_query(rec, pair)
+            if fq is None:
+                raise ValueError(f"{run}: cannot rebuild forced query {row['id']}")
+            neg, pos = fq
+        queries.append(Query(row["id"], rec["document"], neg, pos))
+        qpairs.append(pair)
+    train = prepared.train
+    ctx = ScoringContext(
+        None,
+        [f"{e.prompt}\n{e.response}" for e in train],
+        queries,
+        train_responses=[e.response for e in train],
+        train_prompts=[e.prompt for e in train],
+    )
+    ids = [e.id for e in train]
+    masks = np.stack([prepared.injection.poisoned_mask(ids, p) for p in qpairs])
+    distractors = distractor_masks(train, qpairs, masks)
+    out: dict[str, Any] = {}
+    for rule in RULES:
+        m, _ = score_metrics(run_method(rule, ctx), masks, distractors)
+        m.update(pooled_metrics(run_method(rule, ctx), masks, distractors, [p.label for p in qpairs]))
+        out[rule] = {k: m[k] for k in KEYS if k in m}
+    theirs = metrics["methods"]["keyword"]
+    for k in ("auc", "ap"):
+        if abs(out["keyword"][k] - theirs[k]) > 1e-9:
+            raise RuntimeError(f"{run}: rebuilt keyword {k} {out['keyword'][k]} != the run's {theirs[k]}")
+    out["dda"] = {k: metrics["methods"]["dda"][k] for k in KEYS if k in metrics["methods"]["dda"]}
+    return {"run": run.name, "query_mode": metrics["query_mode"], "n_queries": len(queries), "methods": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = [rule_metrics(r) for r in args.runs]
+    for row in rows:
+        print(f"\n{row['run']} ({row['n_queries']} {row['query_mode']} queries; dda is the run's own)")
+        print("| method | " + " | ".join(KEYS) + " |")
+        print("|---" * (len(KEYS) + 1) + "|")
+        for name, m in row["methods"].items():
+            print(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "" for k in KEYS) + " |")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
