@@ -32,7 +32,13 @@ def test_presets_and_demo_keep_the_benchmarks_data_settings():
     from dda.bench.presets import PRESETS, build_config
     from dda.demo import DEMO_OVERRIDES
 
-    cuts = {"cpu-tiny": (64, 32), "cpu-small": (128, 48), "cpu-haystack": (64, 40), "gpu-paper": (512, 64)}
+    cuts = {
+        "cpu-tiny": (64, 32),
+        "cpu-small": (128, 48),
+        "cpu-haystack": (64, 40),
+        "cpu-haystack-natural": (96, 40),
+        "gpu-paper": (512, 64),
+    }
     configs = {name: build_config(p, 0) for name, p in PRESETS.items()}
     configs["demo"] = apply_overrides(DDAConfig(), DEMO_OVERRIDES)
     cuts["demo"] = (96, 40)

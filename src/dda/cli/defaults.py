@@ -73,6 +73,7 @@ _BY_COMMAND: dict[tuple[str, str], Any] = {
     ("search", "checkpoints"): "the ones the workdir was indexed with",
     ("search", "out"): "WORKDIR/search",
     ("search", "beta"): lambda: config_default("score.beta"),
+    ("data", "queries"): "none: training rows only",
     ("show", "out"): "RUN_DIR/report.html",
     ("show", "top_k"): "all stored",
 }
