@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -57,17 +56,31 @@ def test_killed_index_resumes_to_identical_features(finetuned, model_dir):
     code, _, err = run(*args[:1], "-w", tmp / "ref", *args[1:])
     assert code == 0, err
     w = tmp / "killed"
-    proc = subprocess.Popen(_cli(*args[:1], "-w", w, *args[1:]), stderr=subprocess.PIPE)
+    # The run announces on stdout once 10 rows of the first store are flushed and then waits on stdin: the kill
+    # lands at a known point, on an event rather than a polled file (the write itself is dda's own).
+    driver = (
+        "import sys\n"
+        "from dda.features.store import FeatureStore\n"
+        "real_write = FeatureStore.write\n"
+        "def write(self, rows, values):\n"
+        "    real_write(self, rows, values)\n"
+        "    if self.root.name == 'base' and int(self.done.sum()) >= 10:\n"
+        "        print('flushed', flush=True); sys.stdin.readline()\n"
+        "FeatureStore.write = write\n"
+        "from dda.cli import app\n"
+        "sys.argv = ['dda'] + sys.argv[1:]\n"
+        "app()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", driver, *map(str, [args[0], "-w", w, *args[1:]])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     done_file = w / "features" / "train" / "base" / "done.npy"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if done_file.exists():
-            try:
-                if np.load(done_file, allow_pickle=False).sum() >= 10:
-                    break
-            except (ValueError, OSError):
-                pass
-        time.sleep(0.05)
+    lines = iter(proc.stdout.readline, "")  # the CLI may print before the store is flushed
+    assert any(line.strip() == "flushed" for line in lines), proc.stderr.read()
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -127,11 +140,12 @@ def test_a_second_process_on_the_workdir_is_refused(tmp_path):
             sys.executable,
             "-c",
             (
-                "import sys, time; from dda.workdir import Workdir\n"
+                "import sys; from dda.workdir import Workdir\n"
                 f"with Workdir({str(w)!r}).lock('dda index'):\n"
-                "    print('held', flush=True); time.sleep(60)\n"
+                "    print('held', flush=True); sys.stdin.readline()\n"
             ),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
