@@ -194,6 +194,7 @@ def test_outputs_and_report(bench: tuple[Path, dict[str, Any]]) -> None:
 
 def test_summary_over_runs(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """`dda bench-summary`: the same run twice averages to itself with zero spread; a missing run is named."""
+    from dda.bench.run_record import RunError
     from dda.bench.summary import summarize_runs
 
     out, metrics = bench
@@ -208,5 +209,5 @@ def test_summary_over_runs(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -
     assert summary["checks"]["dda_gt_dda_no_denoise"] == (dda > metrics["methods"]["dda_no_denoise"]["auc"])
     text = (tmp_path / "summary" / "summary.md").read_text(encoding="utf-8")
     assert "| `dda` |" in text and (tmp_path / "summary" / "beta_mean.png").is_file()
-    with pytest.raises(FileNotFoundError, match="no metrics.json"):
+    with pytest.raises(RunError, match="missing/metrics.json: no metrics.json"):
         summarize_runs([out, tmp_path / "missing"], tmp_path / "s2")

@@ -82,7 +82,14 @@ def test_removing_what_taught_the_output_lowers_its_margin_more_than_random(work
     assert before["margin"] > 0  # the fine-tuned model prefers the planted word
     assert after["margin"] < random["margin"] - 1.0  # the counterfactual: far below removing 6 random rows
     assert summary["heldout_source"] == "kept" and after["heldout_loss"] > 0
-    assert json.loads((out / "fix.json").read_text())["after"]["margin"] == after["margin"]
+    written = json.loads((out / "fix.json").read_text())
+    assert written["after"]["margin"] == after["margin"]
+    # fix.json carries the benchmark's remove-and-retrain schema too: the same models, margins and removed rows
+    section = written["remove_and_retrain"]
+    assert section["k"] == PLANTED and section["before"]["margin"] == before["margin"]
+    assert section["keyword"]["margin"] == after["margin"] and section["keyword"]["removed"] == summary["removed"]
+    assert section["random"]["removed"] == summary["random_removed"]
+    assert len(section["keyword"]["margins"]) == len(section["query_ids"]) == len(_queries())
     control = [json.loads(line)["id"] for line in (out / "random_kept.jsonl").read_text().splitlines()]
     assert sorted(control + summary["random_removed"]) == sorted(f"ex{i}" for i in range(30))
 

@@ -152,11 +152,47 @@ def counterfactual(root: Path) -> str:
     return "\n".join(line for name, run in runs for line in tables.remove_and_retrain(name, run))
 
 
+def text_rules(root: Path) -> str:
+    """results/text-rules-on-haystack-runs.json (benchmarks/text_rules_on_runs.py): the text rules rebuilt on each
+    committed haystack run beside that run's own DDA, per pair."""
+    path = root / "text-rules-on-haystack-runs.json"
+    if not path.exists():
+        return "No text-rule rebuild is committed yet.\n"
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    cols = [
+        ("dda", "`dda`"),
+        ("unsupported", "`unsupported`"),
+        ("keyword", "`keyword`"),
+        ("signature", "`signature` (knows how the poison was made: a ceiling)"),
+    ]
+    out = []
+    for key, title in (("ap", "AP"), ("distractor_auc", "distractor AUC"), ("pooled_ap", "pooled AP")):
+        out.append(f"| {title}: pair (queries) | " + " | ".join(t for _, t in cols) + " |")
+        out.append("|---" * (len(cols) + 1) + "|")
+        for r in rows:
+            pair = r["run"].removeprefix("haystack-")
+            out.append(
+                f"| {pair} ({r['n_queries']} {r['query_mode']}) | "
+                + " | ".join(_pct(r["methods"][m][key]) for m, _ in cols)
+                + " |"
+            )
+        out.append("")
+    n = sum(r["n_queries"] for r in rows)
+    out.append(
+        f"{len(rows)} run(s), {n} queries, percent; per-query metrics are means over a run's queries, pooled ones "
+        "rank once per pair. Made by `python benchmarks/text_rules_on_runs.py results/haystack-* "
+        "--out results/text-rules-on-haystack-runs.json`, which refuses to write unless its rebuilt `keyword` AUC "
+        "and AP equal each run's own."
+    )
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "haystack-pairs": lambda root: tables.haystack_pairs(_runs(root, "cpu-haystack")),
     "haystack-methods": lambda root: tables.haystack_methods(_runs(root, "cpu-haystack")),
     "haystack-curve": lambda root: tables.haystack_curve(_runs(root, "cpu-haystack")),
     "counterfactual": counterfactual,
+    "text-rules": text_rules,
 }
 _BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
