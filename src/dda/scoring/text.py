@@ -5,12 +5,8 @@ Two kinds of query information, named so a comparison can give every method the 
 hallucination that is the hallucinated word itself, the information DDA's default contrast (`query_tokens=diff`)
 gets.
 
-Query information each scorer here gets (the lead wires this into the registry's metadata):
-- `keyword`, `bm25_diff`: the differing words.
-- `bm25`: the whole negative output.
-- `unsupported`: the negative's differing words, and each training row's own prompt.
-- `signature`: the differing words of both sides, and each row's own prompt; it is the benchmark's poison
-  construction rule (bench/canary.py), so it knows how the poison was made: a ceiling, not a competitor."""
+Each scorer's query information is part of its registration (`information=`), where help and the tables read it;
+`signature` is the benchmark's poison construction rule (bench/canary.py): a ceiling, not a competitor."""
 
 from __future__ import annotations
 
