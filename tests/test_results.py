@@ -66,6 +66,25 @@ def test_tables_come_from_the_result_files(tmp_path: Path) -> None:
         render_blocks("x\n<!-- table:nope -->\n<!-- /table:nope -->", tmp_path)
 
 
+def test_natural_table_names_each_runs_preregistered_role_and_rate(tmp_path: Path) -> None:
+    (tmp_path / "preregistered-pairs.yaml").write_text(
+        "development:\n  pairs: ['England:China']\n  seeds: [1, 2]\nheldout:\n  - pair: 'London:York'\n    seed: 14\n"
+    )
+    runs = {"dev": ("England->China", 1), "held": ("London->York", 14), "other": ("London->York", 3)}
+    for name, (pair, seed) in runs.items():
+        m = _metrics(pair, 0.6) | {"preset": "cpu-haystack-natural", "seed": seed}
+        m["query_kinds"] = {"natural": 12}
+        m["per_pair"] = {pair: {"generated_in_window": 40, "natural_errors_in_window": 10}}
+        m["methods"]["dda"]["pooled_ap"] = 0.75
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    out = render_blocks("<!-- table:natural-pairs -->\n<!-- /table:natural-pairs -->", tmp_path)
+    assert "| `dev` | development | 1 | 12 | 10/40 (25.0%) | 40.0 min (2 cores) | 60.0 / 75.0 | 30.0 / n/a |" in out
+    assert "| `held` | held-out | 14 |" in out
+    assert "| `other` | not registered | 3 |" in out  # a seed the file does not name is no held-out run
+    assert "`signature` knows how the poison was made" in out
+
+
 def test_counterfactual_table_comes_from_the_run(tmp_path: Path) -> None:
     m = _metrics("England->China", 0.6) | {"preset": "cpu-small", "timings": {"counterfactual": 1800.0}}
     row = {"margin": -1.5, "natural_error_rate": 0.05, "generated": 96, "distractor_loss": 2.25, "heldout_loss": 2.5}
@@ -103,7 +122,11 @@ def test_check_fails_on_a_stale_table(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_committed_tables_match_the_committed_results() -> None:
     """README.md and benchmarks/README.md hold the tables `make tables` renders from results/."""
-    files = [str(ROOT / "README.md"), str(ROOT / "benchmarks" / "README.md")]
+    files = [
+        str(ROOT / "README.md"),
+        str(ROOT / "benchmarks" / "README.md"),
+        str(ROOT / "docs/benchmarks/baselines.md"),
+    ]
     assert main(["render", "--check", "--root", str(ROOT / "results"), *files]) == 0
 
 

@@ -187,12 +187,65 @@ def text_rules(root: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def preregistered_roles(root: Path) -> dict[str, str]:
+    """`PAIR@SEED` -> development or held-out, from results/preregistered-pairs.yaml (written before the runs)."""
+    path = root / "preregistered-pairs.yaml"
+    if not path.exists():
+        return {}
+    reg = _yaml(path)
+    dev = reg.get("development") or {}
+    roles = {f"{p.replace(':', '->')}@{s}": "development" for p in dev.get("pairs", []) for s in dev.get("seeds", [])}
+    roles |= {f"{h['pair'].replace(':', '->')}@{h['seed']}": "held-out" for h in reg.get("heldout") or []}
+    return roles
+
+
+def variant_study(root: Path) -> str:
+    """results/variant-study-dev.json (benchmarks/variant_study.py): every DDA variant rescored on the stored
+    features of the development runs, means over the runs, beside the run's baselines."""
+    path = root / "variant-study-dev.json"
+    if not path.exists():
+        return "No variant study is committed yet.\n"
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("auc", "ap", "pooled_ap", "distractor_auc")
+
+    def mean(section: str, name: str, key: str) -> float | None:
+        vals = [r[section][name][key] for r in rows if name in r[section] and key in r[section][name]]
+        return float(np.mean(vals)) if vals else None
+
+    kw_ap, un_pooled = mean("baselines", "keyword", "ap"), mean("baselines", "unsupported", "pooled_ap")
+    out = [
+        "| variant | what it changes | AUC | AP | pooled AP | distractor AUC | AP − `keyword` AP | pooled AP − "
+        "`unsupported` pooled AP |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in rows[0]["variants"].items():
+        cells = [_pct(mean("variants", name, k)) for k in keys]
+        ap, pooled = mean("variants", name, "ap"), mean("variants", name, "pooled_ap")
+        cells.append("n/a" if ap is None or kw_ap is None else f"{100 * (ap - kw_ap):+.1f}")
+        cells.append("n/a" if pooled is None or un_pooled is None else f"{100 * (pooled - un_pooled):+.1f}")
+        out.append(f"| {name} | {v['what']} | " + " | ".join(cells) + " |")
+    for name in rows[0]["baselines"]:
+        label = f"`{name}`" + (" (knows how the poison was made: a ceiling)" if name == "signature" else "")
+        cells = " | ".join(_pct(mean("baselines", name, k)) for k in keys)
+        out.append(f"| {label} | baseline, the run's own | {cells} | | |")
+    runs = ", ".join(f"{r['run']} ({r['n_queries']} natural queries)" for r in rows)
+    out += [
+        "",
+        f"Means over {len(rows)} development run(s): {runs}; percent. Made by `python benchmarks/variant_study.py "
+        "RUN ... --out results/variant-study-dev.json`, which refuses to write unless its rebuilt `dda` AUC and AP "
+        "equal each run's own.",
+    ]
+    return "\n".join(out) + "\n"
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "haystack-pairs": lambda root: tables.haystack_pairs(_runs(root, "cpu-haystack")),
     "haystack-methods": lambda root: tables.haystack_methods(_runs(root, "cpu-haystack")),
     "haystack-curve": lambda root: tables.haystack_curve(_runs(root, "cpu-haystack")),
     "counterfactual": counterfactual,
     "text-rules": text_rules,
+    "natural-pairs": lambda root: tables.natural_pairs(_runs(root, "cpu-haystack-natural"), preregistered_roles(root)),
+    "variant-study": variant_study,
 }
 _BLOCK = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
@@ -230,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rd = sub.add_parser("render", help="regenerate the tables in README.md and benchmarks/README.md")
     rd.add_argument("--root", default="results")
     rd.add_argument("--check", action="store_true", help="fail when a table differs from its files")
-    rd.add_argument("files", nargs="*", default=["README.md", "benchmarks/README.md"])
+    rd.add_argument("files", nargs="*", default=["README.md", "benchmarks/README.md", "docs/benchmarks/baselines.md"])
     args = parser.parse_args(argv)
     if args.cmd == "export":
         print(export_run(args.run, args.dest))

@@ -19,6 +19,7 @@ __all__ = [
     "haystack_methods",
     "haystack_pairs",
     "markdown_table",
+    "natural_pairs",
     "remove_and_retrain",
 ]
 
@@ -124,6 +125,54 @@ def haystack_curve(runs: Sequence[NAMED_RUN]) -> str:
         lines += [f"| `{n}` | " + " | ".join(_pct(v) for v in c.ap[n]) + " |" for n in shown]
         lines.append("")
     return "\n".join(lines)
+
+
+# The natural-query tables: DDA, then the baselines issue 29 asks for in every table; `signature` last, a ceiling.
+NATURAL_METHODS = ("dda", "keyword", "unsupported", "repsim", "cea", "bm25_diff", "signature")
+
+
+def natural_rate(run: BenchRun) -> tuple[int, int]:
+    """(errors, generations) over every pair's held-out documents that name ORIG inside the prompt window."""
+    per_pair = run.extra.get("per_pair") or {}
+    errors = sum(int(p.get("natural_errors_in_window") or 0) for p in per_pair.values())
+    return errors, sum(int(p.get("generated_in_window") or 0) for p in per_pair.values())
+
+
+def natural_pairs(runs: Sequence[NAMED_RUN], roles: dict[str, str]) -> str:
+    """One row per natural-query run: its role (development or held-out, from results/preregistered-pairs.yaml),
+    the in-window natural error rate, the wall time, then per-query AP and pooled AP per method."""
+    if not runs:
+        return "No cpu-haystack-natural results are committed yet.\n"
+    head = ["run", "role", "seed", "natural queries", "natural rate in window", "wall"]
+    head += [f"{m} AP / pooled AP" for m in NATURAL_METHODS] + ["dda AUC / dAUC"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, run in runs:
+        errors, generated = natural_rate(run)
+        kinds = run.queries.get("query_kinds") or {}
+        cells = [
+            f"`{name}`",
+            roles.get(f"{','.join(run.pairs)}@{run.data.get('seed')}", "not registered"),
+            str(run.data.get("seed")),
+            str(kinds.get("natural", 0)),
+            f"{errors}/{generated} ({_pct(errors / generated if generated else None)}%)",
+            _wall(run),
+        ]
+        for method in NATURAL_METHODS:
+            r = run.methods.get(method)
+            cells.append("–" if r is None else f"{_pct(r.ap)} / {_pct(r.pooled_ap)}")
+        dda = run.methods.get("dda")
+        cells.append(f"{_pct(dda and dda.auc)} / {_pct(dda and dda.distractor_auc)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    cpus = sorted({run.machine.describe() for _, run in runs})
+    lines += [
+        "",
+        f"Percent; AP is the mean over a run's queries, pooled AP ranks once per pair by the mean of its queries' "
+        f"scores. `signature` knows how the poison was made: a ceiling, not a competitor. The natural rate counts "
+        f"the held-out summaries whose document names ORIG inside the prompt window and that say CANARY, up to "
+        f"the point where generation stopped (once the queries wanted were found). {len(runs)} run(s) on "
+        f"{'; '.join(cpus)}. Files: results/<run>/metrics.json.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(table: RetrainTable, per_query: bool = False) -> list[str]:

@@ -1,6 +1,6 @@
 """Scorers. Importing this package registers every method (see base.REGISTRY / base.PRESETS)."""
 
-from . import cea, gradient, repsim, text  # noqa: F401  (registration side effects)
+from . import cea, combined, gradient, repsim, text  # noqa: F401  (registration side effects)
 from .base import (
     PRESETS,
     REGISTRY,

@@ -1,0 +1,342 @@
+"""Issue 29's variant study: rescore a finished benchmark run's stored gradient features with every DDA variant.
+
+A run's training set is rebuilt from its config.yaml (preset, pairs, seed: the split and the injection are
+deterministic) and its queries from queries.jsonl; the fine-tuned checkpoints, the training stores and the query
+features are read back from the run's workdir (`OUT/work/<key>`), so nothing is fine-tuned or indexed again (the
+model is loaded only to open the Attributor; query features are reused from the workdir's query stores). The
+rebuild is checked first: DDA's AUC and AP recomputed here must equal the run's own, else the script stops.
+
+Every variant is a transform of the same stores (see VARIANTS), scored with the benchmark's own metrics. Run it on
+development pairs and seeds only (results/preregistered-pairs.yaml); the held-out runs get the chosen setting.
+
+Usage: DDA_SHARED_DATA=../shared/data python benchmarks/variant_study.py RUN [RUN ...] --out results/X.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from dda.bench.canary import parse_pairs
+from dda.bench.hallucination import distractor_masks, prepare, train_model
+from dda.bench.metrics import pooled_metrics
+from dda.bench.presets import BenchPreset, build_config
+from dda.bench.sweep import score_metrics
+from dda.data import Query
+from dda.features.store import read_store
+from dda.scoring import ScoringContext, run_method
+from dda.scoring.base import FeatureSet, module_normalized, score_defaults
+from dda.scoring.combined import combine_scores
+
+KEYS = ("auc", "ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc")
+
+
+def _preset(bench: dict[str, Any]) -> BenchPreset:
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in bench["preset"].items()}
+    fields["overrides"] = dict(bench["preset"]["overrides"])
+    known = set(BenchPreset.__dataclass_fields__)
+    return BenchPreset(**{k: v for k, v in fields.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+# Each variant works on module-normalised features (the library default: every module votes once) unless it says
+# otherwise. X: (n_train, d) training features at one checkpoint; Q: (n_queries, d) query contrasts there.
+
+
+def _contrast(fs: FeatureSet, name: str) -> np.ndarray:
+    return fs.contrast(name)
+
+
+def _mod(x: np.ndarray, blocks: list[int]) -> np.ndarray:
+    return module_normalized(np.asarray(x, dtype=np.float32), blocks)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+
+
+def _select(blocks: list[int], keep: list[bool]) -> np.ndarray:
+    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]])
+    return np.concatenate([np.arange(s, s + b) for s, b, k in zip(starts, blocks, keep, strict=True) if k])
+
+
+def _ranks(s: np.ndarray) -> np.ndarray:
+    """Per query, each row's rank (0 = highest score)."""
+    order = np.argsort(-s, axis=1, kind="stable")
+    r = np.empty_like(order)
+    np.put_along_axis(r, order, np.arange(s.shape[1])[None, :].repeat(s.shape[0], 0), axis=1)
+    return r
+
+
+class Study:
+    """The stores of one run, module-normalised once per checkpoint, and the variants over them."""
+
+    def __init__(self, fs: FeatureSet, modules: list[str], beta: float, debias_mode: str) -> None:
+        assert fs.blocks is not None, "the study needs per-module features"
+        self.fs, self.blocks, self.modules = fs, fs.blocks, modules
+        self.beta, self.mode = beta, debias_mode
+        self.cks = [c.name for c in fs.finetuned()]
+        self.base = fs.base
+        names = [self.base, *self.cks]
+        self.X = {n: _mod(fs.train[n], self.blocks) for n in names}
+        self.Q = {n: _mod(_contrast(fs, n), self.blocks) for n in names}
+
+    # The library's DDA with debias_mode base/cross, on transformed features.
+    def dda(
+        self,
+        tx: Callable[[np.ndarray, str], np.ndarray] | None = None,
+        cols: np.ndarray | None = None,
+        beta: float | None = None,
+        per_ck: bool = False,
+    ) -> np.ndarray | list[np.ndarray]:
+        beta = self.beta if beta is None else beta
+        tx = tx or (lambda a, _n: a)
+
+        def part(x: np.ndarray) -> np.ndarray:
+            return x if cols is None else x[:, cols]
+
+        terms = []
+        for c in self.cks:
+            terms.append(part(tx(self.Q[c], c)) @ part(tx(self.X[c], c)).T)
+        if per_ck:
+            return terms
+        score = sum(terms) / len(terms)
+        if beta:
+            xb = part(tx(self.X[self.base], self.base))
+            if self.mode == "base":
+                bias = part(tx(self.Q[self.base], self.base)) @ xb.T
+            elif self.mode == "cross":
+                bias = sum(part(tx(self.Q[c], c)) @ xb.T for c in self.cks) / len(self.cks)
+            else:
+                raise ValueError(f"study supports debias_mode base/cross, not {self.mode}")
+            score = score - beta * bias
+        return score
+
+    # transforms -------------------------------------------------------------------------------------------
+    def pc_removal(self, k: int) -> Callable[[np.ndarray, str], np.ndarray]:
+        """Remove the top-k right singular directions of the (module-normalised) training features at each
+        checkpoint from both sides: the nuisance directions every training gradient shares."""
+        basis = {}
+        for n, x in self.X.items():
+            _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
+            basis[n] = vt[:k].astype(np.float32)
+
+        def tx(a: np.ndarray, n: str) -> np.ndarray:
+            v = basis[n]
+            return a - (a @ v.T) @ v
+
+        return tx
+
+    def centered(self) -> Callable[[np.ndarray, str], np.ndarray]:
+        """Subtract the training features' mean at each checkpoint (the one shared direction)."""
+        mean = {n: x.mean(axis=0, keepdims=True) for n, x in self.X.items()}
+        return lambda a, n: a - mean[n]
+
+    def second_moment(self, eps_frac: float = 1e-3) -> Callable[[np.ndarray, str], np.ndarray]:
+        """Diagonal preconditioner from the training features' own second moment per coordinate (Adam's v is an
+        EMA of the same quantity in parameter space; here it is taken in the sketch space): both sides scaled by
+        (E[x^2] + eps)^-1/2, so the score is x^T diag(v)^-1 q."""
+        scale = {}
+        for n, x in self.X.items():
+            v = (x.astype(np.float64) ** 2).mean(axis=0)
+            scale[n] = (1.0 / np.sqrt(v + eps_frac * v.mean())).astype(np.float32)
+        return lambda a, n: a * scale[n][None, :]
+
+    def clip(self, q: float = 0.99) -> Callable[[np.ndarray, str], np.ndarray]:
+        """Winsorise every coordinate at the q quantile of its |value| over the training rows."""
+        hi = {n: np.quantile(np.abs(x), q, axis=0) for n, x in self.X.items()}
+        return lambda a, n: np.clip(a, -hi[n], hi[n])
+
+    def raw(self) -> np.ndarray:
+        """DDA without module normalisation (normalize=none)."""
+        fs = self.fs
+        terms = [np.asarray(_contrast(fs, c)) @ np.asarray(fs.train[c], dtype=np.float32).T for c in self.cks]
+        score = sum(terms) / len(terms)
+        xb = np.asarray(fs.train[self.base], dtype=np.float32)
+        if self.mode == "base":
+            bias = np.asarray(_contrast(fs, self.base)) @ xb.T
+        else:
+            bias = sum(np.asarray(_contrast(fs, c)) @ xb.T for c in self.cks) / len(self.cks)
+        return score - self.beta * bias
+
+    def whole_unit(self) -> np.ndarray:
+        """Unit norm over the whole row instead of per module (cosine of the full sketched gradient)."""
+        fs = self.fs
+        unit = {n: _unit(np.asarray(fs.train[n], dtype=np.float32)) for n in [self.base, *self.cks]}
+        qs = {n: _unit(_contrast(fs, n)) for n in [self.base, *self.cks]}
+        score = sum(qs[c] @ unit[c].T for c in self.cks) / len(self.cks)
+        if self.mode == "base":
+            bias = qs[self.base] @ unit[self.base].T
+        else:
+            bias = sum(qs[c] @ unit[self.base].T for c in self.cks) / len(self.cks)
+        return score - self.beta * bias
+
+    def layer_keep(self, pred: Callable[[str], bool]) -> np.ndarray:
+        return _select(self.blocks, [pred(m) for m in self.modules])
+
+
+def _layer_of(module: str) -> int:
+    for part in module.split("."):
+        if part.isdigit():
+            return int(part)
+    return -1
+
+
+def variants(st: Study, ctx: ScoringContext) -> dict[str, tuple[str, Callable[[], np.ndarray]]]:
+    """name -> (what it is, how to compute it). Every variant has DDA's query information (differing tokens)."""
+    layers = sorted({_layer_of(m) for m in st.modules})
+    half = layers[len(layers) // 2 :]
+    last3 = layers[-3:]
+    attn = ("q_proj", "k_proj", "v_proj", "o_proj")
+    unsupported = run_method("unsupported", ctx)
+    dda = st.dda()
+
+    def rrf(terms: list[np.ndarray], k: float = 60.0) -> np.ndarray:
+        return sum(1.0 / (k + _ranks(t)) for t in terms)
+
+    return {
+        "dda": ("the run's DDA (module-normalised, the preset's beta and debias reading)", lambda: dda),
+        "dda, beta 0": ("no debias term", lambda: st.dda(beta=0.0)),
+        "dda, normalize none": ("raw dot products (no per-module unit norm)", st.raw),
+        "dda, whole-row unit norm": ("cosine of the whole sketched gradient instead of per module", st.whole_unit),
+        "dda + clip 99%": (
+            "every coordinate winsorised at its 99% |value| over training rows",
+            lambda: st.dda(st.clip(0.99)),
+        ),
+        "dda + centre": ("training mean removed at each checkpoint", lambda: st.dda(st.centered())),
+        "dda + remove 1 PC": (
+            "top training singular direction removed (component-wise debias)",
+            lambda: st.dda(st.pc_removal(1)),
+        ),
+        "dda + remove 4 PCs": ("top 4 training singular directions removed", lambda: st.dda(st.pc_removal(4))),
+        "dda + remove 16 PCs": ("top 16 training singular directions removed", lambda: st.dda(st.pc_removal(16))),
+        "dda + second moment": (
+            "diagonal second-moment preconditioning in the sketch space (Adam-v proxy)",
+            lambda: st.dda(st.second_moment()),
+        ),
+        "dda, last half of layers": (
+            f"layers {half[0]}-{half[-1]} only",
+            lambda: st.dda(cols=st.layer_keep(lambda m: _layer_of(m) in half)),
+        ),
+        "dda, last 3 layers": (
+            f"layers {last3[0]}-{last3[-1]} only",
+            lambda: st.dda(cols=st.layer_keep(lambda m: _layer_of(m) in last3)),
+        ),
+        "dda, attention only": (
+            "q/k/v/o projections only",
+            lambda: st.dda(cols=st.layer_keep(lambda m: m.rsplit(".", 1)[-1] in attn)),
+        ),
+        "dda, MLP only": (
+            "gate/up/down projections only",
+            lambda: st.dda(cols=st.layer_keep(lambda m: m.rsplit(".", 1)[-1] not in attn)),
+        ),
+        "dda, rank fusion over checkpoints": (
+            "reciprocal-rank fusion (k=60) of the per-checkpoint scores, no debias",
+            lambda: rrf(st.dda(per_ck=True)),
+        ),
+        "dda, rank fusion over layers": (
+            "reciprocal-rank fusion (k=60) of per-layer DDA scores",
+            lambda: rrf([st.dda(cols=st.layer_keep(lambda m, L=L: _layer_of(m) == L)) for L in layers]),
+        ),
+        "dda_unsupported (flagged_first)": (
+            "rows the `unsupported` filter flags first, each group by DDA",
+            lambda: combine_scores(dda, unsupported, "flagged_first"),
+        ),
+        "dda_unsupported (rank_fusion)": (
+            "reciprocal-rank fusion of DDA and `unsupported`",
+            lambda: combine_scores(dda, unsupported, "rank_fusion"),
+        ),
+    }
+
+
+def study_run(run: Path) -> dict[str, Any]:
+    cfg_yaml = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    pairs = {p.label: p for p in parse_pairs(",".join(metrics["pairs"]).replace("->", ":"))}
+    seed = int(metrics["seed"])
+    preset = _preset(cfg_yaml["bench"])
+    prepared = prepare(preset, list(pairs.values()), seed)
+    by_id = {r["id"]: r for r in prepared.records}
+    queries, qpairs = [], []
+    for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if row["kind"] != "natural":
+            raise ValueError(f"{run}: the study is for natural queries; {row['id']} is {row['kind']}")
+        queries.append(Query(row["id"], by_id[row["document_id"]]["document"], row["negative"], row["positive"]))
+        qpairs.append(pairs[row["pair"]])
+    cfg = build_config(preset, seed, quiet=True)
+    trained = train_model(prepared, cfg, run)  # resumes: every epoch is stored, nothing is trained
+    att = trained.att
+    fs = att.feature_set(queries)
+    meta = read_store(att.workdir.train_store(fs.base)).meta
+    train = prepared.train
+    ctx = ScoringContext(
+        fs,
+        [f"{e.prompt}\n{e.response}" for e in train],
+        queries,
+        default_checkpoints=att.cfg.score.checkpoints,
+        train_responses=[e.response for e in train],
+        train_prompts=[e.prompt for e in train],
+    )
+    ids = [e.id for e in train]
+    masks = np.stack([prepared.injection.poisoned_mask(ids, p) for p in qpairs])
+    distractors = distractor_masks(train, qpairs, masks)
+    groups = [p.label for p in qpairs]
+
+    def measure(scores: np.ndarray) -> dict[str, float]:
+        m, _ = score_metrics(scores, masks, distractors)
+        m.update(pooled_metrics(scores, masks, distractors, groups))
+        return {k: float(m[k]) for k in KEYS if k in m}
+
+    lib = measure(run_method("dda", ctx, score_defaults(att.cfg.score)))
+    theirs = metrics["methods"]["dda"]
+    for k in ("auc", "ap"):
+        if abs(lib[k] - theirs[k]) > 1e-6:
+            raise RuntimeError(f"{run}: rebuilt dda {k} {lib[k]} != the run's {theirs[k]}")
+    st = Study(fs, list(meta["modules"]), att.cfg.score.beta, att.cfg.score.debias_mode)
+    out: dict[str, Any] = {}
+    for name, (what, fn) in variants(st, ctx).items():
+        t0 = time.perf_counter()
+        out[name] = {"what": what, **measure(np.asarray(fn(), dtype=np.float64)), "seconds": time.perf_counter() - t0}
+    if abs(out["dda"]["ap"] - lib["ap"]) > 1e-4:
+        raise RuntimeError(f"{run}: the study's dda AP {out['dda']['ap']} != the library's {lib['ap']}")
+    baselines = {
+        m: {k: float(metrics["methods"][m][k]) for k in KEYS if k in metrics["methods"][m]}
+        for m in ("keyword", "unsupported", "signature", "repsim", "cea", "bm25_diff")
+        if m in metrics["methods"]
+    }
+    return {
+        "run": run.name,
+        "pairs": list(pairs),
+        "seed": seed,
+        "n_queries": len(queries),
+        "variants": out,
+        "baselines": baselines,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = [study_run(r) for r in args.runs]
+    for row in rows:
+        print(f"\n{row['run']} ({row['n_queries']} natural queries)")
+        print("| variant | " + " | ".join(KEYS) + " |")
+        print("|---" * (len(KEYS) + 1) + "|")
+        for name, m in {**row["variants"], **row["baselines"]}.items():
+            print(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "" for k in KEYS) + " |")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
