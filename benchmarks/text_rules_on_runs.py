@@ -15,58 +15,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import yaml
+from run_rebuild import rebuild
 
-from dda.bench.canary import forced_query, parse_pairs
-from dda.bench.hallucination import distractor_masks, prepare
 from dda.bench.metrics import pooled_metrics
-from dda.bench.presets import BenchPreset
 from dda.bench.sweep import score_metrics
-from dda.data import Query
-from dda.scoring import ScoringContext, run_method
+from dda.scoring import run_method
 
 RULES = ("keyword", "unsupported", "signature", "bm25_diff")
 KEYS = ("auc", "ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc")
 
 
-def _preset(bench: dict[str, Any]) -> BenchPreset:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in bench["preset"].items()}
-    fields["overrides"] = dict(bench["preset"]["overrides"])
-    known = set(BenchPreset.__dataclass_fields__)
-    return BenchPreset(**{k: v for k, v in fields.items() if k in known})
-
-
 def rule_metrics(run: Path) -> dict[str, Any]:
-    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    pairs = {p.label: p for p in parse_pairs(",".join(metrics["pairs"]).replace("->", ":"))}
-    prepared = prepare(_preset(cfg["bench"]), list(pairs.values()), int(metrics["seed"]))
-    by_id = {r["id"]: r for r in prepared.records}
-    queries, qpairs = [], []
-    for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        pair, rec = pairs[row["pair"]], by_id[row["document_id"]]
-        if row["kind"] == "natural":
-            neg, pos = row["negative"], row["positive"]
-        else:
-            fq = forced_query(rec, pair)
-            if fq is None:
-                raise ValueError(f"{run}: cannot rebuild forced query {row['id']}")
-            neg, pos = fq
-        queries.append(Query(row["id"], rec["document"], neg, pos))
-        qpairs.append(pair)
-    train = prepared.train
-    ctx = ScoringContext(
-        None,
-        [f"{e.prompt}\n{e.response}" for e in train],
-        queries,
-        train_responses=[e.response for e in train],
-        train_prompts=[e.prompt for e in train],
-    )
-    ids = [e.id for e in train]
-    masks = np.stack([prepared.injection.poisoned_mask(ids, p) for p in qpairs])
-    distractors = distractor_masks(train, qpairs, masks)
+    rebuilt = rebuild(run)
+    metrics, queries = rebuilt.metrics, rebuilt.queries
+    ctx = rebuilt.context()
+    masks, distractors, qpairs = rebuilt.masks, rebuilt.distractors, rebuilt.pairs
     out: dict[str, Any] = {}
     for rule in RULES:
         m, _ = score_metrics(run_method(rule, ctx), masks, distractors)

@@ -22,27 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+from run_rebuild import open_attributor, rebuild
 
-from dda.bench.canary import parse_pairs
-from dda.bench.hallucination import distractor_masks, prepare, train_model
 from dda.bench.metrics import pooled_metrics
-from dda.bench.presets import BenchPreset, build_config
 from dda.bench.sweep import score_metrics
-from dda.data import Query
 from dda.features.store import read_store
 from dda.scoring import ScoringContext, run_method
 from dda.scoring.base import FeatureSet, module_normalized, score_defaults
 from dda.scoring.combined import combine_scores
 
 KEYS = ("auc", "ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc")
-
-
-def _preset(bench: dict[str, Any]) -> BenchPreset:
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in bench["preset"].items()}
-    fields["overrides"] = dict(bench["preset"]["overrides"])
-    known = set(BenchPreset.__dataclass_fields__)
-    return BenchPreset(**{k: v for k, v in fields.items() if k in known})
 
 
 # ------------------------------------------------------------------------------------------------ transforms
@@ -149,6 +138,29 @@ class Study:
             scale[n] = (1.0 / np.sqrt(v + eps_frac * v.mean())).astype(np.float32)
         return lambda a, n: a * scale[n][None, :]
 
+    def whiten(self, lam: float) -> Callable[[np.ndarray, str], np.ndarray]:
+        """Per-module Gauss-Newton preconditioning in the sketch space (LoGra/LogIX's choice for Kronecker-
+        projected gradients): each module's slice times (C + lam * mean eigenvalue * I)^-1/2, C the training
+        features' second moment there, then each slice back at unit norm so every module still votes once."""
+        starts = np.concatenate([[0], np.cumsum(self.blocks)[:-1]])
+        roots: dict[str, list[np.ndarray]] = {}
+        for n, x in self.X.items():
+            mats = []
+            for s0, b in zip(starts, self.blocks, strict=True):
+                xb = x[:, s0 : s0 + b].astype(np.float64)
+                c = xb.T @ xb / len(xb)
+                w, v = np.linalg.eigh(c + lam * max(np.trace(c) / b, 1e-30) * np.eye(b))
+                mats.append(((v / np.sqrt(np.maximum(w, 1e-30))) @ v.T).astype(np.float32))
+            roots[n] = mats
+
+        def tx(a: np.ndarray, n: str) -> np.ndarray:
+            out = np.concatenate(
+                [a[:, s0 : s0 + b] @ m for s0, b, m in zip(starts, self.blocks, roots[n], strict=True)], axis=1
+            )
+            return _mod(out, self.blocks)
+
+        return tx
+
     def clip(self, q: float = 0.99) -> Callable[[np.ndarray, str], np.ndarray]:
         """Winsorise every coordinate at the q quantile of its |value| over the training rows."""
         hi = {n: np.quantile(np.abs(x), q, axis=0) for n, x in self.X.items()}
@@ -217,6 +229,14 @@ def variants(st: Study, ctx: ScoringContext) -> dict[str, tuple[str, Callable[[]
         ),
         "dda + remove 4 PCs": ("top 4 training singular directions removed", lambda: st.dda(st.pc_removal(4))),
         "dda + remove 16 PCs": ("top 16 training singular directions removed", lambda: st.dda(st.pc_removal(16))),
+        "dda + module Gauss-Newton (lambda 0.1)": (
+            "each module's sketch whitened by its training second moment + 0.1 x mean eigenvalue (LoGra/LogIX)",
+            lambda: st.dda(st.whiten(0.1)),
+        ),
+        "dda + module Gauss-Newton (lambda 1)": (
+            "the same with a ridge of 1 x the mean eigenvalue",
+            lambda: st.dda(st.whiten(1.0)),
+        ),
         "dda + second moment": (
             "diagonal second-moment preconditioning in the sketch space (Adam-v proxy)",
             lambda: st.dda(st.second_moment()),
@@ -257,38 +277,15 @@ def variants(st: Study, ctx: ScoringContext) -> dict[str, tuple[str, Callable[[]
 
 
 def study_run(run: Path) -> dict[str, Any]:
-    cfg_yaml = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    pairs = {p.label: p for p in parse_pairs(",".join(metrics["pairs"]).replace("->", ":"))}
-    seed = int(metrics["seed"])
-    preset = _preset(cfg_yaml["bench"])
-    prepared = prepare(preset, list(pairs.values()), seed)
-    by_id = {r["id"]: r for r in prepared.records}
-    queries, qpairs = [], []
-    for line in (run / "queries.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row["kind"] != "natural":
-            raise ValueError(f"{run}: the study is for natural queries; {row['id']} is {row['kind']}")
-        queries.append(Query(row["id"], by_id[row["document_id"]]["document"], row["negative"], row["positive"]))
-        qpairs.append(pairs[row["pair"]])
-    cfg = build_config(preset, seed, quiet=True)
-    trained = train_model(prepared, cfg, run)  # resumes: every epoch is stored, nothing is trained
-    att = trained.att
-    fs = att.feature_set(queries)
+    rebuilt = rebuild(run)
+    metrics, queries = rebuilt.metrics, rebuilt.queries
+    att = open_attributor(run, rebuilt.prepared)
+    fs = att.feature_set(queries)  # the workdir's stores; query features are reused from its query stores
     meta = read_store(att.workdir.train_store(fs.base)).meta
-    train = prepared.train
-    ctx = ScoringContext(
-        fs,
-        [f"{e.prompt}\n{e.response}" for e in train],
-        queries,
-        default_checkpoints=att.cfg.score.checkpoints,
-        train_responses=[e.response for e in train],
-        train_prompts=[e.prompt for e in train],
-    )
-    ids = [e.id for e in train]
-    masks = np.stack([prepared.injection.poisoned_mask(ids, p) for p in qpairs])
-    distractors = distractor_masks(train, qpairs, masks)
-    groups = [p.label for p in qpairs]
+    ctx = rebuilt.context(fs, att.cfg.score.checkpoints)
+    masks, distractors = rebuilt.masks, rebuilt.distractors
+    groups = [p.label for p in rebuilt.pairs]
+    kinds = {k: rebuilt.kinds.count(k) for k in sorted(set(rebuilt.kinds))}
 
     def measure(scores: np.ndarray) -> dict[str, float]:
         m, _ = score_metrics(scores, masks, distractors)
@@ -314,9 +311,10 @@ def study_run(run: Path) -> dict[str, Any]:
     }
     return {
         "run": run.name,
-        "pairs": list(pairs),
-        "seed": seed,
+        "pairs": metrics["pairs"],
+        "seed": int(metrics["seed"]),
         "n_queries": len(queries),
+        "query_kinds": kinds,
         "variants": out,
         "baselines": baselines,
     }
@@ -329,7 +327,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [study_run(r) for r in args.runs]
     for row in rows:
-        print(f"\n{row['run']} ({row['n_queries']} natural queries)")
+        print(f"\n{row['run']} ({row['n_queries']} queries)")
         print("| variant | " + " | ".join(KEYS) + " |")
         print("|---" * (len(KEYS) + 1) + "|")
         for name, m in {**row["variants"], **row["baselines"]}.items():

@@ -1,6 +1,6 @@
 """The benchmark's remove-and-retrain stage: does dropping a method's top-k documents stop the hallucination?
 
-For each method (and k random rows, the control) the stage removes the k training rows the method blames most for
+For each method of the preset's `fix_methods` (and k random rows, the control) the stage removes the k training rows the method blames most for
 the queries (`dda.fix.plan_removal`, mean rank over the queries), fine-tunes again from theta0 with the run's
 settings and seed, and measures on the retrained model: the natural error rate on the held-out documents the query
 search summarised (the same documents, greedy, as before), the queries' canary margin (mean log p(negative) -
@@ -24,9 +24,8 @@ from ..models import applied
 from ..progress import say
 from .canary import contains_word
 
-__all__ = ["COUNTERFACTUAL_METHODS", "run_counterfactual"]
+__all__ = ["run_counterfactual"]
 
-COUNTERFACTUAL_METHODS = ("dda", "bm25", "keyword")
 HELDOUT_LOSS_DOCS = 64  # held-out reference summaries the collateral loss is measured on
 
 
@@ -96,9 +95,12 @@ def run_counterfactual(trained: Any, prepared: Any, qs: Any, scored: Any, k: int
         "query_ids": [q.id for q in qs.queries],  # the order of every `margins` list
         "before": _measure(att, att.all_checkpoints()[-1], qs, prepared, docs, max_new, distractor_rows, heldout_rows),
     }
+    missing = [m for m in prepared.preset.fix_methods if m not in scored.result.scores]
+    if missing:
+        say(f"[bench] remove and retrain: {', '.join(missing)} not scored in this run, left out", att.cfg.quiet)
     removals = {
         m: plan_removal(scored.result.scores[m], k, "mean-rank", m).rows
-        for m in COUNTERFACTUAL_METHODS
+        for m in prepared.preset.fix_methods
         if m in scored.result.scores
     }
     removals["random"] = random_removal(n, k, prepared.seed)

@@ -110,9 +110,10 @@ class BenchPreset:
     # rows that do (all of them when fewer exist; the report says how many were available). They stay clean and
     # count as negatives: a keyword rule ranks them with the poisoned rows, an attribution should not.
     n_distractors: int = 0
-    # Remove-and-retrain stage (bench/counterfactual.py): k rows removed per method (dda, bm25, keyword, random),
-    # one fine-tune each; 0 turns the stage off. -1: k = the number of poisoned rows.
+    # Remove-and-retrain stage (bench/counterfactual.py): k rows removed per method in fix_methods and k random
+    # rows, one fine-tune each; 0 turns the stage off. -1: k = the number of poisoned rows.
     fix_k: int = 0
+    fix_methods: tuple[str, ...] = ("dda", "bm25", "keyword")
     n_queries: int = 4  # queries per pair: natural errors wanted; forced queries fill what is missing
     # Queries are the fine-tuned model's own errors only: no forced fill (a pair keeps the errors it made; a run
     # with none fails), and no candidates are held back for forced queries.
@@ -306,6 +307,8 @@ CPU_HAYSTACK_NATURAL = BenchPreset(
     n_queries=12,
     natural_only=True,
     mention_in_window=True,
+    # issue 29's remove-and-retrain: DDA against the filter a data engineer runs first (and k random rows)
+    fix_methods=("dda", "unsupported"),
     gen_max_docs=384,
     gen_max_seconds=900.0,
     gen_batch_size=16,
