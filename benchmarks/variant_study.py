@@ -26,7 +26,7 @@ from run_rebuild import open_attributor, rebuild
 
 from dda.bench.metrics import pooled_metrics
 from dda.bench.sweep import score_metrics
-from dda.features.store import read_store
+from dda.features.sharded import read_store
 from dda.scoring import ScoringContext, run_method
 from dda.scoring.base import FeatureSet, module_normalized, score_defaults
 from dda.scoring.combined import combine_scores

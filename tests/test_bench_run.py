@@ -211,3 +211,22 @@ def test_summary_over_runs(bench: tuple[Path, dict[str, Any]], tmp_path: Path) -
     assert "| `dda` |" in text and (tmp_path / "summary" / "beta_mean.png").is_file()
     with pytest.raises(RunError, match="missing/metrics.json: no metrics.json"):
         summarize_runs([out, tmp_path / "missing"], tmp_path / "s2")
+
+
+def test_variant_study_rescores_the_runs_own_stores(bench: tuple[Path, dict[str, Any]]) -> None:
+    """benchmarks/variant_study.py reopens the run's workdir (nothing trained or indexed) and stops unless its
+    rebuilt `dda` has the run's own AUC and AP; its variants that are library methods equal the run's numbers."""
+    import sys
+
+    out, metrics = bench
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from variant_study import study_run
+
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "work").rglob("*") if p.is_file()}
+    row = study_run(out)
+    assert {p: p.stat().st_mtime_ns for p in (out / "work").rglob("*") if p.is_file()} == stamp  # read only
+    v, m = row["variants"], metrics["methods"]
+    assert v["dda"]["ap"] == pytest.approx(m["dda"]["ap"], abs=1e-9)
+    assert v["dda, beta 0"]["ap"] == pytest.approx(m["dda_no_debias"]["ap"], abs=1e-6)
+    assert v["dda_unsupported (flagged_first)"]["ap"] == pytest.approx(m["dda_unsupported"]["ap"], abs=1e-9)
+    assert row["query_kinds"] == metrics["query_kinds"] and row["n_queries"] == metrics["n_queries"]

@@ -223,12 +223,15 @@ def variant_study(root: Path) -> str:
         ap, pooled = mean("variants", name, "ap"), mean("variants", name, "pooled_ap")
         cells.append("n/a" if ap is None or kw_ap is None else f"{100 * (ap - kw_ap):+.1f}")
         cells.append("n/a" if pooled is None or un_pooled is None else f"{100 * (pooled - un_pooled):+.1f}")
-        out.append(f"| {name} | {v['what']} | " + " | ".join(cells) + " |")
+        what = v["what"].replace("|", "\\|")  # a pipe would end the cell
+        out.append(f"| {name} | {what} | " + " | ".join(cells) + " |")
     for name in rows[0]["baselines"]:
         label = f"`{name}`" + (" (knows how the poison was made: a ceiling)" if name == "signature" else "")
         cells = " | ".join(_pct(mean("baselines", name, k)) for k in keys)
         out.append(f"| {label} | baseline, the run's own | {cells} | | |")
-    runs = ", ".join(f"{r['run']} ({r['n_queries']} natural queries)" for r in rows)
+    runs = ", ".join(
+        f"{r['run']} ({', '.join(f'{n} {k}' for k, n in sorted(r['query_kinds'].items()))} queries)" for r in rows
+    )
     out += [
         "",
         f"Means over {len(rows)} development run(s): {runs}; percent. Made by `python benchmarks/variant_study.py "

@@ -79,6 +79,8 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "unsupported",
     "repsim",
     "signature",
+    # The option for users who run that filter anyway: its rows first, each group ranked by DDA.
+    "dda_unsupported",
 )
 
 # Models the paper's setting maps onto; any hub id / local dir / .gguf also works via --model.
