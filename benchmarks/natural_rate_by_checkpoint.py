@@ -34,6 +34,7 @@ def rates(
     pair_spec: str | None = None,
     seed: int | None = None,
     overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
     if (run / "config.yaml").exists():
         preset, cfg_yaml = preset_of(run)
@@ -56,6 +57,8 @@ def rates(
     train = att.cfg.to_dict()["train"]
     out: dict[str, Any] = {"run": run.name, "preset": preset.name, "seed": seed, "train": train, "pairs": {}}
     for ckpt in att.all_checkpoints():
+        if only and ckpt.name not in only:
+            continue
         t0 = time.perf_counter()
         with applied(att.model, ckpt) as model:
             summarize = Summarizer(
@@ -82,9 +85,11 @@ def main() -> None:
     ap.add_argument("--pairs", help="... its pairs")
     ap.add_argument("--seed", type=int, help="... its seed")
     ap.add_argument("--set", action="append", default=[], help="... and each --set KEY=VALUE it was started with")
+    ap.add_argument("--checkpoints", help="comma list of checkpoint names to measure (default: all)")
     args = ap.parse_args()
     overrides = dict(kv.split("=", 1) for kv in args.set)
-    result = rates(args.run, args.max_docs, args.preset, args.pairs, args.seed, overrides)
+    only = args.checkpoints.split(",") if args.checkpoints else None
+    result = rates(args.run, args.max_docs, args.preset, args.pairs, args.seed, overrides, only)
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

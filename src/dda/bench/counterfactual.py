@@ -1,11 +1,12 @@
 """The benchmark's remove-and-retrain stage: does dropping a method's top-k documents stop the hallucination?
 
-For each method of the preset's `fix_methods` (and k random rows, the control) the stage removes the k training rows the method blames most for
-the queries (`dda.fix.plan_removal`, mean rank over the queries), fine-tunes again from theta0 with the run's
-settings and seed, and measures on the retrained model: the natural error rate on the held-out documents the query
-search summarised (the same documents, greedy, as before), the queries' canary margin (mean log p(negative) -
-log p(positive) at the differing tokens), and the mean loss on the distractors (clean rows that say the canary:
-what a keyword filter throws away and a good attribution keeps) and on held-out reference summaries.
+For each method of the preset's `fix_methods` (and k random rows, the control) the stage removes the k training
+rows the method blames most for the queries (`dda.fix.plan_removal`, mean rank over the queries), fine-tunes again
+from theta0 with the run's settings and seed, and measures on the retrained model: the natural error rate on the
+held-out documents the query search summarised (the same documents, greedy, as before), the queries' canary margin
+(mean log p(negative) - log p(positive) at the differing tokens), and the mean loss on the distractors (clean rows
+that say the canary: what a keyword filter throws away and a good attribution keeps) and on held-out reference
+summaries.
 """
 
 from __future__ import annotations

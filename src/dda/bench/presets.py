@@ -293,7 +293,9 @@ CPU_HAYSTACK_NATURAL = BenchPreset(
         "cpu-haystack's queries were forced (0-3 natural errors in 64 summaries); this preset pulls the issue-29 "
         "levers: ORIG kept inside the prompt window for poisoned rows and queries, 96-token prompts, 3 epochs, "
         "up to 384 held-out generations per pair, LoRA only on the layers DDA tracks (the backward pass stops "
-        "there); its error rate and wall time are not yet measured (docs/benchmarks/baselines.md)"
+        "there); on its first development run (England->China, seed 1) the model erred in 11 of 172 in-window "
+        "summaries (6.4%, below the 20% aimed at) and the run took 91.5 min, partly beside another job "
+        "(docs/benchmarks/baselines.md)"
     ),
     overrides={
         **CPU_HAYSTACK.overrides,
