@@ -106,3 +106,12 @@ def open_attributor(
     if not workdir.is_dir():
         raise FileNotFoundError(f"{workdir}: no workdir for this run's settings (was it run with this dda?)")
     return Attributor(cfg, workdir, model=model, tokenizer=tokenizer)
+
+
+def print_metrics(title: str, rows: dict[str, dict[str, float]], keys: tuple[str, ...], first: str = "method") -> None:
+    """One run's methods (or variants) as a markdown table on stdout, in percent."""
+    print(f"\n{title}")
+    print(f"| {first} | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name, m in rows.items():
+        print(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "" for k in keys) + " |")

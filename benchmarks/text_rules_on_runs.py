@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from run_rebuild import rebuild
+from run_rebuild import print_metrics, rebuild
 
 from dda.bench.metrics import pooled_metrics
 from dda.bench.sweep import score_metrics
@@ -50,11 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = [rule_metrics(r) for r in args.runs]
     for row in rows:
-        print(f"\n{row['run']} ({row['n_queries']} {row['query_mode']} queries; dda is the run's own)")
-        print("| method | " + " | ".join(KEYS) + " |")
-        print("|---" * (len(KEYS) + 1) + "|")
-        for name, m in row["methods"].items():
-            print(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "" for k in KEYS) + " |")
+        title = f"{row['run']} ({row['n_queries']} {row['query_mode']} queries; dda is the run's own)"
+        print_metrics(title, row["methods"], KEYS)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 

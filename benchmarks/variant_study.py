@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from run_rebuild import open_attributor, rebuild
+from run_rebuild import open_attributor, print_metrics, rebuild
 
 from dda.bench.metrics import pooled_metrics
 from dda.bench.sweep import score_metrics
@@ -327,11 +327,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = [study_run(r) for r in args.runs]
     for row in rows:
-        print(f"\n{row['run']} ({row['n_queries']} queries)")
-        print("| variant | " + " | ".join(KEYS) + " |")
-        print("|---" * (len(KEYS) + 1) + "|")
-        for name, m in {**row["variants"], **row["baselines"]}.items():
-            print(f"| {name} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "" for k in KEYS) + " |")
+        print_metrics(
+            f"{row['run']} ({row['n_queries']} queries)", {**row["variants"], **row["baselines"]}, KEYS, "variant"
+        )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 

@@ -37,6 +37,15 @@ def _wall(run: BenchRun) -> str:
     return f"{mins:.1f} min" + (f" ({run.machine.cores} cores)" if run.machine.cores else "")
 
 
+def _method_cells(run: BenchRun, methods: Sequence[str], keys: tuple[str, str]) -> list[str]:
+    """'A / B' per method: two of its metrics in percent, or a dash for a method the run did not score."""
+    cells = []
+    for method in methods:
+        r = run.methods.get(method)
+        cells.append("–" if r is None else f"{_pct(r.get(keys[0]))} / {_pct(r.get(keys[1]))}")
+    return cells
+
+
 def haystack_pairs(runs: Sequence[NAMED_RUN]) -> str:
     """One row per run: the split, the queries, the wall time, then AP / distractor AUC per method."""
     if not runs:
@@ -56,11 +65,8 @@ def haystack_pairs(runs: Sequence[NAMED_RUN]) -> str:
             _pct(q.get("hallucination_rate")) + "%",
             _wall(run),
         ]
-        for method in PAIR_METHODS:
-            r = run.methods.get(method)
-            cells.append("–" if r is None else f"{_pct(r.ap)} / {_pct(r.distractor_auc)}")
-        dda = run.methods.get("dda")
-        cells.append(f"{_pct(dda and dda.pooled_ap)} / {_pct(dda and dda.pooled_distractor_auc)}")
+        cells += _method_cells(run, PAIR_METHODS, ("ap", "distractor_auc"))
+        cells += _method_cells(run, ("dda",), ("pooled_ap", "pooled_distractor_auc"))
         lines.append("| " + " | ".join(cells) + " |")
     cpus = sorted({run.machine.describe() for _, run in runs})
     lines += [
@@ -157,11 +163,8 @@ def natural_pairs(runs: Sequence[NAMED_RUN], roles: dict[str, str]) -> str:
             f"{errors}/{generated} ({_pct(errors / generated if generated else None)}%)",
             _wall(run),
         ]
-        for method in NATURAL_METHODS:
-            r = run.methods.get(method)
-            cells.append("–" if r is None else f"{_pct(r.ap)} / {_pct(r.pooled_ap)}")
-        dda = run.methods.get("dda")
-        cells.append(f"{_pct(dda and dda.auc)} / {_pct(dda and dda.distractor_auc)}")
+        cells += _method_cells(run, NATURAL_METHODS, ("ap", "pooled_ap"))
+        cells += _method_cells(run, ("dda",), ("auc", "distractor_auc"))
         lines.append("| " + " | ".join(cells) + " |")
     cpus = sorted({run.machine.describe() for _, run in runs})
     lines += [
