@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,12 @@ class RebuiltRun:
     kinds: list[str]  # per query
     metrics: dict[str, Any]  # the run's metrics.json
 
-    @property
+    @cached_property
     def masks(self) -> np.ndarray:
         ids = [e.id for e in self.prepared.train]
         return np.stack([self.prepared.injection.poisoned_mask(ids, p) for p in self.pairs])
 
-    @property
+    @cached_property
     def distractors(self) -> np.ndarray:
         return distractor_masks(self.prepared.train, self.pairs, self.masks)
 

@@ -6,7 +6,7 @@ features are read back from the run's workdir (`OUT/work/<key>`), so nothing is 
 model is loaded only to open the Attributor; query features are reused from the workdir's query stores). The
 rebuild is checked first: DDA's AUC and AP recomputed here must equal the run's own, else the script stops.
 
-Every variant is a transform of the same stores (see VARIANTS), scored with the benchmark's own metrics. Run it on
+Every variant is a transform of the same stores (see `variants`), scored with the benchmark's own metrics. Run it on
 development pairs and seeds only (results/preregistered-pairs.yaml); the held-out runs get the chosen setting.
 
 Usage: DDA_SHARED_DATA=../shared/data python benchmarks/variant_study.py RUN [RUN ...] --out results/X.json
@@ -29,7 +29,7 @@ from dda.bench.sweep import score_metrics
 from dda.features.sharded import read_store
 from dda.scoring import ScoringContext, run_method
 from dda.scoring.base import FeatureSet, module_normalized, score_defaults
-from dda.scoring.combined import combine_scores
+from dda.scoring.combined import combine_scores, reciprocal_rank_fusion
 
 KEYS = ("auc", "ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc")
 
@@ -37,10 +37,6 @@ KEYS = ("auc", "ap", "distractor_auc", "pooled_ap", "pooled_distractor_auc")
 # ------------------------------------------------------------------------------------------------ transforms
 # Each variant works on module-normalised features (the library default: every module votes once) unless it says
 # otherwise. X: (n_train, d) training features at one checkpoint; Q: (n_queries, d) query contrasts there.
-
-
-def _contrast(fs: FeatureSet, name: str) -> np.ndarray:
-    return fs.contrast(name)
 
 
 def _mod(x: np.ndarray, blocks: list[int]) -> np.ndarray:
@@ -56,14 +52,6 @@ def _select(blocks: list[int], keep: list[bool]) -> np.ndarray:
     return np.concatenate([np.arange(s, s + b) for s, b, k in zip(starts, blocks, keep, strict=True) if k])
 
 
-def _ranks(s: np.ndarray) -> np.ndarray:
-    """Per query, each row's rank (0 = highest score)."""
-    order = np.argsort(-s, axis=1, kind="stable")
-    r = np.empty_like(order)
-    np.put_along_axis(r, order, np.arange(s.shape[1])[None, :].repeat(s.shape[0], 0), axis=1)
-    return r
-
-
 class Study:
     """The stores of one run, module-normalised once per checkpoint, and the variants over them."""
 
@@ -75,7 +63,8 @@ class Study:
         self.base = fs.base
         names = [self.base, *self.cks]
         self.X = {n: _mod(fs.train[n], self.blocks) for n in names}
-        self.Q = {n: _mod(_contrast(fs, n), self.blocks) for n in names}
+        self.Q = {n: _mod(fs.contrast(n), self.blocks) for n in names}
+        self._right_singular: dict[str, np.ndarray] = {}
 
     # The library's DDA with debias_mode base/cross, on transformed features.
     def dda(
@@ -84,25 +73,29 @@ class Study:
         cols: np.ndarray | None = None,
         beta: float | None = None,
         per_ck: bool = False,
+        X: dict[str, np.ndarray] | None = None,
+        Q: dict[str, np.ndarray] | None = None,
     ) -> np.ndarray | list[np.ndarray]:
+        """DDA over features X (training) and Q (query contrasts), by default the module-normalised ones."""
         beta = self.beta if beta is None else beta
         tx = tx or (lambda a, _n: a)
+        X, Q = X or self.X, Q or self.Q
 
         def part(x: np.ndarray) -> np.ndarray:
             return x if cols is None else x[:, cols]
 
         terms = []
         for c in self.cks:
-            terms.append(part(tx(self.Q[c], c)) @ part(tx(self.X[c], c)).T)
+            terms.append(part(tx(Q[c], c)) @ part(tx(X[c], c)).T)
         if per_ck:
             return terms
         score = sum(terms) / len(terms)
         if beta:
-            xb = part(tx(self.X[self.base], self.base))
+            xb = part(tx(X[self.base], self.base))
             if self.mode == "base":
-                bias = part(tx(self.Q[self.base], self.base)) @ xb.T
+                bias = part(tx(Q[self.base], self.base)) @ xb.T
             elif self.mode == "cross":
-                bias = sum(part(tx(self.Q[c], c)) @ xb.T for c in self.cks) / len(self.cks)
+                bias = sum(part(tx(Q[c], c)) @ xb.T for c in self.cks) / len(self.cks)
             else:
                 raise ValueError(f"study supports debias_mode base/cross, not {self.mode}")
             score = score - beta * bias
@@ -112,10 +105,10 @@ class Study:
     def pc_removal(self, k: int) -> Callable[[np.ndarray, str], np.ndarray]:
         """Remove the top-k right singular directions of the (module-normalised) training features at each
         checkpoint from both sides: the nuisance directions every training gradient shares."""
-        basis = {}
-        for n, x in self.X.items():
-            _, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
-            basis[n] = vt[:k].astype(np.float32)
+        if not self._right_singular:  # one SVD per checkpoint serves every k
+            for n, x in self.X.items():
+                self._right_singular[n] = np.linalg.svd(x.astype(np.float64), full_matrices=False)[2]
+        basis = {n: vt[:k].astype(np.float32) for n, vt in self._right_singular.items()}
 
         def tx(a: np.ndarray, n: str) -> np.ndarray:
             v = basis[n]
@@ -166,29 +159,11 @@ class Study:
         hi = {n: np.quantile(np.abs(x), q, axis=0) for n, x in self.X.items()}
         return lambda a, n: np.clip(a, -hi[n], hi[n])
 
-    def raw(self) -> np.ndarray:
-        """DDA without module normalisation (normalize=none)."""
-        fs = self.fs
-        terms = [np.asarray(_contrast(fs, c)) @ np.asarray(fs.train[c], dtype=np.float32).T for c in self.cks]
-        score = sum(terms) / len(terms)
-        xb = np.asarray(fs.train[self.base], dtype=np.float32)
-        if self.mode == "base":
-            bias = np.asarray(_contrast(fs, self.base)) @ xb.T
-        else:
-            bias = sum(np.asarray(_contrast(fs, c)) @ xb.T for c in self.cks) / len(self.cks)
-        return score - self.beta * bias
-
     def whole_unit(self) -> np.ndarray:
         """Unit norm over the whole row instead of per module (cosine of the full sketched gradient)."""
-        fs = self.fs
-        unit = {n: _unit(np.asarray(fs.train[n], dtype=np.float32)) for n in [self.base, *self.cks]}
-        qs = {n: _unit(_contrast(fs, n)) for n in [self.base, *self.cks]}
-        score = sum(qs[c] @ unit[c].T for c in self.cks) / len(self.cks)
-        if self.mode == "base":
-            bias = qs[self.base] @ unit[self.base].T
-        else:
-            bias = sum(qs[c] @ unit[self.base].T for c in self.cks) / len(self.cks)
-        return score - self.beta * bias
+        names = [self.base, *self.cks]
+        X = {n: _unit(np.asarray(self.fs.train[n], dtype=np.float32)) for n in names}
+        return self.dda(X=X, Q={n: _unit(self.fs.contrast(n)) for n in names})
 
     def layer_keep(self, pred: Callable[[str], bool]) -> np.ndarray:
         return _select(self.blocks, [pred(m) for m in self.modules])
@@ -201,22 +176,23 @@ def _layer_of(module: str) -> int:
     return -1
 
 
-def variants(st: Study, ctx: ScoringContext) -> dict[str, tuple[str, Callable[[], np.ndarray]]]:
+def variants(
+    st: Study, ctx: ScoringContext, dda: np.ndarray, defaults: dict[str, Any]
+) -> dict[str, tuple[str, Callable[[], np.ndarray]]]:
     """name -> (what it is, how to compute it). Every variant has DDA's query information (differing tokens)."""
     layers = sorted({_layer_of(m) for m in st.modules})
     half = layers[len(layers) // 2 :]
     last3 = layers[-3:]
     attn = ("q_proj", "k_proj", "v_proj", "o_proj")
     unsupported = run_method("unsupported", ctx)
-    dda = st.dda()
-
-    def rrf(terms: list[np.ndarray], k: float = 60.0) -> np.ndarray:
-        return sum(1.0 / (k + _ranks(t)) for t in terms)
-
+    rrf = reciprocal_rank_fusion
     return {
         "dda": ("the run's DDA (module-normalised, the preset's beta and debias reading)", lambda: dda),
         "dda, beta 0": ("no debias term", lambda: st.dda(beta=0.0)),
-        "dda, normalize none": ("raw dot products (no per-module unit norm)", st.raw),
+        "dda, normalize none": (
+            "raw dot products (no per-module unit norm)",
+            lambda: run_method("dda(normalize=none)", ctx, defaults),
+        ),
         "dda, whole-row unit norm": ("cosine of the whole sketched gradient instead of per module", st.whole_unit),
         "dda + clip 99%": (
             "every coordinate winsorised at its 99% |value| over training rows",
@@ -292,18 +268,21 @@ def study_run(run: Path) -> dict[str, Any]:
         m.update(pooled_metrics(scores, masks, distractors, groups))
         return {k: float(m[k]) for k in KEYS if k in m}
 
-    lib = measure(run_method("dda", ctx, score_defaults(att.cfg.score)))
+    defaults = score_defaults(att.cfg.score)
+    dda = run_method("dda", ctx, defaults)
+    lib = measure(dda)
     theirs = metrics["methods"]["dda"]
     for k in ("auc", "ap"):
         if abs(lib[k] - theirs[k]) > 1e-6:
             raise RuntimeError(f"{run}: rebuilt dda {k} {lib[k]} != the run's {theirs[k]}")
     st = Study(fs, list(meta["modules"]), att.cfg.score.beta, att.cfg.score.debias_mode)
+    # the study's own DDA algebra, which every transform goes through, must be the library's
+    if not np.allclose(st.dda(), dda, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"{run}: the study's dda scores differ from the library's")
     out: dict[str, Any] = {}
-    for name, (what, fn) in variants(st, ctx).items():
+    for name, (what, fn) in variants(st, ctx, dda, defaults).items():
         t0 = time.perf_counter()
         out[name] = {"what": what, **measure(np.asarray(fn(), dtype=np.float64)), "seconds": time.perf_counter() - t0}
-    if abs(out["dda"]["ap"] - lib["ap"]) > 1e-4:
-        raise RuntimeError(f"{run}: the study's dda AP {out['dda']['ap']} != the library's {lib['ap']}")
     baselines = {
         m: {k: float(metrics["methods"][m][k]) for k in KEYS if k in metrics["methods"][m]}
         for m in ("keyword", "unsupported", "signature", "repsim", "cea", "bm25_diff")

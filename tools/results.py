@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("dest")
     po = sub.add_parser("pool", help="add the pooled metrics to a finished run made before they existed")
     po.add_argument("run")
-    rd = sub.add_parser("render", help="regenerate the tables in README.md and benchmarks/README.md")
+    rd = sub.add_parser("render", help="regenerate the tables in the READMEs and docs/benchmarks/baselines.md")
     rd.add_argument("--root", default="results")
     rd.add_argument("--check", action="store_true", help="fail when a table differs from its files")
     rd.add_argument("files", nargs="*", default=["README.md", "benchmarks/README.md", "docs/benchmarks/baselines.md"])

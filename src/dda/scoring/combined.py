@@ -32,6 +32,11 @@ def _ranks(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def reciprocal_rank_fusion(scores: list[np.ndarray], k: float = RRF_K) -> np.ndarray:
+    """Sum over the score arrays of 1 / (k + each row's rank): rows high in several rankings come first."""
+    return sum(1.0 / (k + _ranks(s)) for s in scores)
+
+
 def combine_scores(dda_scores: np.ndarray, flags: np.ndarray, combine: str) -> np.ndarray:
     """(n_queries, n_train) scores, higher = more responsible, from DDA's scores and the filter's counts."""
     if combine == "flagged_first":
@@ -41,7 +46,7 @@ def combine_scores(dda_scores: np.ndarray, flags: np.ndarray, combine: str) -> n
         # the filter's counts tie on most rows: DDA orders them, a tiny weight keeps the counts first
         scale = 1e-9 / max(float(np.abs(dda_scores).max()), 1e-30)
         filt = flags + scale * dda_scores
-        return 1.0 / (RRF_K + _ranks(dda_scores)) + 1.0 / (RRF_K + _ranks(filt))
+        return reciprocal_rank_fusion([dda_scores, filt])
     raise ValueError(f"combine must be one of {', '.join(COMBINE)}, not {combine!r}")
 
 
